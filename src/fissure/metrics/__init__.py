@@ -1,0 +1,1 @@
+"""Metrics: language-model likelihoods, text similarity and diversity, and their uncertainty."""

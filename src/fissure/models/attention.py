@@ -1,0 +1,161 @@
+"""Attention shared by every model family: masks, a KV cache, rotary embeddings and
+multi-head / grouped-query self-attention through ``F.scaled_dot_product_attention``.
+
+Shapes follow one convention throughout: activations are ``(batch, time, channels)``,
+attention heads are ``(batch, heads, time, head_dim)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class KVCache:
+    """Keys and values of past positions, one pair per layer, preallocated to ``max_len``.
+
+    Writing into a preallocated buffer instead of concatenating keeps generation linear
+    in the number of new tokens. ``reorder`` follows beams in beam search.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.max_len = max_len
+        self.length = 0  # positions already stored (same for every layer once a step is done)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values for ``layer``; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark ``n`` more positions as stored (called once per forward, after all layers)."""
+        self.length += n
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search keeps the best beams)."""
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k[0].shape[0]
+
+
+def attention_mask_4d(attention_mask: torch.Tensor | None, q_len: int, past_len: int,
+                      batch: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean ``(B, 1, q_len, past_len + q_len)`` mask: True where a query may attend.
+
+    Combines causality with key padding (``attention_mask`` is ``(B, past_len + q_len)``,
+    1 for real tokens, 0 for padding). A padded query row attends to itself only, so
+    no row is empty: an empty row would give NaN, and NaN leaks through 0-weights.
+    Returns ``None`` when there is no padding and no cache, so SDPA can use its
+    fast ``is_causal`` path.
+    """
+    k_len = past_len + q_len
+    if attention_mask is None and past_len == 0:
+        return None
+    q_pos = torch.arange(past_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    mask = (k_pos <= q_pos)[None, None]  # (1, 1, q, k)
+    if attention_mask is not None:
+        mask = mask & attention_mask[:, None, None, :k_len].bool()
+        mask = mask | (k_pos == q_pos)[None, None]
+    return mask.expand(batch, 1, q_len, k_len)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE), in the "rotate half" layout that Llama uses."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape ``(B, 1, T, head_dim)`` for integer ``position_ids`` ``(B, T)``."""
+        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, D/2)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with optional grouped-query heads and rotary positions.
+
+    ``n_kv_head < n_head`` gives grouped-query attention (each key/value head serves
+    ``n_head // n_kv_head`` query heads). With ``fused_qkv`` the three projections are one
+    matmul (GPT-2 layout); otherwise they are separate (Llama layout).
+    """
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, bias: bool = True,
+                 dropout: float = 0.0, fused_qkv: bool = True, head_dim: int | None = None):
+        super().__init__()
+        self.n_head = n_head
+        self.n_kv_head = n_kv_head or n_head
+        if n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        self.head_dim = head_dim or n_embd // n_head
+        q_dim, kv_dim = n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.fused_qkv = fused_qkv
+        if fused_qkv:
+            self.qkv = nn.Linear(n_embd, q_dim + 2 * kv_dim, bias=bias)
+        else:
+            self.q_proj = nn.Linear(n_embd, q_dim, bias=bias)
+            self.k_proj = nn.Linear(n_embd, kv_dim, bias=bias)
+            self.v_proj = nn.Linear(n_embd, kv_dim, bias=bias)
+        self.out = nn.Linear(q_dim, n_embd, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, layer: int = 0,
+                kv_cache: KVCache | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        if self.fused_qkv:
+            q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+            q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None,  # None only without padding and without past positions
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.out(y))
+
+
+def sinusoidal_positions(n_positions: int, dim: int) -> torch.Tensor:
+    """The fixed sin/cos table of "Attention Is All You Need": PE[p, 2i] = sin(p / 10000^(2i/d)),
+    PE[p, 2i+1] = cos(p / 10000^(2i/d))."""
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(n_positions, dim)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div[: dim // 2])
+    return pe

@@ -1,0 +1,137 @@
+"""A GPT, written to be read top to bottom (after nanoGPT's ``model.py``).
+
+Token embedding + positional encoding (learned or the fixed sinusoids of the original
+Transformer) -> ``n_layer`` pre-LN blocks of causal self-attention and a GELU MLP ->
+final LayerNorm -> a linear head (tied to the token embedding by default).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .attention import CausalSelfAttention, KVCache, attention_mask_4d, sinusoidal_positions
+from .blocks import MLP, PreLNBlock
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 8192
+    block_size: int = 256  # longest context the model sees
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+    pos_encoding: str = "learned"  # "learned" | "sinusoidal"
+    tie_weights: bool = True  # share the token embedding with the output head
+    activation: str = "gelu_tanh"  # "gelu_tanh" (GPT-2) | "gelu"
+    layer_norm_eps: float = 1e-5
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pos_encoding not in ("learned", "sinusoidal"):
+            raise ValueError(f"pos_encoding must be 'learned' or 'sinusoidal', not '{self.pos_encoding}'")
+        if self.activation not in ("gelu_tanh", "gelu"):
+            raise ValueError(f"activation must be 'gelu_tanh' or 'gelu', not '{self.activation}'")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+def positions_from_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding aware)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)[:, -q_len:]
+
+
+class GPT(nn.Module):
+    family = "gpt"
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        if c.pos_encoding == "learned":
+            self.pos_emb = nn.Embedding(c.block_size, c.n_embd)
+        else:
+            self.register_buffer("pos_table", sinusoidal_positions(c.block_size, c.n_embd), persistent=False)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList([
+            PreLNBlock(
+                attn=CausalSelfAttention(c.n_embd, c.n_head, bias=c.bias, dropout=c.dropout),
+                mlp=MLP(c.n_embd, c.mlp_ratio * c.n_embd, bias=c.bias, dropout=c.dropout, activation=c.activation),
+                norm1=nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias),
+                norm2=nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias),
+            )
+            for _ in range(c.n_layer)
+        ])
+        self.norm_f = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_weights:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's
+        # variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("attn.out.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.block_size
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.pos_encoding == "learned":
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def new_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        c = self.config
+        p = self.tok_emb.weight
+        return KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head, max_len or c.block_size,
+                       dtype=p.dtype, device=p.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits ``(B, T, vocab)`` for ``input_ids`` ``(B, T)``.
+
+        ``attention_mask`` ``(B, past + T)`` marks real tokens (1) and padding (0);
+        ``kv_cache`` holds past positions and is advanced by ``T``.
+        """
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask, T)
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
+        if self.config.pos_encoding == "learned":
+            pos = self.pos_emb(position_ids)
+        else:
+            pos = self.pos_table[position_ids]
+        x = self.drop(self.tok_emb(input_ids) + pos)
+        mask = attention_mask_4d(attention_mask, T, past, B, input_ids.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask=mask, layer=i, kv_cache=kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.lm_head(self.norm_f(x))
