@@ -1,0 +1,46 @@
+"""What every command shares: one-line errors, JSON on stdout, logs on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ..errors import UserError
+
+# Human-readable output goes to stdout unless --json is given; progress and logs to stderr.
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def parse_sets(sets: list[str] | None) -> list[str]:
+    return list(sets or [])
+
+
+def guard(fn):
+    """Turn a :class:`UserError` into one red line and a non-zero exit code (no traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted; results written so far are kept in the run directory", 130)
+
+    return wrapper

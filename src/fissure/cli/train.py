@@ -1,0 +1,39 @@
+"""``fissure train CONFIG``: train a model on your own text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..config import apply_overrides, load_toml, to_dict
+from ..runs import start_run
+from . import app
+from .common import err, guard, out, print_json
+
+
+@app.command(epilog="Example: fissure train examples/tiny-gpt.toml --set train.max_steps=200 --set train.lr=3e-4")
+@guard
+def train(
+    config: Path = typer.Argument(..., help="TOML config: [data], [tokenizer], [model], [train]."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a config field, e.g. train.lr=3e-4 (repeatable)."),
+    resume: Path = typer.Option(None, help="Continue from a checkpoint written by an earlier run."),
+    out_dir: str = typer.Option(None, help="Where run directories go (default: the config's out_dir)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Train a model from a TOML config; the run directory gets the checkpoint and results."""
+    from ..train.pipeline import load_run_config, train_from_config
+
+    raw = apply_overrides(load_toml(config), set_ or [])
+    cfg = load_run_config(raw)
+    if resume:
+        cfg.tokenizer.path = str(resume)
+    run_dir = start_run("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir, threads=cfg.train.threads)
+    err.print(f"run directory: {run_dir}")
+    _, summary = train_from_config(cfg, run_dir, resume=resume)
+    summary["run_dir"] = str(run_dir)
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(f"trained {summary['steps']} steps, val loss {summary['val_loss_before']:.3f} -> "
+                  f"{summary['val_loss']:.3f}; checkpoint: {summary['checkpoint']}")

@@ -1,0 +1,122 @@
+"""A Llama, written to be read top to bottom.
+
+Token embedding -> ``n_layer`` pre-norm blocks of grouped-query self-attention with rotary
+positions and a SwiGLU feed-forward (RMSNorm before each) -> final RMSNorm -> a linear head,
+optionally tied to the embedding. No biases anywhere. This is the architecture of Llama 2/3,
+SmolLM2, TinyLlama and friends; weights load from HF (:mod:`.hf_llama`) or GGUF (:mod:`.gguf`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from .attention import CausalSelfAttention, KVCache, RotaryEmbedding, attention_mask_4d
+from .blocks import PreLNBlock, RMSNorm, SwiGLU
+from .gpt import positions_from_mask
+
+
+class UnsupportedModelError(UserError):
+    """Weights of an architecture (or an architecture variant) that fissure cannot run natively."""
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    max_position_embeddings: int = 2048
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int = 4  # < n_head: grouped-query attention
+    n_embd: int = 768
+    intermediate_size: int = 2048
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    head_dim: int | None = None  # None: n_embd // n_head
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_position_embeddings", "n_layer", "n_head", "n_kv_head",
+                     "n_embd", "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            self.head_dim = self.n_embd // self.n_head
+
+
+class Llama(nn.Module):
+    family = "llama"
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        self.rotary = RotaryEmbedding(c.head_dim, base=c.rope_theta)
+        self.blocks = nn.ModuleList([
+            PreLNBlock(
+                attn=CausalSelfAttention(c.n_embd, c.n_head, n_kv_head=c.n_kv_head, bias=False,
+                                         fused_qkv=False, head_dim=c.head_dim),
+                mlp=SwiGLU(c.n_embd, c.intermediate_size, bias=False),
+                norm1=RMSNorm(c.n_embd, eps=c.rms_norm_eps),
+                norm2=RMSNorm(c.n_embd, eps=c.rms_norm_eps),
+            )
+            for _ in range(c.n_layer)
+        ])
+        self.norm_f = RMSNorm(c.n_embd, eps=c.rms_norm_eps)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_word_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # Llama's init: N(0, 0.02) for every matrix; RMSNorm weights start at 1 (their own init).
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_position_embeddings
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        c = self.config
+        p = self.tok_emb.weight
+        return KVCache(c.n_layer, batch, c.n_kv_head, c.head_dim, max_len or c.max_position_embeddings,
+                       dtype=p.dtype, device=p.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits ``(B, T, vocab)`` for ``input_ids`` ``(B, T)``.
+
+        ``attention_mask`` ``(B, past + T)`` marks real tokens (1) and padding (0);
+        ``kv_cache`` holds past positions and is advanced by ``T``.
+        """
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {past + T} tokens exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask, T)
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+        rotary = self.rotary(position_ids)  # computed once, shared by every layer
+        mask = attention_mask_4d(attention_mask, T, past, B, input_ids.device)
+        x = self.tok_emb(input_ids)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask=mask, layer=i, kv_cache=kv_cache, rotary=rotary)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.lm_head(self.norm_f(x))

@@ -1,0 +1,95 @@
+"""Run directories: ``runs/<verb>-<timestamp>/`` with the resolved config, provenance and results.
+
+Nothing is printed that is not also saved here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import dump_toml
+
+_PACKAGES = ("fissure", "torch", "numpy", "tokenizers", "safetensors", "sacrebleu", "transformers", "gguf")
+
+
+def create_run_dir(verb: str, root: str | Path = "runs") -> Path:
+    """A fresh ``root/<verb>-YYYYmmdd-HHMMSS`` directory (suffixed ``-2``, ``-3``... on collision)."""
+    root = Path(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = root / f"{verb}-{stamp}"
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+
+
+def git_commit() -> str:
+    """The commit of the fissure source tree (or of the working directory), or "unknown"."""
+    for where in (Path(__file__).resolve().parent, Path.cwd()):
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def provenance(seed: int | None, threads: int | None = None, **extra: Any) -> dict[str, Any]:
+    """What ``meta.json`` holds: seed, versions, git commit, machine and the command line."""
+    return {
+        "seed": seed,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "threads": threads},
+        "argv": sys.argv,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def start_run(verb: str, config: dict[str, Any], seed: int | None, root: str | Path = "runs",
+              threads: int | None = None) -> Path:
+    """Create the run directory and write ``config.toml`` and ``meta.json`` into it."""
+    run_dir = create_run_dir(verb, root)
+    (run_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
+    write_json(run_dir / "meta.json", provenance(seed, threads))
+    return run_dir

@@ -1,0 +1,136 @@
+"""Checkpoints are directories, written atomically, with no pickle anywhere:
+
+- ``model.safetensors``   weights (tied weights stored once)
+- ``config.json``         model family and config, fissure version
+- ``tokenizer.json``      the tokenizer
+- ``trainer_state.json``  step, history, best validation loss, training config (optional)
+- ``optimizer.safetensors`` / ``rng_state.safetensors`` optimizer moments and RNG states (optional)
+
+A crash while saving never leaves half a checkpoint: everything is written to a temporary
+sibling directory which then replaces the target with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from .. import __version__
+from ..errors import CheckpointError
+from ..models import MODEL_FAMILIES
+
+REQUIRED = ("model.safetensors", "config.json", "tokenizer.json")
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able rest."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer, *, trainer_state: dict | None = None,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    rng_states: dict[str, torch.Tensor] | None = None) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    config = {"family": model.family, "config": asdict(model.config), "fissure_version": __version__}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer.save(tmp)
+    if trainer_state is not None:
+        state = dict(trainer_state)
+        if optimizer is not None:
+            tensors, state["optimizer"] = _optimizer_tensors(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+        if rng_states:
+            save_file({k: v.contiguous() for k, v in rng_states.items()}, str(tmp / "rng_state.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str) + "\n")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _check_dir(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint directory (expected a folder with {', '.join(REQUIRED)})")
+    missing = [f for f in REQUIRED if not (path / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete checkpoint: missing {', '.join(missing)}")
+
+
+def read_model_config(path: str | Path) -> dict:
+    path = Path(path)
+    _check_dir(path)
+    try:
+        data = json.loads((path / "config.json").read_text())
+        family, cfg = data["family"], data["config"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path / 'config.json'} is corrupted ({exc.__class__.__name__})") from None
+    if family not in MODEL_FAMILIES:
+        raise CheckpointError(f"{path}: unknown model family '{family}' (known: {', '.join(MODEL_FAMILIES)})")
+    return data
+
+
+def load_model_from_checkpoint(path: str | Path) -> torch.nn.Module:
+    """The model stored in a checkpoint directory, in eval mode. Corruption is a :class:`CheckpointError`."""
+    path = Path(path)
+    data = read_model_config(path)
+    model_cls, config_cls = MODEL_FAMILIES[data["family"]]
+    try:
+        model = model_cls(config_cls(**data["config"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / 'config.json'} has an invalid model config: {exc}") from None
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path / 'model.safetensors'} is corrupted or truncated: {exc}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path / 'model.safetensors'} does not match config.json "
+                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return model.eval()
+
+
+def load_trainer_state(path: str | Path, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
+    """Trainer state JSON and RNG state tensors; restores ``optimizer`` in place when given."""
+    path = Path(path)
+    state_file = path / "trainer_state.json"
+    if not state_file.is_file():
+        raise CheckpointError(f"{path} has no trainer_state.json: it cannot be resumed (only used for inference)")
+    try:
+        state = json.loads(state_file.read_text())
+        rng = load_file(str(path / "rng_state.safetensors")) if (path / "rng_state.safetensors").exists() else {}
+        if optimizer is not None and "optimizer" in state:
+            _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+    except (json.JSONDecodeError, SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: trainer state is corrupted ({exc})") from None
+    return state, rng

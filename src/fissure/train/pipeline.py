@@ -1,0 +1,127 @@
+"""From a TOML config to a trained checkpoint: read text, fit a tokenizer, write memory-mapped
+token files, build the model, train. Used by ``fissure train`` and ``fissure quickstart``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import from_dict, to_dict
+from ..errors import ConfigError, DataError
+from ..models import GPT, GPTConfig
+from ..runs import write_json
+from ..utils import seed_everything, set_threads
+from .trainer import Trainer, TrainConfig, TrainResult
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)  # .txt / .jsonl files or folders
+    builtin: str = ""  # "stdlib" (Python sources) | "stdlib-docs" (docstrings); used when paths is empty
+    max_bytes: int = 2_000_000  # cap on the builtin corpus
+    val_fraction: float = 0.1
+    normalize: str = "NFC"  # "NFC" | "NFKC" | "none"
+    collapse_whitespace: bool = False
+    dedup: bool = True
+    jsonl_field: str = "text"
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # "bpe" (byte-level BPE) | "char"
+    vocab_size: int = 4096  # for BPE
+    path: str = ""  # reuse a saved tokenizer.json (or checkpoint directory) instead of fitting one
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size is taken from the tokenizer
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_run_config(raw: dict) -> RunConfig:
+    cfg = from_dict(RunConfig, raw)
+    if cfg.tokenizer.kind not in ("bpe", "char"):
+        raise ConfigError(f"tokenizer.kind must be 'bpe' or 'char', not '{cfg.tokenizer.kind}'")
+    if cfg.data.normalize not in ("NFC", "NFKC", "none"):
+        raise ConfigError(f"data.normalize must be 'NFC', 'NFKC' or 'none', not '{cfg.data.normalize}'")
+    if not cfg.data.paths and not cfg.data.builtin:
+        raise ConfigError("config needs data.paths (files or folders of text) or data.builtin (e.g. 'stdlib')")
+    return cfg
+
+
+def read_corpus(cfg: DataConfig, seed: int):
+    from ..text.corpus import builtin_corpus, deduplicate, read_documents, split_documents
+
+    if cfg.paths:
+        docs = read_documents(cfg.paths, normalize=None if cfg.normalize == "none" else cfg.normalize,
+                              collapse_whitespace=cfg.collapse_whitespace, jsonl_field=cfg.jsonl_field)
+    else:
+        docs = builtin_corpus(cfg.builtin, max_bytes=cfg.max_bytes)
+    removed = 0
+    if cfg.dedup:
+        docs, removed = deduplicate(docs)
+    train_docs, val_docs = split_documents(docs, val_fraction=cfg.val_fraction, seed=seed)
+    return train_docs, val_docs, {"documents": len(docs), "duplicates_removed": removed,
+                                  "train_documents": len(train_docs), "val_documents": len(val_docs)}
+
+
+def build_tokenizer(cfg: TokenizerConfig, train_docs):
+    from ..text.tokenizers import CharTokenizer, load_tokenizer, train_bpe
+
+    if cfg.path:
+        return load_tokenizer(cfg.path)
+    texts = [d.text for d in train_docs]
+    if cfg.kind == "char":
+        return CharTokenizer.from_texts(texts)
+    return train_bpe(texts, vocab_size=cfg.vocab_size)
+
+
+def prepare_data(cfg: RunConfig, work_dir: Path):
+    """Tokenizer and train/val token files under ``work_dir/data``."""
+    from ..text.dataset import TokenFile, write_tokens
+
+    train_docs, val_docs, stats = read_corpus(cfg.data, cfg.seed)
+    tokenizer = build_tokenizer(cfg.tokenizer, train_docs)
+    data_dir = work_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    train = write_tokens(train_docs, tokenizer, data_dir / "train.bin")
+    val = write_tokens(val_docs, tokenizer, data_dir / "val.bin")
+    stats.update(train_tokens=len(train), val_tokens=len(val), vocab_size=tokenizer.vocab_size)
+    for name, f in (("training", train), ("validation", val)):
+        if len(f) <= cfg.model.block_size:
+            raise DataError(f"the {name} set has {len(f)} tokens; it needs more than model.block_size="
+                            f"{cfg.model.block_size} (add text or lower block_size)")
+    return tokenizer, TokenFile(data_dir / "train.bin"), TokenFile(data_dir / "val.bin"), stats
+
+
+def build_model(cfg: RunConfig, vocab_size: int) -> GPT:
+    model_cfg = from_dict(GPTConfig, {**to_dict(cfg.model), "vocab_size": vocab_size}, prefix="model.")
+    return GPT(model_cfg)
+
+
+def train_from_config(cfg: RunConfig, run_dir: Path, resume: str | Path | None = None) -> tuple[TrainResult, dict]:
+    """Prepare data, build the model and train; the checkpoint lands in ``run_dir/checkpoint``."""
+    threads = set_threads(cfg.train.threads)
+    seed_everything(cfg.seed)
+    tokenizer, train, val, stats = prepare_data(cfg, run_dir)
+    model = build_model(cfg, tokenizer.vocab_size)
+    trainer = Trainer(model, cfg.train, train, val, tokenizer=tokenizer, seed=cfg.seed,
+                      checkpoint_dir=run_dir / "checkpoint")
+    if resume:
+        from .checkpoint import load_model_from_checkpoint
+
+        model.load_state_dict(load_model_from_checkpoint(resume).state_dict())
+        trainer.resume(resume)
+    before = trainer.evaluate()
+    result = trainer.train()
+    summary = {"data": stats, "threads": threads, "params": model.num_params(), "val_loss_before": before,
+               "steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
+               "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+               "tokens_per_second": result.tokens_per_second, "checkpoint": str(run_dir / "checkpoint")}
+    write_json(run_dir / "results.json", summary)
+    return result, summary
