@@ -1,0 +1,65 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from fissure.config import apply_overrides, dump_toml, from_dict, load_toml, parse_override, to_dict
+from fissure.errors import ConfigError
+from fissure.train.pipeline import RunConfig, load_run_config
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    steps: int = 10
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_unknown_key_is_named_with_suggestion():
+    with pytest.raises(ConfigError, match=r"inner\.lrr.*did you mean 'lr'"):
+        from_dict(Outer, {"inner": {"lrr": 1}})
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match="inner.steps"):
+        from_dict(Outer, {"inner": {"steps": "ten"}})
+
+
+def test_int_promotes_to_float():
+    assert from_dict(Outer, {"inner": {"lr": 1}}).inner.lr == 1.0
+
+
+def test_overrides_parse_as_toml():
+    assert parse_override("train.lr=3e-4") == (["train", "lr"], 3e-4)
+    assert parse_override("train.compile=true") == (["train", "compile"], True)
+    assert parse_override("data.builtin=stdlib") == (["data", "builtin"], "stdlib")
+    raw = apply_overrides({"inner": {"lr": 0.1}}, ["inner.steps=5", "name=y"])
+    cfg = from_dict(Outer, raw)
+    assert (cfg.name, cfg.inner.steps, cfg.inner.lr) == ("y", 5, 0.1)
+
+
+def test_run_config_round_trips_through_toml(tmp_path):
+    cfg = load_run_config({"data": {"builtin": "stdlib"}, "train": {"lr": 3e-4, "max_steps": 7}})
+    p = tmp_path / "c.toml"
+    p.write_text(dump_toml(to_dict(cfg)))
+    again = load_run_config(load_toml(p))
+    assert again == cfg
+
+
+def test_run_config_validation_errors():
+    with pytest.raises(ConfigError, match="data.paths"):
+        load_run_config({})
+    with pytest.raises(ConfigError, match="dtype"):
+        load_run_config({"data": {"builtin": "stdlib"}, "train": {"dtype": "fp8"}})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        p = __import__("pathlib").Path(__file__).with_name("_bad.toml")
+        try:
+            p.write_text("a = [")
+            load_toml(p)
+        finally:
+            p.unlink()
+    assert isinstance(RunConfig(), RunConfig)
