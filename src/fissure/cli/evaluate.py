@@ -39,7 +39,8 @@ def evaluate(
     run_dir = start_run("eval", {"model": str(model), "text": [str(t) for t in text], "window": window,
                                  "stride": stride, "batch_size": batch_size}, None, root=out_dir, threads=n_threads)
     result = evaluate_texts(lm, tok.encode, [d.text for d in docs], window=window, stride=stride,
-                            prefix_token=tok.eos_id, batch_size=batch_size, progress=not as_json)
+                            prefix_token=tok.eos_id, batch_size=batch_size, progress=not as_json,
+                            tokenizer=f"{tok.name}-{tok.vocab_size}")
     result["run_dir"] = str(run_dir)
     write_json(run_dir / "results.json", result)
     if as_json:

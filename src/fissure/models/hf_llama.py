@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
+from .attention import RotaryEmbedding
 from .llama import Llama, LlamaConfig, UnsupportedModelError
 
 _LAYER_NAMES = {
@@ -94,6 +95,18 @@ def config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     }
 
 
+def _uninitialised_llama(config: LlamaConfig, dtype: torch.dtype) -> Llama:
+    """A :class:`Llama` with uninitialised weights, built without the random init that loading
+    overwrites anyway (that init takes seconds for a 135M model)."""
+    with torch.device("meta"):
+        model = Llama(config)
+    model = model.to_empty(device="cpu").to(dtype)
+    model.rotary = RotaryEmbedding(config.head_dim, base=config.rope_theta)  # its buffer was on "meta"
+    if config.tie_word_embeddings:  # moving off "meta" made two separate parameters
+        model.lm_head.weight = model.tok_emb.weight
+    return model
+
+
 @torch.no_grad()
 def llama_from_hf_state_dict(hf_config: Mapping[str, Any] | Any, state_dict: Mapping[str, torch.Tensor],
                              dtype: torch.dtype = torch.float32) -> Llama:
@@ -109,7 +122,7 @@ def llama_from_hf_state_dict(hf_config: Mapping[str, Any] | Any, state_dict: Map
         native[ours] = tensor
     if config.tie_word_embeddings:
         native.pop("lm_head.weight", None)  # the head is the embedding
-    model = Llama(config).to(dtype)
+    model = _uninitialised_llama(config, dtype)
     expected = {k for k in model.state_dict() if not (config.tie_word_embeddings and k == "lm_head.weight")}
     missing = sorted(expected - native.keys())
     if missing:
