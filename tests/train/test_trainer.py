@@ -47,11 +47,7 @@ def test_resume_equals_uninterrupted_run(data, tmp_path):
 
     first = Trainer(small_model(tok.vocab_size, dropout=0.1), cfg(max_steps=12), train, val, tokenizer=tok, seed=5,
                     checkpoint_dir=tmp_path / "ckpt")
-    # stop half way by lowering the loop bound, keep max_steps (the schedule) unchanged
-    first.cfg.max_steps = 6
-    first.train()
-    first.cfg.max_steps = 12
-    first.save()
+    first.train(until=6)  # an interruption half way; the schedule still spans 12 steps
 
     model = load_model_from_checkpoint(tmp_path / "ckpt")
     model.train()

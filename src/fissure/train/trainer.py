@@ -151,14 +151,16 @@ class Trainer:
         self.model.train()
         return sum(losses) / len(losses)
 
-    def train(self) -> TrainResult:
+    def train(self, until: int | None = None) -> TrainResult:
+        """Train to ``cfg.max_steps`` (or stop after step ``until``, keeping the schedule of max_steps)."""
         cfg, model = self.cfg, self.model
+        last = min(until or cfg.max_steps, cfg.max_steps)
         model.train()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
                    disable=not cfg.progress, dynamic_ncols=True)
         tokens, t0 = 0, time.perf_counter()
         loss_value, val_loss, stopped_early = float("nan"), None, False
-        while self.step < cfg.max_steps:
+        while self.step < last:
             lr = learning_rate(self.step, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
