@@ -132,6 +132,8 @@ def test_unsupported_hf_variants_are_refused():
         llama_from_hf_state_dict({**config, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, {})
     with pytest.raises(UnsupportedModelError, match="model_type 'mistral'"):
         llama_from_hf_state_dict({**config, "model_type": "mistral"}, {})
+    with pytest.raises(CheckpointError, match="lacks 'hidden_size'"):
+        llama_from_hf_state_dict({k: v for k, v in config.items() if k != "hidden_size"}, {})
     sd = dict(hf.state_dict())
     del sd["model.layers.1.mlp.up_proj.weight"]
     with pytest.raises(CheckpointError, match="lacks 1 weights"):
@@ -307,6 +309,7 @@ def test_smollm2_cache_is_reused_and_keeps_the_chat_template(smollm2, monkeypatc
     files = sorted(p.name for p in (cache / "smollm2-135m-instruct").iterdir())
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary directory left
+    assert (cache / "smollm2-135m-instruct").stat().st_mode & 0o777 == 0o755  # not mkdtemp's private 0o700
     config = json.loads((cache / "smollm2-135m-instruct" / "config.json").read_text())
     assert (config["num_key_value_heads"], config["tie_word_embeddings"]) == (3, True)
 

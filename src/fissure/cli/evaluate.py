@@ -31,9 +31,9 @@ def evaluate(
     from ..utils import set_threads
 
     n_threads = set_threads(threads)
-    docs = read_documents(text, normalize=None)
     lm = load_model_from_checkpoint(model)
     tok = load_tokenizer(model)
+    docs = read_documents(text, normalize=None)
     window = window or lm.max_positions
     stride = stride or window
     run_dir = start_run("eval", {"model": str(model), "text": [str(t) for t in text], "window": window,

@@ -82,9 +82,16 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # keep the frequencies in float32 when the model is cast to bf16/fp16: positions need the precision
+        inv_freq = self.inv_freq
+        result = super()._apply(fn, recurse)
+        self.inv_freq = inv_freq.to(device=self.inv_freq.device)
+        return result
+
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape ``(B, 1, T, head_dim)`` for integer ``position_ids`` ``(B, T)``."""
-        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, D/2)
+        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (B, T, D/2)
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]
         return emb.cos(), emb.sin()
 

@@ -63,6 +63,10 @@ def config_from_hf(hf_config: Mapping[str, Any] | Any) -> LlamaConfig:
         raise UnsupportedModelError("Llama with attention_bias or mlp_bias is not supported")
     if c.get("hidden_act", "silu") != "silu":
         raise UnsupportedModelError(f"hidden_act '{c['hidden_act']}' is not supported; supported: silu")
+    missing = [k for k in ("vocab_size", "max_position_embeddings", "num_hidden_layers", "num_attention_heads",
+                           "hidden_size", "intermediate_size", "rms_norm_eps") if k not in c]
+    if missing:
+        raise CheckpointError(f"Llama config lacks '{missing[0]}'")
     return LlamaConfig(
         vocab_size=c["vocab_size"],
         max_position_embeddings=c["max_position_embeddings"],

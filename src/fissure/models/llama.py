@@ -37,7 +37,7 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     head_dim: int | None = None  # None: n_embd // n_head
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None  # HF allows several end tokens
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_position_embeddings", "n_layer", "n_head", "n_kv_head",

@@ -66,6 +66,7 @@ def _write_hf_dir_atomically(out: Path, gguf_path: Path) -> None:
         save_file(state_dict, tmp / "model.safetensors", metadata={"format": "pt", "source": gguf_path.name})
         (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
         load_gguf_tokenizer(gguf_path).save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp made it private
         try:
             tmp.rename(out)
         except OSError:  # another process finished first: keep its copy

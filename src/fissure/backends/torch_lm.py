@@ -1,0 +1,122 @@
+"""A :class:`LanguageModel` over any torch model that follows fissure's causal-model protocol
+(``model(input_ids, attention_mask, position_ids, kv_cache) -> logits``) plus a tokenizer.
+
+It serves our own checkpoints (``native``) and the native Llama fast path (``llama``): one
+implementation of log-likelihoods and generation for every model we run ourselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..decode import Decoding, generate, truncate_at_stop
+from ..errors import GenerationError
+from ..metrics.lm import score_tokens
+from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
+
+
+class TorchLM(LanguageModel):
+    """``model`` + ``tokenizer`` (``encode``, ``decode``, ``eos_id``; optionally ``bos_id``,
+    ``apply_chat_template(messages) -> str``)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, name: str, backend: str = "native",
+                 batch_size: int = 8, chat_template: Callable[[list[dict]], str] | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.chat_template = chat_template
+        self.capabilities = Capabilities(name=name, backend=backend, has_logprobs=True,
+                                         has_chat_template=chat_template is not None,
+                                         max_context=model.max_positions)
+
+    # -- text <-> tokens -------------------------------------------------------------------
+    @property
+    def _start_token(self) -> int:
+        """Token that stands before a text with no context (BOS if the tokenizer has one, else EOS)."""
+        bos = getattr(self.tokenizer, "bos_id", None)
+        return bos if bos is not None else self.tokenizer.eos_id
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if self.chat_template is None:
+            raise BackendError(f"{self.capabilities.name} has no chat template; give plain-text prompts")
+        return self.chat_template(prompt)
+
+    def _split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Tokens of context and continuation, as lm-eval splits them: encode the whole string, so
+        the continuation's first token is the one the model would really see after the context."""
+        ctx = self.tokenizer.encode(context)
+        whole = self.tokenizer.encode(context + continuation)
+        if whole[: len(ctx)] == ctx:
+            cont = whole[len(ctx):]
+        else:
+            cont = self.tokenizer.encode(continuation)
+        return [self._start_token] + ctx, cont
+
+    # -- the protocol ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[LoglikelihoodResult]:
+        limit = self.model.max_positions
+        requests = []
+        for context, continuation in pairs:
+            ctx, cont = self._split_pair(context, continuation)
+            if not cont:
+                raise BackendError("loglikelihood needs a non-empty continuation")
+            seq = (ctx + cont)[-(limit + 1):]  # keep the end: the continuation must fit
+            if len(cont) > limit:
+                raise GenerationError(f"continuation of {len(cont)} tokens exceeds the model's context of {limit}")
+            requests.append((seq, len(cont)))
+        results: list[LoglikelihoodResult | None] = [None] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            inputs = [requests[i][0][:-1] for i in idx]
+            width = max(len(x) for x in inputs)
+            ids = torch.zeros(len(idx), width, dtype=torch.long)
+            mask = torch.zeros(len(idx), width, dtype=torch.long)
+            for row, x in enumerate(inputs):  # right padding: real tokens keep positions 0..n-1
+                ids[row, : len(x)] = torch.tensor(x)
+                mask[row, : len(x)] = 1
+            logprobs = F.log_softmax(self.model(ids, attention_mask=mask).float(), dim=-1)
+            for row, i in enumerate(idx):
+                seq, n_cont = requests[i]
+                n_in = len(seq) - 1
+                lp = logprobs[row, n_in - n_cont: n_in]
+                target = torch.tensor(seq[-n_cont:])
+                chosen = lp.gather(-1, target[:, None])[:, 0]
+                results[i] = LoglikelihoodResult(logprob=float(chosen.double().sum()),
+                                                 is_greedy=bool((lp.argmax(-1) == target).all()), tokens=n_cont)
+        return results  # type: ignore[return-value]
+
+    def loglikelihood_rolling(self, texts: list[str], window: int | None = None,
+                              stride: int | None = None) -> list[RollingLoglikelihood]:
+        window = window or self.model.max_positions
+        stride = stride or window
+        out = []
+        for text in texts:
+            ll, n = score_tokens(self.model, self.tokenizer.encode(text), window, stride,
+                                 prefix_token=self._start_token, batch_size=self.batch_size)
+            out.append(RollingLoglikelihood(ll, n, len(text.encode("utf-8")), window, stride))
+        return out
+
+    def generate(self, prompts: list[Prompt], decoding: Decoding | None = None,
+                 on_token: Callable[[int, int], None] | None = None) -> list[str]:
+        decoding = decoding or Decoding()
+        eos = decoding.eos_token_id if decoding.eos_token_id is not None else self.tokenizer.eos_id
+        ids = []
+        for p in prompts:
+            enc = self.tokenizer.encode(self.render(p))
+            ids.append(enc if enc else [self._start_token])
+        outputs: list[str] = []
+        for start in range(0, len(ids), max(self.batch_size, 1) * 4):
+            chunk = ids[start:start + self.batch_size * 4]
+            result = generate(self.model, chunk, decoding, eos_token_id=eos, pad_token_id=eos,
+                              decode_fn=self.tokenizer.decode, on_token=on_token)
+            for seq in result.sequences:
+                text = self.tokenizer.decode([t for t in seq if t != eos])
+                outputs.append(truncate_at_stop(text, decoding.stop))
+        return outputs
