@@ -1,0 +1,37 @@
+import re
+
+import pytest
+
+from fissure.probes import transforms as T
+from fissure.probes.capability import capability_suite, capability_twins, mg_attacks, number_pattern, number_words
+
+
+def test_number_words():
+    assert [number_words(n) for n in (0, 13, 20, 42, 99)] == ["zero", "thirteen", "twenty", "forty-two", "ninety-nine"]
+    pat = number_pattern(42)
+    for ok in ["42", "it is 42.", "Forty-two", "forty two"]:
+        assert re.search(pat, ok, re.I), ok
+    for bad in ["142", "420", "4.2", "24"]:
+        assert not re.search(pat, bad, re.I), bad
+
+
+def test_suite_covers_every_mg_attack():
+    suite = capability_suite(n=6, seed=1)
+    assert set(suite) == set(mg_attacks())
+    assert {"base64", "rot13", "leetspeak", "disemvowel", "char_spacing", "reversed", "payload_splitting"} <= set(suite)
+    for name, twins in suite.items():
+        assert len(twins) == 6 and all(t.prompt.attack == name and t.question not in t.prompt.text
+                                       for t in twins if name != "base64_output")
+
+
+@pytest.mark.parametrize("attack, encode", [("base64", "base64"), ("rot13", "rot13"), ("reversed", "reversed"),
+                                            ("char_spacing", "char_spacing"), ("leetspeak", "leetspeak"),
+                                            ("base64_input", None), ("disemvowel", None)])
+def test_answers_are_checked_in_the_encoding(attack, encode):
+    for twin in capability_twins(attack, n=6, seed=3):
+        right = f"The answer is {twin.answer}."
+        wrong = "The answer is 3 or maybe purple."
+        if encode:
+            right, wrong = T.encode(encode, right), T.encode(encode, wrong)
+        assert twin.check(right), (twin.question, right)
+        assert not twin.check(wrong)
