@@ -1,0 +1,457 @@
+"""A :class:`LanguageModel` over any OpenAI-compatible server (vLLM, llama.cpp server, TGI).
+
+Standard library only: ``urllib.request`` + ``json`` + a thread pool of ``concurrency`` requests.
+
+- ``generate``: plain prompts go to ``/v1/completions``, chats (lists of messages) to
+  ``/v1/chat/completions``, where the server applies its own chat template.
+- ``loglikelihood`` and ``loglikelihood_rolling``: ``/v1/completions`` with ``echo=true`` and
+  ``logprobs=1``, which returns the log-probability of every prompt token. The server tokenizes,
+  so context and continuation are told apart on the server's own tokens: by character position
+  when its tokens spell the prompt exactly, else by the tokens of the context echoed alone (vLLM's
+  ``text_offset`` counts special-token strings such as ``<s>``, so it cannot be trusted as
+  character offsets).
+- Echo log-probabilities are checked once before they are trusted: llama-cpp-python's server, for
+  one, scores each prompt token with the prediction made *at* its own position (shifted by one).
+  The check greedily generates a few tokens with their log-probabilities, echoes the same text,
+  and compares the two at those tokens: the next-token log-probabilities of step-by-step decoding.
+
+The API key is read from the environment at each request and sent as ``Authorization: Bearer``;
+it is never stored on the object, logged, or put into an error.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from ..decode.config import Decoding
+from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+_CONTEXT_MESSAGE = re.compile(r"context|too long|must be <=|maximum .*length", re.IGNORECASE)
+_PROBE_PROMPTS = ("The quick brown fox jumps over the lazy dog. The", "Once upon a time there was a")
+_MAX_WAIT = 120.0  # seconds: the longest Retry-After honoured
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+class _HTTPStatusError(BackendError):
+    """A 4xx answer; keeps the status and the server's message for callers that can recover."""
+
+    def __init__(self, line: str, status: int, server_message: str):
+        super().__init__(line)
+        self.status, self.server_message = status, server_message
+
+
+class _NoLogprobs(BackendError):
+    """An answer without the log-probabilities asked for."""
+
+
+@dataclass(frozen=True)
+class _Echo:
+    """The prompt tokens of an echo request: strings, log-probabilities (None: unscored) and the
+    top alternatives at each position (None when the server gives none)."""
+
+    tokens: list[str]
+    logprobs: list[float | None]
+    top: list[dict | None] | None
+
+
+class HTTPLanguageModel(LanguageModel):
+    """A model behind an OpenAI-compatible HTTP API.
+
+    ``base_url``: e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added to a bare host). ``model``:
+    the served model's name; ``None`` takes the first one ``GET /v1/models`` lists. ``chat``:
+    ``None`` sends strings to completions and message lists to chat completions; ``True`` sends
+    strings as one user message too; ``False`` refuses message lists. Transient failures (429, 5xx,
+    dropped connections, timeouts) are retried ``max_retries`` times with exponential backoff from
+    ``backoff`` seconds plus jitter, or after the server's ``Retry-After``.
+    """
+
+    echo_tolerance = 0.1  # nats: mean |echo - step-by-step| log-probability allowed by the check
+
+    def __init__(self, base_url: str, model: str | None = None, *, api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 4, timeout: float = 60.0, max_retries: int = 4, backoff: float = 0.5,
+                 chat: bool | None = None):
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BackendError(f"not an http(s) URL: {base_url!r}")
+        if parts.username or parts.password:
+            raise BackendError(f"put credentials in ${api_key_env}, not in the URL")
+        if concurrency < 1 or timeout <= 0 or max_retries < 0 or backoff < 0:
+            raise BackendError("http backend needs concurrency >= 1, timeout > 0, max_retries >= 0, backoff >= 0")
+        self.base_url = base_url.rstrip("/") + ("/v1" if parts.path in ("", "/") else "")
+        self.api_key_env = api_key_env
+        self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
+        self.chat = chat
+        self.notes: list[str] = []  # caveats found while running (e.g. is_greedy unknown), for run metadata
+        self._echo_max_tokens = 0  # becomes 1 for servers that reject max_tokens=0
+        self._probe_lock = threading.Lock()
+        self._echo_problem: str | None = None
+        self._probed = False
+        self.model, self.max_context = model, None  # so repr works if the lookup below fails
+        self.model, self.max_context = self._find_model(model)
+
+    def __repr__(self) -> str:
+        return f"HTTPLanguageModel(base_url={self.base_url!r}, model={self.model!r})"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """``has_logprobs`` is found out on first access: it runs the echo check (two or four requests)."""
+        return Capabilities(name=self.base_url, backend="http", has_logprobs=self._check_echo() is None,
+                            has_chat_template=self.chat is not False, max_context=self.max_context)
+
+    # -- the protocol ----------------------------------------------------------------------
+    def generate(self, prompts: list[Prompt], decoding: Decoding | None = None,
+                 on_result: Callable[[int, str], None] | None = None) -> list[str]:
+        """Completions in input order, ``concurrency`` requests at a time.
+
+        ``on_result(index, text)`` is called in the caller's thread as each completion arrives (in
+        arrival order), so a long run can save samples as it goes; if a request fails for good, the
+        ones already passed to ``on_result`` are kept and the error says how many of N were done.
+        With a ``seed``, prompt ``i`` is sent ``seed + i``: repeated prompts give different samples.
+        """
+        decoding = decoding or Decoding()
+        params = self._sampling_params(decoding)
+        requests = [self._generation_request(p) for p in prompts]
+
+        def one(i: int) -> str:
+            path, body = requests[i]
+            body = {**body, **params, "model": self.model}
+            if decoding.seed is not None:
+                body["seed"] = decoding.seed + i
+            choice = self._choice(self._request(path, body), path)
+            text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
+            if text is not None and not isinstance(text, str):
+                raise BackendError(f"unexpected answer from {self.base_url}{path}: the completion is not text")
+            return text or ""
+
+        return self._map(one, len(prompts), on_result)
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[LoglikelihoodResult]:
+        for context, continuation in pairs:
+            if not context or not continuation:
+                raise BackendError("the http backend needs a non-empty context and continuation in each pair "
+                                   "(use loglikelihood_rolling for whole texts)")
+        self._require_logprobs()
+        texts = [context + continuation for context, continuation in pairs]
+        wholes = self._map(lambda i: self._echo(texts[i]), len(texts))
+        # Where the server's tokens spell the text, context and continuation split by characters;
+        # elsewhere (e.g. vLLM's leading "<s>") by the tokens of the context echoed alone.
+        contexts = sorted({c for (c, _), w, t in zip(pairs, wholes, texts) if "".join(w.tokens) != t})
+        context_tokens = dict(zip(contexts, self._map(lambda i: self._echo(contexts[i]).tokens, len(contexts))))
+        return [self._result(whole, self._continuation_start(whole, context, context_tokens.get(context)), continuation)
+                for (context, continuation), whole in zip(pairs, wholes)]
+
+    def loglikelihood_rolling(self, texts: list[str], window: int | None = None,
+                              stride: int | None = None) -> list[RollingLoglikelihood]:
+        """Each text is scored whole, in one request, with the server's tokenizer. Its first token
+        has no log-probability unless the server prepends a BOS token: ``tokens`` counts the tokens
+        actually scored. A ``window`` shorter than the text (in the server's tokens) cannot be
+        honoured over HTTP and is an error; without one, the server's context is recorded."""
+        self._require_logprobs()
+        return self._map(lambda i: self._score_text(texts[i], window, stride), len(texts))
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        raise BackendError(f"{self.base_url} applies its own chat template: the rendered chat is not visible over HTTP")
+
+    # -- generation ------------------------------------------------------------------------
+    @staticmethod
+    def _sampling_params(d: Decoding) -> dict:
+        """Decoding -> OpenAI parameters; top_k, repetition_penalty and stop_token_ids are vLLM's
+        extras, sent only when they differ from "off"."""
+        if d.num_beams > 1:
+            raise BackendError("beam search (num_beams > 1) is not supported over HTTP; use num_beams=1")
+        params: dict = {"max_tokens": d.max_new_tokens}
+        if d.sampling:  # do_sample with temperature > 0
+            params.update(temperature=d.temperature, top_p=d.top_p)
+            if d.top_k:
+                params["top_k"] = d.top_k
+        else:
+            params["temperature"] = 0.0
+        if d.repetition_penalty != 1.0:
+            params["repetition_penalty"] = d.repetition_penalty
+        if d.stop:
+            params["stop"] = list(d.stop)
+        if d.eos_token_id is not None:
+            params["stop_token_ids"] = [d.eos_token_id]
+        return params
+
+    def _generation_request(self, prompt: Prompt) -> tuple[str, dict]:
+        if isinstance(prompt, str):
+            if self.chat:
+                return "/chat/completions", {"messages": [{"role": "user", "content": prompt}]}
+            return "/completions", {"prompt": prompt}
+        if self.chat is False:
+            raise BackendError("this http model was opened with chat=False: give plain-text prompts")
+        if not isinstance(prompt, list) or not all(isinstance(m, dict) and {"role", "content"} <= m.keys()
+                                                   for m in prompt):
+            raise BackendError("a chat prompt is a list of {'role': ..., 'content': ...} messages")
+        return "/chat/completions", {"messages": prompt}
+
+    # -- log-likelihoods -------------------------------------------------------------------
+    def _result(self, whole: _Echo, start: int, continuation: str) -> LoglikelihoodResult:
+        values = whole.logprobs[start:]
+        if not values or any(v is None for v in values):
+            raise BackendError(f"{self.base_url} gave no log-probability for part of the continuation "
+                               f"{continuation[:40]!r}")
+        return LoglikelihoodResult(logprob=sum(values), is_greedy=self._is_greedy(whole, start), tokens=len(values))
+
+    @staticmethod
+    def _continuation_start(whole: _Echo, context: str, context_tokens: list[str] | None) -> int:
+        """Index of the first token that reaches into the continuation (a token straddling the
+        boundary counts as continuation, as in lm-evaluation-harness)."""
+        if context_tokens is None:  # the tokens spell the text
+            end = 0
+            for i, token in enumerate(whole.tokens):
+                end += len(token)
+                if end > len(context):
+                    return i
+        n = 0
+        while n < min(len(context_tokens), len(whole.tokens) - 1) and context_tokens[n] == whole.tokens[n]:
+            n += 1
+        return n
+
+    def _is_greedy(self, whole: _Echo, start: int) -> bool:
+        tops = whole.top[start:] if whole.top is not None else []
+        if not tops or any(not t for t in tops):
+            note = f"{self.base_url} gives no top_logprobs with echo: is_greedy is reported as False"
+            if note not in self.notes:
+                self.notes.append(note)
+                log.warning(note)
+            return False
+        return all(lp >= max(top.values()) - 1e-6 for lp, top in zip(whole.logprobs[start:], tops))
+
+    def _score_text(self, text: str, window: int | None, stride: int | None) -> RollingLoglikelihood:
+        echo = self._echo(text)
+        n = len(echo.tokens)
+        if window is not None and window < n:
+            raise BackendError(f"a text of {n} server tokens does not fit window={window}: the http backend "
+                               "scores each text whole (omit window, or use a local backend)")
+        scored = [v for v in echo.logprobs if v is not None]
+        window = window or self.max_context or n
+        return RollingLoglikelihood(loglikelihood=sum(scored), tokens=len(scored), bytes=len(text.encode("utf-8")),
+                                    window=window, stride=stride or window,
+                                    extra={"server_tokens": n, "unscored_tokens": n - len(scored)})
+
+    def _echo(self, text: str) -> _Echo:
+        """Log-probabilities of the prompt tokens of ``text``, as the server tokenizes it."""
+        body = {"model": self.model, "prompt": text, "max_tokens": self._echo_max_tokens, "echo": True,
+                "logprobs": 1, "temperature": 0.0}
+        try:
+            answer = self._request("/completions", body)
+        except _HTTPStatusError as e:
+            if self._echo_max_tokens == 0 and "max_tokens" in e.server_message:
+                self._echo_max_tokens = 1  # this server wants at least one generated token
+                return self._echo(text)
+            raise
+        logprobs = self._choice(answer, "/completions").get("logprobs") or {}
+        tokens, values, top = logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("top_logprobs")
+        if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
+            raise _NoLogprobs(f"{self.base_url} returns no echo log-probabilities (needs echo and logprobs on "
+                              "/v1/completions); it can generate but not score")
+        prompt_tokens = (answer.get("usage") or {}).get("prompt_tokens")
+        if not isinstance(prompt_tokens, int) or not 0 <= prompt_tokens <= len(tokens):
+            prompt_tokens = len(tokens) - body["max_tokens"]
+        top = top[:prompt_tokens] if isinstance(top, list) and len(top) == len(tokens) else None
+        return _Echo(tokens[:prompt_tokens], values[:prompt_tokens], top)
+
+    def _require_logprobs(self) -> None:
+        problem = self._check_echo()
+        if problem:
+            raise BackendError(problem)
+
+    def _check_echo(self) -> str | None:
+        """Once: compare echo log-probabilities with step-by-step next-token ones; the problem, if any."""
+        with self._probe_lock:
+            if not self._probed:
+                self._echo_problem = self._find_echo_problem()
+                self._probed = True
+        return self._echo_problem
+
+    def _find_echo_problem(self) -> str | None:
+        for prompt in _PROBE_PROMPTS:
+            try:
+                answer = self._request("/completions", {"model": self.model, "prompt": prompt, "max_tokens": 8,
+                                                        "temperature": 0.0, "logprobs": 1})
+                choice = self._choice(answer, "/completions")
+                logprobs = choice.get("logprobs") or {}
+                tokens, steps = logprobs.get("tokens"), logprobs.get("token_logprobs")
+                if not isinstance(tokens, list) or not isinstance(steps, list) or len(tokens) != len(steps):
+                    raise _NoLogprobs("no logprobs on generated tokens")
+                if choice.get("finish_reason") != "length":  # a final end-of-text token is not in the text
+                    tokens, steps = tokens[:-1], steps[:-1]
+                if not tokens:
+                    continue
+                echo = self._echo(prompt + (choice.get("text") or ""))
+            except (_HTTPStatusError, _NoLogprobs) as e:
+                return f"server {self.base_url} returns no usable log-probabilities ({e}); cannot score texts"
+            tail = zip(echo.tokens[-len(tokens):], echo.logprobs[-len(tokens):])  # the generated tokens, echoed
+            pairs = [(a, b) for t, a, (u, b) in zip(tokens, steps, tail) if t == u and a is not None and b is not None]
+            if pairs:
+                gap = sum(abs(a - b) for a, b in pairs) / len(pairs)
+                log.info("echo check at %s: mean |echo - step| = %.4f nats over %d tokens",
+                         self.base_url, gap, len(pairs))
+                if gap > self.echo_tolerance:
+                    return (f"server {self.base_url} returns echo log-probabilities that do not match its own "
+                            "next-token log-probabilities (shifted by one?); refusing to report perplexity")
+                return None
+        return (f"could not check the echo log-probabilities of {self.base_url} (its tokens do not line up); "
+                "refusing to score")
+
+    # -- transport -------------------------------------------------------------------------
+    def _find_model(self, model: str | None) -> tuple[str, int | None]:
+        """The model name (given, or the first served) and its context length when the server says."""
+        try:
+            listing = self._request("/models")
+        except _HTTPStatusError as e:
+            if model is not None and e.status == 404:
+                return model, None
+            raise
+        data = listing.get("data")
+        if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
+            raise BackendError(f"unexpected answer from {self.base_url}/models: no model list")
+        if model is None:
+            if not data:
+                raise BackendError(f"{self.base_url} serves no models")
+            if len(data) > 1:
+                log.info("%s serves %d models; using the first, %s", self.base_url, len(data), data[0]["id"])
+            model = str(data[0]["id"])
+        entry = next((m for m in data if m["id"] == model), {})
+        limit = entry.get("max_model_len")
+        return model, limit if isinstance(limit, int) else None
+
+    def _map(self, fn: Callable[[int], object], n: int,
+             on_result: Callable[[int, object], None] | None = None) -> list:
+        """``fn(i)`` for i < n on the thread pool; results in input order."""
+        results: list = [None] * n
+        done = 0
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, n))) as pool:
+            futures = {pool.submit(fn, i): i for i in range(n)}
+            try:
+                for future in as_completed(futures):
+                    i = futures[future]
+                    results[i] = future.result()
+                    done += 1
+                    if on_result is not None:
+                        on_result(i, results[i])
+            except BaseException as e:
+                pool.shutdown(wait=True, cancel_futures=True)
+                if isinstance(e, BackendError) and n > 1:
+                    raise BackendError(f"{e} ({done} of {n} requests done)") from None
+                raise
+        return results
+
+    def _request(self, path: str, body: dict | None = None) -> dict:
+        """GET (no body) or POST ``body`` as JSON; the decoded JSON object, after retries."""
+        url = self.base_url + path
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._send_once(url, data)
+            except _Retryable as e:
+                if attempt == self.max_retries:
+                    raise BackendError(f"{e.reason} from {url}; gave up after {attempt + 1} attempts") from None
+                delay = e.retry_after if e.retry_after is not None else \
+                    self.backoff * 2 ** attempt * random.uniform(0.5, 1.5)
+                delay = min(max(delay, 0.0), _MAX_WAIT)
+                log.warning("%s from %s; retry %d of %d in %.2f s", e.reason, url, attempt + 1, self.max_retries, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _send_once(self, url: str, data: bytes | None) -> dict:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            message = self._one_line(_server_message(e.read()))
+            if e.code in _RETRY_STATUS:
+                raise _Retryable(f"HTTP {e.code} ({message})", _retry_after(e.headers.get("Retry-After"))) from None
+            raise self._status_error(e.code, message, url) from None
+        except urllib.error.URLError as e:  # refused, unknown host, or a connect timeout
+            if isinstance(e.reason, TimeoutError):
+                raise _Retryable(f"no answer within {self.timeout:g} s") from None
+            if isinstance(e.reason, ConnectionError) and not isinstance(e.reason, ConnectionRefusedError):
+                raise _Retryable(f"connection dropped ({type(e.reason).__name__})") from None
+            raise BackendError(f"cannot reach {url}: {e.reason}") from None
+        except TimeoutError:
+            raise _Retryable(f"no answer within {self.timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as e:  # reset or closed mid-answer (RemoteDisconnected)
+            raise _Retryable(f"connection dropped ({type(e).__name__})") from None
+        try:
+            answer = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            start = self._one_line(raw[:80].decode("utf-8", "replace"))
+            raise BackendError(f"{url} answered with something that is not JSON: {start!r}") from None
+        if not isinstance(answer, dict):
+            raise BackendError(f"unexpected answer from {url}: not a JSON object")
+        return answer
+
+    def _status_error(self, status: int, message: str, url: str) -> BackendError:
+        if status in (401, 403):  # the message may quote the key: leave it out
+            return _HTTPStatusError(f"authentication failed at {url} (HTTP {status}): set {self.api_key_env}",
+                                    status, "")
+        if status in (400, 413, 422) and _CONTEXT_MESSAGE.search(message):
+            return _HTTPStatusError(f"prompt is longer than the model's context at {url}: {message}", status, message)
+        return _HTTPStatusError(f"{url} refused the request (HTTP {status}): {message}", status, message)
+
+    def _one_line(self, text: str) -> str:
+        """Server text fit for an error: one line, bounded, and without the API key."""
+        key = os.environ.get(self.api_key_env)
+        text = text.replace(key, "***") if key else text
+        return " ".join(text.split())[:300]
+
+    def _choice(self, answer: dict, path: str) -> dict:
+        choices = answer.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise BackendError(f"unexpected answer from {self.base_url}{path}: no 'choices'")
+        return choices[0]
+
+
+def _server_message(raw: bytes) -> str:
+    """The error message in an OpenAI-style ({"error": {"message"}}), vLLM ({"message"}) or
+    FastAPI ({"detail"}) body, else the body itself."""
+    text = raw.decode("utf-8", "replace")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    if isinstance(body, dict):
+        error = body.get("error")
+        error = error.get("message") if isinstance(error, dict) else error
+        for value in (error, body.get("message"), body.get("detail")):
+            if isinstance(value, str) and value:
+                return value
+    return text
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:  # an HTTP date: fall back to our own backoff
+        return None
