@@ -137,6 +137,7 @@ def dump_toml(data: dict[str, Any]) -> str:
     lines: list[str] = []
 
     def table(d: dict[str, Any], name: str) -> None:
+        d = {k: v for k, v in d.items() if v is not None}  # TOML has no null: absent means default
         flat = {k: v for k, v in d.items() if not isinstance(v, dict)}
         nested = {k: v for k, v in d.items() if isinstance(v, dict)}
         if name and flat:

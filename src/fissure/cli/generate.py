@@ -56,14 +56,14 @@ def generate(
 
     def on_token(row: int, token: int) -> None:
         nonlocal printed
+        if not streamed:  # the prompt, once generation has really started
+            out.print(prompt[0], end="", style="bold", highlight=False, markup=False, soft_wrap=True)
         streamed.append(token)
         text = tok.decode(streamed)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             out.print(text[printed:], end="", highlight=False, markup=False, soft_wrap=True)
             printed = len(text)
 
-    if stream:
-        out.print(prompt[0], end="", style="bold", highlight=False, markup=False, soft_wrap=True)
     result = decode(lm, [tok.encode(p) for p in prompt], decoding, eos_token_id=tok.eos_id,
                     pad_token_id=tok.eos_id, decode_fn=tok.decode, on_token=on_token if stream else None)
     texts = [truncate_at_stop(tok.decode([t for t in seq if t != tok.eos_id]), decoding.stop) for seq in result.sequences]

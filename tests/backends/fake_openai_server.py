@@ -1,0 +1,296 @@
+"""A small OpenAI-compatible server over a toy character-bigram "model", for testing the http backend.
+
+Tokens are single characters from ``ALPHABET``; the next-character scores depend only on the
+previous character (``logit``), so every log-probability can be computed by hand. The server
+implements ``/v1/models``, ``/v1/completions`` (echo, logprobs, top_logprobs, max_tokens, stop,
+seed) and ``/v1/chat/completions``, plus switchable misbehaviours (``Behaviour``) that real
+servers show: auth, 429/500 bursts, dropped connections, garbage bodies, slowness, echo
+log-probabilities shifted by one position (llama-cpp-python), no logprobs, a context limit.
+
+It binds 127.0.0.1 on a free port and never talks to anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import string
+import sys
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ALPHABET = string.ascii_lowercase + string.ascii_uppercase + string.digits + " .,;:!?'-\n" + "é"
+MODEL_ID = "toy-bigram"
+
+
+def logit(prev: str | None, nxt: str) -> float:
+    """Raw score of ``nxt`` after ``prev`` (``None``: start of text). Distinct per row; doubling is
+    penalised so greedy text never gets stuck on one character."""
+    a = 0 if prev is None else ALPHABET.index(prev) + 1
+    b = ALPHABET.index(nxt)
+    return ((a * 31 + b * 17) % 29) / 4 + b / 1000 - (2.0 if prev == nxt else 0.0)
+
+
+def next_logprobs(prev: str | None) -> dict[str, float]:
+    scores = {c: logit(prev, c) for c in ALPHABET}
+    top = max(scores.values())
+    log_z = top + math.log(sum(math.exp(s - top) for s in scores.values()))
+    return {c: s - log_z for c, s in scores.items()}
+
+
+@dataclass
+class Behaviour:
+    """Switches a test flips on ``server.behaviour``; counters count down as they fire."""
+
+    api_key: str | None = None  # require "Authorization: Bearer <key>"
+    fail_429: int = 0  # answer this many requests with 429 + Retry-After: 0
+    fail_500: int = 0
+    drop_connection: int = 0  # close this many connections without answering
+    garbage: bool = False  # 200 with an HTML body
+    missing_fields: bool = False  # 200 with JSON that has no "choices"
+    sleep: float = 0.0  # seconds before answering a completion
+    fail_after: int | None = None  # completion requests after this many answer 400
+    shift_echo: bool = False  # llama-cpp-python: prompt token k scored by the prediction AT k
+    no_logprobs: bool = False  # ignore the logprobs parameter
+    bos: bool = False  # vLLM style: a "<s>" token first, text_offset counts its characters
+    echo_needs_a_token: bool = False  # reject max_tokens=0
+    context: int = 512  # prompt + max_tokens, in tokens
+
+
+@dataclass
+class State:
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    requests: list[dict] = field(default_factory=list)  # {"path", "headers", "body"}
+    in_flight: int = 0
+    max_in_flight: int = 0
+    completions_served: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class _Refuse(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _sample(prev: str | None, rng: random.Random, body: dict) -> str:
+    lps = next_logprobs(prev)
+    temperature = float(body.get("temperature", 1.0))
+    if temperature == 0:
+        return max(lps, key=lps.get)
+    ranked = sorted(lps.items(), key=lambda kv: -kv[1])
+    if body.get("top_k"):
+        ranked = ranked[: int(body["top_k"])]
+    weights = [math.exp(lp / temperature) for _, lp in ranked]
+    top_p, total, kept = float(body.get("top_p", 1.0)), sum(weights), []
+    for (c, _), w in zip(ranked, weights):
+        kept.append((c, w))
+        if sum(x for _, x in kept) >= top_p * total:
+            break
+    return rng.choices([c for c, _ in kept], weights=[w for _, w in kept])[0]
+
+
+def _generate(prompt: str, body: dict) -> tuple[str, list[str], str]:
+    """Returns (text, generated characters incl. any cut by a stop string, finish_reason)."""
+    rng = random.Random(body.get("seed"))
+    stops = body.get("stop") or []
+    stops = [stops] if isinstance(stops, str) else stops
+    out: list[str] = []
+    for _ in range(int(body.get("max_tokens", 16))):
+        out.append(_sample((prompt + "".join(out))[-1:] or None, rng, body))
+        text = "".join(out)
+        for s in stops:
+            if s in text:
+                return text[: text.index(s)], out, "stop"
+    return "".join(out), out, "length"
+
+
+def _logprobs(text: str, start: str | None, n_top: int, first_unscored: bool, shift: bool) -> dict:
+    """OpenAI-style logprobs for the characters of ``text`` following ``start``."""
+    tokens, lps, tops, prev = [], [], [], start
+    for i, ch in enumerate(text):
+        dist = next_logprobs(ch if shift else prev)
+        unscored = first_unscored and i == 0
+        tokens.append(ch)
+        lps.append(None if unscored else dist[ch])
+        top = sorted(dist.items(), key=lambda kv: -kv[1])[:n_top]
+        tops.append(None if unscored or n_top == 0 else dict(top))
+        prev = ch
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": list(range(len(text)))}
+
+
+def _completion(state: State, body: dict) -> dict:
+    b = state.behaviour
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise _Refuse(400, "prompt must be a string")
+    bad = sorted(set(prompt) - set(ALPHABET))
+    if bad:
+        raise _Refuse(400, f"characters outside the toy vocabulary: {bad!r}")
+    max_tokens = int(body.get("max_tokens", 16))
+    if max_tokens == 0 and b.echo_needs_a_token:
+        raise _Refuse(400, "max_tokens must be at least 1, got 0.")
+    n_prompt = len(prompt) + (1 if b.bos else 0)
+    if n_prompt + max_tokens > b.context:
+        raise _Refuse(400, f"This model's maximum context length is {b.context} tokens. However, you "
+                           f"requested {n_prompt + max_tokens} tokens ({n_prompt} in the messages, "
+                           f"{max_tokens} in the completion).")
+    text, chars, finish = _generate(prompt, body)
+    echo = bool(body.get("echo"))
+    choice = {"index": 0, "text": (prompt + text) if echo else text, "finish_reason": finish, "logprobs": None}
+    n_top = body.get("logprobs")
+    if n_top is not None and not b.no_logprobs:
+        gen = _logprobs("".join(chars)[: len(text)], prompt[-1:] or None, int(n_top), False, False)
+        if echo:
+            lp = _logprobs(prompt, None, int(n_top), not b.bos, b.shift_echo)
+            if b.bos:  # vLLM: offsets are running lengths of token strings, "<s>" included
+                lp = {k: [None if k != "tokens" else "<s>"] + v for k, v in lp.items()}
+                lp["text_offset"] = [0] + [3 + o for o in lp["text_offset"][1:]]
+            shift = len(prompt) + (3 if b.bos else 0)
+            gen["text_offset"] = [shift + o for o in gen["text_offset"]]
+            gen = {k: lp[k] + gen[k] for k in gen}
+        choice["logprobs"] = gen
+    return {"id": "cmpl-toy", "object": "text_completion", "model": MODEL_ID, "choices": [choice],
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": len(text),
+                      "total_tokens": n_prompt + len(text)}}
+
+
+def _chat(state: State, body: dict) -> dict:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _Refuse(400, "messages must be a non-empty list")
+    prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    out = _completion(state, {**body, "prompt": prompt, "logprobs": None, "echo": False})
+    choice = out["choices"][0]
+    return {"id": "chat-toy", "object": "chat.completion", "model": MODEL_ID, "usage": out["usage"],
+            "choices": [{"index": 0, "finish_reason": choice["finish_reason"],
+                         "message": {"role": "assistant", "content": choice["text"]}}]}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+
+    def log_message(self, *args):  # keep pytest output quiet
+        pass
+
+    def _send(self, status: int, payload: bytes, content_type="application/json", headers=None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _error(self, status: int, message: str, headers=None):
+        self._send(status, json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode(),
+                   headers=headers)
+
+    def _handle(self, body: dict | None):
+        state = self.server.state
+        b = state.behaviour
+        with state.lock:
+            state.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            if b.drop_connection:
+                b.drop_connection -= 1
+                self.close_connection = True
+                return  # no answer: the client sees the connection closed
+            if b.fail_429:
+                b.fail_429 -= 1
+                return self._error(429, "rate limited", {"Retry-After": "0"})
+            if b.fail_500:
+                b.fail_500 -= 1
+                return self._error(500, "internal error")
+        if b.api_key is not None:
+            sent = self.headers.get("Authorization", "")
+            if sent != f"Bearer {b.api_key}":
+                # like some real servers, echo (part of) what was sent: the client must not repeat it
+                return self._error(401, f"Incorrect API key provided: {sent.removeprefix('Bearer ')}")
+        if self.path.rstrip("/") == "/v1/models" and body is None:
+            return self._send(200, json.dumps({"object": "list", "data": [
+                {"id": MODEL_ID, "object": "model", "max_model_len": b.context}]}).encode())
+        routes = {"/v1/completions": _completion, "/v1/chat/completions": _chat}
+        route = routes.get(self.path.rstrip("/"))
+        if route is None or body is None:
+            return self._error(404, f"no route {self.path}")
+        with state.lock:
+            state.completions_served += 1
+            failing = b.fail_after is not None and state.completions_served > b.fail_after
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            if b.sleep:
+                state.stop.wait(b.sleep)
+            if failing:
+                return self._error(400, "simulated failure")
+            if b.garbage:
+                return self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
+            if b.missing_fields:
+                return self._send(200, b'{"object": "text_completion"}')
+            try:
+                self._send(200, json.dumps(route(state, body)).encode())
+            except _Refuse as e:
+                self._error(e.status, e.message)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    def do_GET(self):
+        self._handle(None)
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError:
+            return self._error(400, "body is not JSON")
+        self._handle(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that timed out and hung up is fine
+            super().handle_error(request, client_address)
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.state = State()
+
+
+class FakeOpenAIServer:
+    """``with FakeOpenAIServer() as s:`` serves on ``s.url`` (``http://127.0.0.1:<port>/v1``)."""
+
+    def __init__(self):
+        self._server = _Server()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    @property
+    def state(self) -> State:
+        return self._server.state
+
+    @property
+    def behaviour(self) -> Behaviour:
+        return self._server.state.behaviour
+
+    def completion_requests(self) -> list[dict]:
+        return [r for r in self.state.requests if r["path"].rstrip("/").endswith("completions")]
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.state.stop.set()  # wake handlers that are sleeping
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
