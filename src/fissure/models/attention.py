@@ -75,23 +75,21 @@ def attention_mask_4d(attention_mask: torch.Tensor | None, q_len: int, past_len:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (RoPE), in the "rotate half" layout that Llama uses."""
+    """Rotary position embedding (RoPE), in the "rotate half" layout that Llama uses.
+
+    The frequencies are recomputed in float32 on each call (head_dim / 2 numbers) rather than
+    kept as a buffer, so casting the model to bf16 never degrades the positions.
+    """
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def _apply(self, fn, recurse=True):
-        # keep the frequencies in float32 when the model is cast to bf16/fp16: positions need the precision
-        inv_freq = self.inv_freq
-        result = super()._apply(fn, recurse)
-        self.inv_freq = inv_freq.to(device=self.inv_freq.device)
-        return result
+        self.head_dim, self.base = head_dim, base
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape ``(B, 1, T, head_dim)`` for integer ``position_ids`` ``(B, T)``."""
-        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (B, T, D/2)
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=position_ids.device) / self.head_dim
+        inv_freq = 1.0 / (self.base ** exponent)
+        freqs = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]
         return emb.cos(), emb.sin()
 
