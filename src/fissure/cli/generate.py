@@ -16,7 +16,7 @@ from .common import err, guard, out, print_json
 def generate(
     model: Path = typer.Argument(..., help="A checkpoint directory."),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (repeatable: one generation each)."),
-    max_new_tokens: int = typer.Option(64, help="Tokens to generate per prompt."),
+    max_new_tokens: int = typer.Option(None, help="Tokens to generate per prompt (default: 64, or what fits the context)."),
     temperature: float = typer.Option(None, help="Sampling temperature (implies sampling; 0 = greedy)."),
     top_k: int = typer.Option(None, help="Sample from the k most likely tokens (implies sampling)."),
     top_p: float = typer.Option(None, help="Nucleus sampling mass (implies sampling)."),
@@ -42,6 +42,9 @@ def generate(
     n_threads = set_threads(threads)
     lm = load_model_from_checkpoint(model)
     tok = load_tokenizer(model)
+    encoded = [tok.encode(p) for p in prompt]
+    if max_new_tokens is None:
+        max_new_tokens = max(1, min(64, lm.max_positions - max(len(e) for e in encoded)))
     sampling = any(v is not None for v in (temperature, top_k, top_p))
     decoding = Decoding(max_new_tokens=max_new_tokens, do_sample=sampling and (temperature is None or temperature > 0),
                         temperature=1.0 if temperature in (None, 0) else temperature, top_k=top_k or 0,
@@ -64,7 +67,7 @@ def generate(
             out.print(text[printed:], end="", highlight=False, markup=False, soft_wrap=True)
             printed = len(text)
 
-    result = decode(lm, [tok.encode(p) for p in prompt], decoding, eos_token_id=tok.eos_id,
+    result = decode(lm, encoded, decoding, eos_token_id=tok.eos_id,
                     pad_token_id=tok.eos_id, decode_fn=tok.decode, on_token=on_token if stream else None)
     texts = [truncate_at_stop(tok.decode([t for t in seq if t != tok.eos_id]), decoding.stop) for seq in result.sequences]
     append_jsonl(run_dir / "samples.jsonl", [
