@@ -68,7 +68,10 @@ def test_vocab_size_too_small(tmp_path):
 
 def test_missing_checkpoint(tmp_path):
     one_line_error(invoke("info", tmp_path / "nope"), "not found")
-    one_line_error(invoke("eval", tmp_path / "nope", "--text", tmp_path), "not found")
+    one_line_error(invoke("eval", tmp_path / "nope", "--text", tmp_path), "unknown model")
+    one_line_error(invoke("generate", "smolm2", "--prompt", "x"), "Did you mean 'smollm2'?")
+    (tmp_path / "empty").mkdir()
+    one_line_error(invoke("generate", tmp_path / "empty", "--prompt", "x"), "is not a model")
 
 
 def test_block_size_exceeded_at_generation(tmp_path):

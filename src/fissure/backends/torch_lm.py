@@ -34,7 +34,7 @@ class TorchLM(LanguageModel):
 
     # -- text <-> tokens -------------------------------------------------------------------
     @property
-    def _start_token(self) -> int:
+    def start_token(self) -> int:
         """Token that stands before a text with no context (BOS if the tokenizer has one, else EOS)."""
         bos = getattr(self.tokenizer, "bos_id", None)
         return bos if bos is not None else self.tokenizer.eos_id
@@ -55,7 +55,7 @@ class TorchLM(LanguageModel):
             cont = whole[len(ctx):]
         else:
             cont = self.tokenizer.encode(continuation)
-        return [self._start_token] + ctx, cont
+        return [self.start_token] + ctx, cont
 
     # -- the protocol ----------------------------------------------------------------------
     @torch.inference_mode()
@@ -99,7 +99,7 @@ class TorchLM(LanguageModel):
         out = []
         for text in texts:
             ll, n = score_tokens(self.model, self.tokenizer.encode(text), window, stride,
-                                 prefix_token=self._start_token, batch_size=self.batch_size)
+                                 prefix_token=self.start_token, batch_size=self.batch_size)
             out.append(RollingLoglikelihood(ll, n, len(text.encode("utf-8")), window, stride))
         return out
 
@@ -110,7 +110,7 @@ class TorchLM(LanguageModel):
         ids = []
         for p in prompts:
             enc = self.tokenizer.encode(self.render(p))
-            ids.append(enc if enc else [self._start_token])
+            ids.append(enc if enc else [self.start_token])
         outputs: list[str] = []
         for start in range(0, len(ids), max(self.batch_size, 1) * 4):
             chunk = ids[start:start + self.batch_size * 4]

@@ -1,4 +1,4 @@
-"""``fissure eval MODEL --text FILE``: perplexity and bits per byte."""
+"""``fissure eval MODEL --text FILE``: perplexity and bits per byte, for any model spec."""
 
 from __future__ import annotations
 
@@ -11,41 +11,50 @@ from . import app
 from .common import err, guard, out, print_json
 
 
-@app.command("eval", epilog="Example: fissure eval runs/train-.../checkpoint --text data/val.txt --window 256 --stride 128")
+@app.command("eval", epilog="Examples: fissure eval runs/train-.../checkpoint --text data/val.txt --window 256 --stride 128\n\n"
+             "fissure eval smollm2 --text notes.txt --json")
 @guard
 def evaluate(
-    model: Path = typer.Argument(..., help="A checkpoint directory."),
+    model: str = typer.Argument(..., help="Model spec: checkpoint dir, HF dir, .gguf file, registered name, or URL."),
     text: list[Path] = typer.Option(..., "--text", help="Text file(s) or folder(s) (.txt, .jsonl) to score."),
     window: int = typer.Option(None, help="Tokens per window (default: the model's context)."),
     stride: int = typer.Option(None, help="Tokens scored per window (default: = window, disjoint windows)."),
     batch_size: int = typer.Option(8, help="Windows per forward pass (results do not depend on it)."),
+    backend: str = typer.Option("auto", help="auto | native | transformers (for HF dirs and GGUF files)."),
+    served_model: str = typer.Option(None, "--model", help="Model name on an OpenAI-compatible server."),
     threads: int = typer.Option(0, help="Torch threads (0 = free cores)."),
     out_dir: str = typer.Option("runs", help="Where the run directory goes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Score text: token cross-entropy, perplexity and tokenizer-independent bits per byte."""
-    from ..metrics.lm import evaluate_texts
+    from tqdm import tqdm
+
+    from ..backends import load
+    from ..metrics.lm import summarise_scores
     from ..text.corpus import read_documents
-    from ..text.tokenizers import load_tokenizer
-    from ..train.checkpoint import load_model_from_checkpoint
     from ..utils import set_threads
 
     n_threads = set_threads(threads)
-    lm = load_model_from_checkpoint(model)
-    tok = load_tokenizer(model)
+    lm = load(model, backend=backend, model=served_model, batch_size=batch_size)
     docs = read_documents(text, normalize=None)
-    window = window or lm.max_positions
-    stride = stride or window
-    run_dir = start_run("eval", {"model": str(model), "text": [str(t) for t in text], "window": window,
-                                 "stride": stride, "batch_size": batch_size}, None, root=out_dir, threads=n_threads)
-    result = evaluate_texts(lm, tok.encode, [d.text for d in docs], window=window, stride=stride,
-                            prefix_token=tok.eos_id, batch_size=batch_size, progress=not as_json,
-                            tokenizer=f"{tok.name}-{tok.vocab_size}")
-    result["run_dir"] = str(run_dir)
+    caps = lm.capabilities
+    run_dir = start_run("eval", {"model": model, "backend": caps.backend, "text": [str(t) for t in text],
+                                 "window": window or 0, "stride": stride or 0, "batch_size": batch_size},
+                        None, root=out_dir, threads=n_threads)
+    scores = []
+    for doc in tqdm(docs, desc="eval", unit="doc", disable=as_json or len(docs) < 2):
+        scores.extend(lm.loglikelihood_rolling([doc.text], window=window, stride=stride))
+    tokenizer = getattr(getattr(lm, "tokenizer", None), "name", caps.backend)
+    result = summarise_scores([s.loglikelihood for s in scores], [s.tokens for s in scores],
+                              [s.bytes for s in scores], scores[0].window, scores[0].stride,
+                              prefix_token=getattr(lm, "start_token", None),
+                              tokenizer=f"{tokenizer}|model={Path(model).name}")
+    result.update(model=model, backend=caps.backend, run_dir=str(run_dir))
     write_json(run_dir / "results.json", result)
     if as_json:
         print_json(result)
     else:
         out.print(f"perplexity {result['perplexity']:.3f}   bits/byte {result['bits_per_byte']:.4f}   "
-                  f"({result['tokens']} tokens, {result['bytes']} bytes, window {window}, stride {stride})")
+                  f"({result['tokens']} tokens, {result['bytes']} bytes, window {result['window']}, "
+                  f"stride {result['stride']})")
     err.print(f"run directory: {run_dir}")

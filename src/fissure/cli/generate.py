@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from ..runs import append_jsonl, start_run, write_json
@@ -11,11 +9,14 @@ from . import app
 from .common import err, guard, out, print_json
 
 
-@app.command(epilog='Example: fissure generate runs/train-.../checkpoint --prompt "The" --top-p 0.9 --temperature 0.8')
+@app.command(epilog='Examples: fissure generate runs/train-.../checkpoint --prompt "The" --top-p 0.9 --temperature 0.8\n\n'
+             'fissure generate smollm2 --chat "What is the capital of France?"')
 @guard
 def generate(
-    model: Path = typer.Argument(..., help="A checkpoint directory."),
+    model: str = typer.Argument(..., help="Model spec: checkpoint dir, HF dir, .gguf file, registered name, or URL."),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (repeatable: one generation each)."),
+    chat: list[str] = typer.Option(None, "--chat", help="A user message, rendered with the model's chat template (repeatable)."),
+    system: str = typer.Option(None, help="System message for --chat prompts."),
     max_new_tokens: int = typer.Option(None, help="Tokens to generate per prompt (default: 64, or what fits the context)."),
     temperature: float = typer.Option(None, help="Sampling temperature (implies sampling; 0 = greedy)."),
     top_k: int = typer.Option(None, help="Sample from the k most likely tokens (implies sampling)."),
@@ -25,64 +26,66 @@ def generate(
     length_penalty: float = typer.Option(1.0, help="Beam search length penalty."),
     stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     seed: int = typer.Option(0, help="Random seed for sampling."),
+    backend: str = typer.Option("auto", help="auto | native | transformers (for HF dirs and GGUF files)."),
+    served_model: str = typer.Option(None, "--model", help="Model name on an OpenAI-compatible server."),
     threads: int = typer.Option(0, help="Torch threads (0 = free cores)."),
     out_dir: str = typer.Option("runs", help="Where the run directory goes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (no streaming)."),
 ) -> None:
-    """Generate continuations of one or more prompts. Greedy unless a sampling option is given."""
-    from ..decode import Decoding, truncate_at_stop
-    from ..decode import generate as decode
+    """Generate continuations of prompts (or replies to chat messages). Greedy unless a sampling option is given."""
+    from ..backends import TorchLM, load
+    from ..decode import Decoding
     from ..errors import UserError
-    from ..text.tokenizers import load_tokenizer
-    from ..train.checkpoint import load_model_from_checkpoint
     from ..utils import set_threads
 
-    if not prompt:
-        raise UserError("give at least one --prompt")
+    prompts: list = list(prompt or [])
+    for message in chat or []:
+        prompts.append(([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}])
+    if not prompts:
+        raise UserError("give at least one --prompt or --chat")
     n_threads = set_threads(threads)
-    lm = load_model_from_checkpoint(model)
-    tok = load_tokenizer(model)
-    encoded = [tok.encode(p) for p in prompt]
+    lm = load(model, backend=backend, model=served_model)
     if max_new_tokens is None:
-        max_new_tokens = max(1, min(64, lm.max_positions - max(len(e) for e in encoded)))
+        max_new_tokens = 64
+        if isinstance(lm, TorchLM):
+            longest = max(len(lm.tokenizer.encode(lm.render(p))) for p in prompts)
+            max_new_tokens = max(1, min(64, lm.capabilities.max_context - longest))
     sampling = any(v is not None for v in (temperature, top_k, top_p))
     decoding = Decoding(max_new_tokens=max_new_tokens, do_sample=sampling and (temperature is None or temperature > 0),
                         temperature=1.0 if temperature in (None, 0) else temperature, top_k=top_k or 0,
                         top_p=1.0 if top_p is None else top_p, repetition_penalty=repetition_penalty,
-                        num_beams=num_beams, length_penalty=length_penalty, stop=list(stop or []), seed=seed,
-                        eos_token_id=tok.eos_id)
-    run_dir = start_run("generate", {"model": str(model), "prompts": prompt, "decoding": decoding.to_dict()},
+                        num_beams=num_beams, length_penalty=length_penalty, stop=list(stop or []), seed=seed)
+    run_dir = start_run("generate", {"model": model, "backend": lm.capabilities.backend,
+                                     "prompts": [str(p) for p in prompts], "decoding": decoding.to_dict()},
                         seed, root=out_dir, threads=n_threads)
-    stream = not as_json and len(prompt) == 1 and num_beams == 1
+    stream = not as_json and len(prompts) == 1 and num_beams == 1 and isinstance(lm, TorchLM)
     streamed: list[int] = []
     printed = 0
 
     def on_token(row: int, token: int) -> None:
         nonlocal printed
-        if not streamed:  # the prompt, once generation has really started
-            out.print(prompt[0], end="", style="bold", highlight=False, markup=False, soft_wrap=True)
+        if not streamed:  # show the prompt once generation has really started
+            shown = prompts[0] if isinstance(prompts[0], str) else ""
+            out.print(shown, end="", style="bold", highlight=False, markup=False, soft_wrap=True)
+        if token == lm.tokenizer.eos_id:
+            return
         streamed.append(token)
-        text = tok.decode(streamed)
+        text = lm.tokenizer.decode(streamed)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             out.print(text[printed:], end="", highlight=False, markup=False, soft_wrap=True)
             printed = len(text)
 
-    result = decode(lm, encoded, decoding, eos_token_id=tok.eos_id,
-                    pad_token_id=tok.eos_id, decode_fn=tok.decode, on_token=on_token if stream else None)
-    texts = [truncate_at_stop(tok.decode([t for t in seq if t != tok.eos_id]), decoding.stop) for seq in result.sequences]
-    append_jsonl(run_dir / "samples.jsonl", [
-        {"prompt": p, "text": t, "tokens": len(s), "finish_reason": r}
-        for p, t, s, r in zip(prompt, texts, result.sequences, result.finish_reasons)
-    ])
-    summary = {"texts": texts, "finish_reasons": result.finish_reasons, "decoding": decoding.signature(),
-               "run_dir": str(run_dir)}
+    texts = lm.generate(prompts, decoding, on_token=on_token) if stream else lm.generate(prompts, decoding)
+    append_jsonl(run_dir / "samples.jsonl", [{"prompt": p, "text": t} for p, t in zip(prompts, texts)])
+    summary = {"texts": texts, "decoding": decoding.signature(), "model": model,
+               "backend": lm.capabilities.backend, "run_dir": str(run_dir)}
     write_json(run_dir / "results.json", summary)
     if as_json:
         print_json(summary)
     elif stream:
         out.print()
     else:
-        for p, t in zip(prompt, texts):
-            out.print(f"[bold]{p}[/]", end="", highlight=False)
+        for p, t in zip(prompts, texts):
+            out.print(f"[bold]{p if isinstance(p, str) else p[-1]['content']}[/]", highlight=False)
             out.print(t, highlight=False, markup=False)
     err.print(f"run directory: {run_dir}")

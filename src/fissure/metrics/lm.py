@@ -211,15 +211,25 @@ def evaluate_texts(model, encode: Callable[[str], list[int]], texts: Sequence[st
         raise DataError("no texts to score")
     seqs = [_with_prefix(encode(text), prefix_token) for text in texts]
     scores = _score_sequences(model, seqs, window, stride, batch_size, progress=progress)
-    ll = np.array([s[0] for s in scores], dtype=np.float64)
-    tokens = np.array([s[1] for s in scores], dtype=np.int64)
-    nbytes = np.array([len(text.encode("utf-8")) for text in texts], dtype=np.int64)
+    return summarise_scores([s[0] for s in scores], [s[1] for s in scores],
+                            [len(text.encode("utf-8")) for text in texts], window, stride,
+                            prefix_token=prefix_token, tokenizer=tokenizer, confidence=confidence)
+
+
+def summarise_scores(loglikelihoods: Sequence[float], tokens: Sequence[int], nbytes: Sequence[int], window: int,
+                     stride: int, prefix_token: int | None = None, tokenizer: str = "unknown",
+                     confidence: float = 0.95) -> dict:
+    """Corpus metrics from per-document (log-likelihood, scored tokens, bytes), with bootstrap
+    intervals over documents; what :func:`evaluate_texts` returns, for scores from any backend."""
+    ll = np.asarray(loglikelihoods, dtype=np.float64)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    nbytes = np.asarray(nbytes, dtype=np.int64)
     if tokens.sum() == 0:
         raise DataError("no tokens to score: the texts are empty (or one token each and no prefix token)")
     total = RollingResult(float(ll.sum()), int(tokens.sum()), int(nbytes.sum()), window, stride,
                           prefix_token, tokenizer)
     result = total.to_dict()
-    result["documents"] = len(texts)
+    result["documents"] = len(ll)
     result["perplexity_ci"] = result["bits_per_byte_ci"] = None
     scored = tokens > 0
     if scored.sum() >= 2:
