@@ -1,0 +1,141 @@
+"""fissure.load and the torch backends: native checkpoints, HF Llama directories on our Llama and
+through transformers. The HF model's own forward pass is the independent reference."""
+
+import math
+
+import pytest
+import torch
+
+import fissure
+from fissure.backends import BackendError, TorchLM
+from fissure.decode import Decoding
+
+CORPUS = ["the cat sat on the mat", "a dog ran in the park", "paris is the capital of france",
+          "one two three four five six seven", "hello world, hello there"] * 20
+
+
+@pytest.fixture(scope="module")
+def hf_llama_dir(tmp_path_factory):
+    """A tiny random HF Llama with a real (trained) BPE tokenizer, saved as an HF directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=hf_tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path_factory.mktemp("hf-llama")
+    model.save_pretrained(path, safe_serialization=True)
+    hf_tok.save_pretrained(path)
+    return path, model, hf_tok
+
+
+def hf_continuation_logprob(model, tok, context, continuation):
+    ids = [tok.bos_token_id] + tok.encode(context, add_special_tokens=False)
+    cont = tok.encode(context + continuation, add_special_tokens=False)[len(ids) - 1:]
+    seq = torch.tensor([ids + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(seq).logits[0, :-1].float(), -1)
+    return float(sum(logp[len(ids) - 1 + i, t] for i, t in enumerate(cont)))
+
+
+PAIRS = [("the cat sat on", " the mat"), ("paris is the capital", " of france"), ("hello", " world, hello there"),
+         ("one two", " three")]
+
+
+@pytest.mark.parametrize("backend", ["auto", "transformers"])
+def test_loglikelihood_equals_hf_forward(hf_llama_dir, backend):
+    path, model, tok = hf_llama_dir
+    lm = fissure.load(path, backend=backend, batch_size=3)
+    assert lm.capabilities.backend == ("llama" if backend == "auto" else "transformers")
+    got = lm.loglikelihood(PAIRS)
+    for (ctx, cont), r in zip(PAIRS, got):
+        assert r.logprob == pytest.approx(hf_continuation_logprob(model, tok, ctx, cont), abs=1e-4)
+        assert r.tokens == len(tok.encode(ctx + cont, add_special_tokens=False)) - len(tok.encode(ctx, add_special_tokens=False))
+
+
+@pytest.mark.parametrize("backend", ["auto", "transformers"])
+def test_batched_generation_equals_one_by_one(hf_llama_dir, backend):
+    path, _, _ = hf_llama_dir
+    prompts = ["the cat", "paris is the capital of", "one two three four five", "a"]
+    d = Decoding(max_new_tokens=12)
+    batched = fissure.load(path, backend=backend, batch_size=4).generate(prompts, d)
+    single = fissure.load(path, backend=backend, batch_size=1)
+    assert batched == [single.generate([p], d)[0] for p in prompts]
+
+
+def test_native_llama_and_transformers_agree(hf_llama_dir):
+    path, _, _ = hf_llama_dir
+    ours, theirs = fissure.load(path), fissure.load(path, backend="transformers")
+    prompts = ["the dog", "hello world"]
+    assert ours.generate(prompts, Decoding(max_new_tokens=15)) == theirs.generate(prompts, Decoding(max_new_tokens=15))
+    a = ours.loglikelihood_rolling(["the cat sat on the mat and the dog ran"], window=8, stride=4)[0]
+    b = theirs.loglikelihood_rolling(["the cat sat on the mat and the dog ran"], window=8, stride=4)[0]
+    assert a.loglikelihood == pytest.approx(b.loglikelihood, abs=1e-4)
+    assert (a.tokens, a.bytes, a.window, a.stride) == (b.tokens, b.bytes, 8, 4)
+
+
+def test_native_checkpoint_loads_through_the_same_seam(tmp_path):
+    from fissure.models import GPT, GPTConfig
+    from fissure.text.tokenizers import CharTokenizer
+    from fissure.train.checkpoint import save_checkpoint
+
+    tok = CharTokenizer.from_texts(CORPUS)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    save_checkpoint(tmp_path / "ckpt", model, tok)
+    lm = fissure.load(tmp_path / "ckpt")
+    assert isinstance(lm, TorchLM) and lm.capabilities.backend == "native"
+    (r,) = lm.loglikelihood([("the ca", "t")])
+    ids = torch.tensor([[tok.eos_id] + tok.encode("the ca")])
+    with torch.no_grad():
+        ref = torch.log_softmax(model(ids)[0, -1], -1)[tok.encode("t")[0]].item()
+    assert r.logprob == pytest.approx(ref, abs=1e-5)
+    roll = lm.loglikelihood_rolling(["the cat sat"])[0]
+    assert roll.tokens == len("the cat sat") and roll.bytes == len("the cat sat")
+    assert math.isfinite(roll.loglikelihood) and roll.loglikelihood < 0
+
+
+def test_bad_specs_are_clear_errors(tmp_path):
+    with pytest.raises(BackendError, match="unknown model 'smolm2'.*Did you mean 'smollm2'"):
+        fissure.load("smolm2")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(BackendError, match="is not a model"):
+        fissure.load(tmp_path / "d")
+    (tmp_path / "d" / "config.json").write_text("{nope")
+    with pytest.raises(BackendError, match="not valid JSON"):
+        fissure.load(tmp_path / "d")
+    with pytest.raises(BackendError, match="unknown backend"):
+        fissure.load(tmp_path, backend="vllm")
+
+
+def test_prompt_longer_than_context_is_a_clear_error(hf_llama_dir):
+    from fissure.errors import GenerationError
+
+    path, _, _ = hf_llama_dir
+    with pytest.raises(GenerationError, match="context of 128"):
+        fissure.load(path).generate(["the cat " * 100], Decoding(max_new_tokens=4))
+
+
+@pytest.mark.slow
+def test_smollm2_chat_and_batch_invariance():
+    lm = fissure.load("smollm2")
+    assert lm.capabilities.has_chat_template and lm.capabilities.backend == "llama"
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    prompts = [chat, "The capital of France is", "def fibonacci(n):"]
+    d = Decoding(max_new_tokens=10)
+    batched = lm.generate(prompts, d)
+    assert "Paris" in batched[0]
+    assert batched == [lm.generate([p], d)[0] for p in prompts]
+    good, bad = lm.loglikelihood([("The capital of France is", " Paris"), ("The capital of France is", " London")])
+    assert good.logprob > bad.logprob and good.is_greedy
