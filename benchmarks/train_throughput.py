@@ -41,7 +41,7 @@ def make_models(cfg: GPTConfig, seed: int):
 
 def step_fn(model, is_hf: bool, dtype: str, compiled=None):
     opt = make_optimizer(model, TrainConfig(lr=3e-4, weight_decay=0.1))
-    fwd = compiled or model
+    fwd = compiled if compiled is not None else model
 
     def step(x, y):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):

@@ -184,3 +184,23 @@ def test_decoding_validation():
         Decoding(num_beams=2, do_sample=True)
     assert Decoding(do_sample=True, temperature=0).sampling is False
     assert Decoding(do_sample=True, top_p=0.9, seed=1).signature() == "sample|t=1|top_p=0.9|seed=1|max_new=64"
+
+
+@pytest.mark.parametrize("p", [0.3, 0.8, 0.95])
+def test_fast_top_p_path_equals_hf_on_peaked_logits(p):
+    """Peaked logits (a real LM's shape) take the candidates path; it must still equal HF."""
+    g = torch.Generator().manual_seed(7)
+    scores = torch.randn(6, 5000, generator=g) * 6
+    ids = torch.zeros(6, 1, dtype=torch.long)
+    values, _ = torch.topk(scores, 128)
+    probs = (values - scores.logsumexp(-1, keepdim=True)).exp()
+    assert bool((probs.sum(-1) > p).all())  # the fast path is really taken
+    assert torch.equal(P.top_p(scores, p), TopPLogitsWarper(p)(ids, scores.clone()))
+
+
+def test_sampling_from_candidates_matches_distribution():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0] + [-float("inf")] * 300])
+    draws = torch.stack([P.sample(logits, g) for _ in range(4000)])
+    freq = torch.bincount(draws.flatten(), minlength=4)[:4].float() / 4000
+    assert torch.allclose(freq, logits[0, :4].softmax(-1), atol=0.03)

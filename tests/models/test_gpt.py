@@ -71,3 +71,13 @@ def test_block_size_exceeded_raises():
     m = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8))
     with pytest.raises(ValueError, match="block_size"):
         m(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_conversion_to_hf_gpt2_round_trips(hf_gpt2):
+    from fissure.models.hf_gpt2 import hf_gpt2_from_gpt
+
+    hf, ours = hf_gpt2
+    back = hf_gpt2_from_gpt(ours)
+    ids = torch.randint(0, 101, (2, 30))
+    with torch.no_grad():
+        assert (back(ids).logits - hf(ids).logits).abs().max().item() < 1e-5

@@ -38,14 +38,40 @@ def top_k(scores: torch.Tensor, k: int, filter_value: float = -float("inf")) -> 
 
 
 def top_p(scores: torch.Tensor, p: float, min_tokens_to_keep: int = 1,
-          filter_value: float = -float("inf")) -> torch.Tensor:
-    """Nucleus filtering: keep the smallest set of tokens whose probability mass reaches ``p``."""
+          filter_value: float = -float("inf"), candidates: int = 128) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of tokens whose probability mass reaches ``p``.
+
+    HF sorts the whole vocabulary; the nucleus is usually a few dozen tokens, so we first try the
+    ``candidates`` most likely ones and sort everything only when they do not reach ``p``. A token
+    is kept when the mass of the tokens strictly more likely than it is below ``p``, which is
+    HF's rule (drop where the ascending cumulative mass is <= 1 - p) read from the other end.
+    """
+    k = min(candidates, scores.size(-1))
+    if k < scores.size(-1):
+        values, index = torch.topk(scores, k)
+        probs = (values - scores.logsumexp(dim=-1, keepdim=True)).exp()
+        mass = probs.cumsum(dim=-1)
+        if bool((mass[:, -1] > p).all()):
+            keep = (mass - probs) < p
+            keep[:, :min_tokens_to_keep] = True
+            kept = torch.full_like(scores, filter_value).scatter(1, index, torch.where(keep, values, filter_value))
+            return kept
     sorted_logits, sorted_idx = torch.sort(scores, descending=False)
     cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     remove_sorted = cum <= (1 - p)
     remove_sorted[..., -min_tokens_to_keep:] = False
     remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
     return scores.masked_fill(remove, filter_value)
+
+
+def sample(scores: torch.Tensor, generator: torch.Generator | None, candidates: int = 128) -> torch.Tensor:
+    """One token per row from ``softmax(scores)``. When top-k/top-p left at most ``candidates``
+    tokens per row, sample among those only (same distribution, far less work than the full vocabulary)."""
+    k = min(candidates, scores.size(-1))
+    if k < scores.size(-1) and int(torch.isfinite(scores).sum(dim=-1).max()) <= k:
+        values, index = torch.topk(scores, k)
+        return index.gather(1, torch.multinomial(values.softmax(dim=-1), 1, generator=generator))[:, 0]
+    return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator)[:, 0]
 
 
 def process(scores: torch.Tensor, decoding: Decoding, seen: torch.Tensor | None) -> torch.Tensor:

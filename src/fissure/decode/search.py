@@ -14,7 +14,7 @@ import torch
 
 from ..errors import GenerationError
 from .config import Decoding
-from .processors import process, seen_mask
+from .processors import process, sample, seen_mask
 
 NEG_INF = -1.0e9
 
@@ -100,28 +100,31 @@ def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopC
     new_tokens = [[] for _ in range(B)]
     reasons = ["length"] * B
     alive = torch.ones(B, dtype=torch.bool)
+    alive_rows = [True] * B
     step_input, cur = ids, L
     for _ in range(decoding.max_new_tokens):
         logits = model(step_input, attention_mask=None if full_mask is None else full_mask[:, :cur], kv_cache=cache)
         scores = process(logits[:, -1, :].float(), decoding, seen)
         if decoding.sampling:
-            nxt = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator)[:, 0]
+            nxt = sample(scores, generator)
         else:
             nxt = scores.argmax(dim=-1)
         nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
         if seen is not None:
             seen[torch.arange(B), nxt] |= alive
-        for row in alive.nonzero()[:, 0].tolist():
-            tok = int(nxt[row])
+        for row, tok in enumerate(nxt.tolist()):
+            if not alive_rows[row]:
+                continue
             new_tokens[row].append(tok)
             if on_token is not None:
                 on_token(row, tok)
-            if eos is not None and tok == eos:
-                alive[row], reasons[row] = False, "eos"
-            elif stop(new_tokens[row]):
-                alive[row], reasons[row] = False, "stop"
-        if not alive.any():
+            if tok == eos:
+                alive_rows[row], reasons[row] = False, "eos"
+            elif stop.stops and stop(new_tokens[row]):
+                alive_rows[row], reasons[row] = False, "stop"
+        if not any(alive_rows):
             break
+        alive = torch.tensor(alive_rows)
         step_input, cur = nxt[:, None], cur + 1
     return GenerationOutput(new_tokens, reasons)
 

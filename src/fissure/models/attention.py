@@ -59,11 +59,11 @@ def attention_mask_4d(attention_mask: torch.Tensor | None, q_len: int, past_len:
     Combines causality with key padding (``attention_mask`` is ``(B, past_len + q_len)``,
     1 for real tokens, 0 for padding). A padded query row attends to itself only, so
     no row is empty: an empty row would give NaN, and NaN leaks through 0-weights.
-    Returns ``None`` when there is no padding and no cache, so SDPA can use its
-    fast ``is_causal`` path.
+    Returns ``None`` when no mask is needed: no padding and either no past (SDPA's fast
+    ``is_causal`` path) or a single new query (it attends to every key).
     """
     k_len = past_len + q_len
-    if attention_mask is None and past_len == 0:
+    if attention_mask is None and (past_len == 0 or q_len == 1):
         return None
     q_pos = torch.arange(past_len, k_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
@@ -148,7 +148,7 @@ class CausalSelfAttention(nn.Module):
             q, k, v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None,  # None only without padding and without past positions
+            is_causal=mask is None and k.shape[2] == T,  # no mask: causal prefill, or one query seeing all
             enable_gqa=self.n_kv_head != self.n_head,
         )
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)

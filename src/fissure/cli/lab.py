@@ -1,0 +1,83 @@
+"""``fissure lab``: model organisms of jailbreaks (competing objectives, mismatched generalization)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import UserError
+from . import app
+from .common import err, guard, out, print_json
+
+lab_app = typer.Typer(help="Model organisms of jailbreaks: train, attack and report in minutes on a CPU.",
+                      no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("list")
+@guard
+def list_studies(as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.")) -> None:
+    """The built-in studies and what each shows."""
+    from ..lab.study import builtin_names, load_study
+
+    studies = {name: load_study(name) for name in builtin_names()}
+    if as_json:
+        print_json({name: {"shows": s.shows, "points": len(s.points()), "seeds": s.seeds} for name, s in studies.items()})
+        return
+    for name, s in studies.items():
+        out.print(f"[bold]{name}[/] ({len(s.points())} points): {s.shows}", highlight=False)
+
+
+@lab_app.command("run", epilog="Examples: fissure lab run;  fissure lab run studies/coverage.toml --seeds 3;  "
+                               "fissure lab run --resume runs/lab-20250101-120000")
+@guard
+def run(
+    study: str = typer.Argument("jailbroken", help="A built-in study name (see `fissure lab list`) or a TOML file."),
+    seeds: int = typer.Option(None, "--seeds", help="Run seeds 0..N-1 instead of the study's seeds."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a study field, e.g. stage1.steps=300 (repeatable)."),
+    resume: Path = typer.Option(None, "--resume", help="Finish an interrupted run directory (its config is reused)."),
+    out_dir: str = typer.Option("runs", help="Where run directories go."),
+    threads: int = typer.Option(None, help="Torch threads (default: the study's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Train the organisms of a study, attack them, and write results.json and report.html."""
+    from ..config import load_toml
+    from ..lab.runner import run_study
+    from ..lab.study import load_study, study_dict
+    from ..runs import start_run
+
+    if resume is not None:
+        if not (resume / "config.toml").is_file():
+            raise UserError(f"{resume} is not a lab run directory (no config.toml)")
+        if set_ or seeds is not None:
+            raise UserError("--resume reuses the run's own config: drop --set and --seeds")
+        spec = load_study(load_toml(resume / "config.toml"))
+        run_dir = resume
+    else:
+        overrides = list(set_ or [])
+        if seeds is not None:
+            if seeds < 1:
+                raise UserError("--seeds must be at least 1")
+            overrides.append(f"seeds={list(range(seeds))}")
+        if threads is not None:
+            overrides.append(f"threads={threads}")
+        spec = load_study(study, overrides)
+        run_dir = start_run("lab", study_dict(spec), spec.seeds[0], root=out_dir, threads=spec.threads)
+    err.print(f"run directory: {run_dir}")
+    results = run_study(spec, run_dir, progress=not as_json, log=lambda m: err.print(m, highlight=False))
+    results["run_dir"] = str(run_dir)
+    if as_json:
+        print_json(results)
+        return
+    for p in results["points"]:
+        out.print(f"\n[bold]{p['label']}[/]", highlight=False)
+        for attack, r in p["attacks"].items():
+            a, b = r["asr"], r["benign"]["accuracy"]
+            out.print(f"  {attack:32s} ASR {a['estimate']:.2f} [{a['low']:.2f}, {a['high']:.2f}]  "
+                      f"benign acc {b['estimate']:.2f}  refused/violated/unclear "
+                      f"{r['counts']['refused']}/{r['counts']['violated']}/{r['counts']['unclear']}", highlight=False)
+        missed = [f for f in p["findings"] if f["observed"] != f["expected"]]
+        for f in missed:
+            out.print(f"  [red]not as expected:[/] {f['effect']} ({f['detail']})", highlight=False)
+    out.print(f"\nreport: {run_dir / 'report.html'}")

@@ -1,0 +1,118 @@
+"""Staged training of a model organism: stage 1 (capability, cached per seed), stage 2 (safety tuning)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..models.gpt import GPT, GPTConfig
+from ..models.registry_files import cache_dir
+from ..text.tokenizers import CharTokenizer, load_tokenizer
+from ..train import Trainer, TrainConfig
+from ..train.checkpoint import load_model_from_checkpoint, save_checkpoint
+from ..utils import seed_everything
+from .data import PackedMixture
+from .study import ModelSpec, Stage1Config, Stage2Config
+from .world import INSTRUCTIONS, REFUSAL, World, encode
+
+# Bump when stage-1 data or training changes meaning, so old cache entries are not reused.
+STAGE1_VERSION = 1
+
+Log = Callable[[str], None]
+
+
+def world_tokenizer(world: World) -> CharTokenizer:
+    """A character tokenizer over everything the world can say, in every encoding."""
+    return CharTokenizer.from_texts(world.alphabet_texts())
+
+
+def build_model(spec: ModelSpec, tokenizer: CharTokenizer) -> GPT:
+    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=spec.block_size, n_layer=spec.n_layer,
+                         n_head=spec.n_head, n_embd=spec.n_embd, dropout=spec.dropout))
+
+
+def _pairs(requests, reply=None) -> list[tuple[str, str]]:
+    return [(r.prompt, r.answer if reply is None else reply(r)) for r in requests]
+
+
+def stage1_mixture(world: World, cfg: Stage1Config, tokenizer) -> PackedMixture:
+    attrs, encs = world.config.attributes, world.config.encodings
+    instructed = [r for name in INSTRUCTIONS for r in world.requests(attrs, encs, (name,))]
+    return PackedMixture(tokenizer, {
+        "answer": (_pairs(world.requests(attrs, encs)), 1 - cfg.instruction_weight),
+        "instruct": (_pairs(instructed), cfg.instruction_weight),
+    }, answer_only=cfg.answer_only)
+
+
+def _recovery_reply(request) -> str:
+    prefix = INSTRUCTIONS[request.instructions[0]][1] if request.instructions else ""
+    return (encode(request.encoding, prefix.strip()) + " " if prefix else "") + REFUSAL
+
+
+def stage2_mixture(world: World, cfg: Stage2Config, tokenizer) -> PackedMixture:
+    restricted, benign, encs = [world.config.restricted], world.benign_attributes, world.config.encodings
+    instructed = [r for name in INSTRUCTIONS for r in world.requests(benign, encs, (name,))]
+    attacked = [r for name in INSTRUCTIONS for r in world.requests(restricted, cfg.coverage, (name,))]
+    rest = 1 - cfg.safety_weight - cfg.instruction_weight - cfg.recovery_weight
+    return PackedMixture(tokenizer, {
+        "refuse": (_pairs(world.requests(restricted, cfg.coverage), lambda r: REFUSAL), cfg.safety_weight),
+        "answer": (_pairs(world.requests(benign, encs)), rest),
+        "instruct": (_pairs(instructed), cfg.instruction_weight),
+        "recover": (_pairs(attacked, _recovery_reply), cfg.recovery_weight),
+    })
+
+
+def _train(model, data, *, steps, lr, min_lr, warmup, batch_size, block_size, seed, progress) -> dict:
+    cfg = TrainConfig(max_steps=steps, lr=lr, min_lr=min_lr, warmup_steps=warmup, batch_size=batch_size,
+                      weight_decay=0.0, eval_every=max(steps, 1), progress=progress)
+    result = Trainer(model, cfg, data, seed=seed, block_size=block_size).train()
+    model.eval()
+    return {"steps": result.steps, "final_loss": result.train_loss, "tokens_per_second": result.tokens_per_second}
+
+
+def stage1_key(world: World, spec: ModelSpec, cfg: Stage1Config, seed: int) -> str:
+    payload = {"version": STAGE1_VERSION, "world": world.config.__dict__, "model": spec.__dict__,
+               "stage1": cfg.__dict__, "seed": seed, "torch": torch.__version__.split("+")[0]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage1_dir(key: str) -> Path:
+    return cache_dir() / "lab" / f"stage1-{key}"
+
+
+def pretrain(world: World, spec: ModelSpec, cfg: Stage1Config, seed: int, *, progress: bool = False,
+             log: Log = lambda m: None) -> tuple[GPT, CharTokenizer, dict]:
+    """Stage 1, loaded from the cache when an identical configuration was trained before."""
+    key = stage1_key(world, spec, cfg, seed)
+    path = stage1_dir(key)
+    if (path / "stage1.json").is_file():
+        info = json.loads((path / "stage1.json").read_text())
+        log(f"stage 1 (seed {seed}): cache hit {path}")
+        return load_model_from_checkpoint(path), load_tokenizer(path), {**info, "cache_hit": True}
+    log(f"stage 1 (seed {seed}): training {cfg.steps} steps -> {path}")
+    tokenizer = world_tokenizer(world)
+    seed_everything(seed)
+    model = build_model(spec, tokenizer)
+    info = _train(model, stage1_mixture(world, cfg, tokenizer), steps=cfg.steps, lr=cfg.lr, min_lr=cfg.min_lr,
+                  warmup=cfg.warmup_steps, batch_size=cfg.batch_size, block_size=spec.block_size, seed=seed,
+                  progress=progress)
+    info.update(key=key, params=model.num_params())
+    save_checkpoint(path, model, tokenizer)
+    (path / "stage1.json").write_text(json.dumps(info, indent=2) + "\n")  # written last: marks a complete entry
+    return model, tokenizer, {**info, "cache_hit": False}
+
+
+def safety_tune(base: GPT, world: World, tokenizer, cfg: Stage2Config, seed: int, *,
+                progress: bool = False) -> tuple[GPT, dict]:
+    """Stage 2 on a copy of ``base``: a fresh optimizer, a short warmup, constant-ish lr."""
+    model = copy.deepcopy(base)
+    seed_everything(seed)
+    info = _train(model, stage2_mixture(world, cfg, tokenizer), steps=cfg.steps, lr=cfg.lr, min_lr=cfg.lr / 10,
+                  warmup=max(1, cfg.steps // 10), batch_size=cfg.batch_size, block_size=base.max_positions,
+                  seed=seed, progress=progress)
+    return model, info

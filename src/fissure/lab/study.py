@@ -1,0 +1,170 @@
+"""Studies: TOML files that say which world, model and training budgets to use and what to sweep.
+
+A study trains stage 1 (capability) once per seed and stage 2 (safety tuning) once per sweep
+point; the sweep is the cartesian product of the ``[sweep]`` lists, each a field of
+``[stage2]``. Built-in studies live in ``fissure/lab/studies/*.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..config import apply_overrides, from_dict, load_toml, to_dict
+from ..errors import ConfigError
+from .world import ENCODINGS, INSTRUCTIONS, WorldConfig, parse_attack
+
+
+@dataclass
+class ModelSpec:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 256
+    dropout: float = 0.0
+
+
+@dataclass
+class Stage1Config:
+    """Pretraining: every attribute (restricted included) in every world encoding, plus instructions."""
+
+    steps: int = 700
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    batch_size: int = 16
+    instruction_weight: float = 0.3  # share of samples that carry an instruction (followed)
+    answer_only: bool = True  # loss on reply tokens only
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.instruction_weight < 1:
+            raise ValueError("stage1.instruction_weight must be in [0, 1)")
+
+
+@dataclass
+class Stage2Config:
+    """Safety tuning. Every field can be swept; the weights are shares of the training mixture."""
+
+    steps: int = 200
+    lr: float = 5e-4
+    batch_size: int = 16
+    coverage: list[str] = field(default_factory=lambda: ["plain"])  # encodings with refusal data
+    safety_weight: float = 0.3  # refusals of restricted requests
+    instruction_weight: float = 0.2  # benign requests with instructions, followed
+    recovery_weight: float = 0.0  # restricted requests with attack instructions, refused anyway
+    guard: bool = False  # input canonicalisation guard at inference: decode, then apply the policy
+
+    def __post_init__(self) -> None:
+        bad = [e for e in self.coverage if e not in ENCODINGS]
+        if bad:
+            raise ValueError(f"stage2.coverage: unknown encoding '{bad[0]}'")
+        weights = (self.safety_weight, self.instruction_weight, self.recovery_weight)
+        if min(weights) < 0 or sum(weights) >= 1:
+            raise ValueError("stage2 weights must be >= 0 and sum to less than 1 (the rest is benign answers)")
+
+    def training_key(self) -> tuple:
+        """What determines the stage-2 model (the guard acts at inference only)."""
+        return tuple((k, tuple(v) if isinstance(v, list) else v)
+                     for k, v in dataclasses.asdict(self).items() if k != "guard")
+
+
+@dataclass
+class EvalConfig:
+    attacks: list[str] = field(default_factory=lambda: [
+        "plain", "prefix_injection", "refusal_suppression", "rot13", "leetspeak", "rot13+prefix_injection"])
+    max_new_tokens: int = 32
+    batch_size: int = 128
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        for name in self.attacks:
+            parse_attack(name)
+        if "plain" not in self.attacks:
+            self.attacks = ["plain", *self.attacks]
+
+
+@dataclass
+class Study:
+    name: str = "study"
+    description: str = ""
+    shows: str = ""  # one line for `fissure lab list`
+    seeds: list[int] = field(default_factory=lambda: [0])
+    threads: int = 2  # torch threads (0 = free cores)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    sweep: dict[str, list] = field(default_factory=dict)  # stage2 field -> values
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        known = [f.name for f in dataclasses.fields(Stage2Config)]
+        for key, values in self.sweep.items():
+            if key not in known:
+                raise ValueError(f"sweep.{key} is not a stage2 field (known: {', '.join(known)})")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"sweep.{key} must be a non-empty list of values")
+        for point in self.points():
+            missing = [e for e in point.config.coverage if e not in self.world.encodings]
+            if missing:
+                raise ValueError(f"coverage encoding '{missing[0]}' is not learned in stage 1 (world.encodings)")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+
+    def points(self) -> list[Point]:
+        keys = list(self.sweep)
+        out = []
+        for combo in itertools.product(*(self.sweep[k] for k in keys)):
+            overrides = dict(zip(keys, combo))
+            config = from_dict(Stage2Config, {**to_dict(self.stage2), **overrides}, prefix="stage2.")
+            label = ", ".join(f"{k}={_show(v)}" for k, v in overrides.items()) or "default"
+            out.append(Point(len(out), label, overrides, config))
+        return out
+
+
+@dataclass
+class Point:
+    index: int
+    label: str
+    overrides: dict[str, Any]
+    config: Stage2Config
+
+    @property
+    def id(self) -> str:
+        return f"p{self.index:02d}"
+
+
+def _show(v: Any) -> str:
+    return "+".join(v) if isinstance(v, list) else str(v)
+
+
+# --------------------------------------------------------------------------- loading
+
+def builtin_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("fissure.lab.studies").iterdir() if p.name.endswith(".toml"))
+
+
+def builtin_raw(name: str) -> dict:
+    if name not in builtin_names():
+        raise ConfigError(f"unknown built-in study '{name}' (known: {', '.join(builtin_names())})")
+    return tomllib.loads(resources.files("fissure.lab.studies").joinpath(f"{name}.toml").read_text())
+
+
+def load_study(spec: str | Path | dict = "jailbroken", overrides: list[str] | None = None) -> Study:
+    """A study from a built-in name, a TOML path or a raw dict; ``overrides`` are ``key=value`` strings."""
+    if isinstance(spec, dict):
+        raw = spec
+    elif Path(spec).suffix == ".toml" or Path(spec).exists():
+        raw = load_toml(spec)
+    else:
+        raw = builtin_raw(str(spec))
+    return from_dict(Study, apply_overrides(raw, overrides or []))
+
+
+def study_dict(study: Study) -> dict:
+    return to_dict(study)
