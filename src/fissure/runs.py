@@ -5,8 +5,10 @@ Nothing is printed that is not also saved here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import platform
 import subprocess
 import sys
@@ -84,6 +86,24 @@ def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+_PROVENANCE_ONLY = {"config.toml", "meta.json"}
+
+
+@contextlib.contextmanager
+def run_directory(verb: str, config: dict[str, Any], seed: int | None, root: str | Path = "runs",
+                  threads: int | None = None):
+    """:func:`start_run` as a context: if the work fails before writing anything but the
+    provenance files (a user mistake found early), the empty run directory is removed again,
+    so a failed command leaves nothing half-written. Results already written are kept."""
+    run_dir = start_run(verb, config, seed, root=root, threads=threads)
+    try:
+        yield run_dir
+    except BaseException:
+        if {p.name for p in run_dir.iterdir()} <= _PROVENANCE_ONLY:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def start_run(verb: str, config: dict[str, Any], seed: int | None, root: str | Path = "runs",

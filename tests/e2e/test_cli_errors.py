@@ -34,6 +34,7 @@ def write_config(tmp_path, data_lines, extra=""):
 def test_nonexistent_text_path(tmp_path):
     cfg = write_config(tmp_path, f'paths = ["{tmp_path / "missing"}"]')
     one_line_error(invoke("train", cfg), "missing")
+    assert list((tmp_path / "runs").iterdir()) == []  # the failed run left no half-written directory
 
 
 def test_empty_corpus(tmp_path):
@@ -81,6 +82,7 @@ def test_block_size_exceeded_at_generation(tmp_path):
     ckpt = next((tmp_path / "runs").glob("train-*/checkpoint"))
     one_line_error(invoke("generate", ckpt, "--prompt", "x" * 40, "--max-new-tokens", "4"), "context")
     one_line_error(invoke("generate", ckpt, "--prompt", "abc", "--max-new-tokens", "100"), "context")
+    assert [p.name.split("-")[0] for p in (tmp_path / "runs").iterdir()] == ["train"]
 
 
 def test_no_traceback_in_a_real_process(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..runs import append_jsonl, start_run, write_json
+from ..runs import append_jsonl, run_directory, write_json
 from . import app
 from .common import err, guard, out, print_json
 
@@ -55,7 +55,7 @@ def generate(
                         temperature=1.0 if temperature in (None, 0) else temperature, top_k=top_k or 0,
                         top_p=1.0 if top_p is None else top_p, repetition_penalty=repetition_penalty,
                         num_beams=num_beams, length_penalty=length_penalty, stop=list(stop or []), seed=seed)
-    run_dir = start_run("generate", {"model": model, "backend": lm.capabilities.backend,
+    run = run_directory("generate", {"model": model, "backend": lm.capabilities.backend,
                                      "prompts": [str(p) for p in prompts], "decoding": decoding.to_dict()},
                         seed, root=out_dir, threads=n_threads)
     stream = not as_json and len(prompts) == 1 and num_beams == 1 and isinstance(lm, TorchLM)
@@ -75,7 +75,8 @@ def generate(
             out.print(text[printed:], end="", highlight=False, markup=False, soft_wrap=True)
             printed = len(text)
 
-    texts = lm.generate(prompts, decoding, on_token=on_token) if stream else lm.generate(prompts, decoding)
+    with run as run_dir:
+        texts = lm.generate(prompts, decoding, on_token=on_token) if stream else lm.generate(prompts, decoding)
     append_jsonl(run_dir / "samples.jsonl", [{"prompt": p, "text": t} for p, t in zip(prompts, texts)])
     summary = {"texts": texts, "decoding": decoding.signature(), "model": model,
                "backend": lm.capabilities.backend, "run_dir": str(run_dir)}

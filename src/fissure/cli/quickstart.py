@@ -8,7 +8,7 @@ from importlib import resources
 import typer
 
 from ..config import apply_overrides, to_dict
-from ..runs import append_jsonl, start_run, write_json
+from ..runs import append_jsonl, run_directory, write_json
 from . import app
 from .common import err, guard, out, print_json
 
@@ -31,9 +31,9 @@ def quickstart(
 
     raw = tomllib.loads(resources.files("fissure.train").joinpath("quickstart.toml").read_text())
     cfg = load_run_config(apply_overrides(raw, set_ or []))
-    run_dir = start_run("quickstart", to_dict(cfg), cfg.seed, root=out_dir, threads=cfg.train.threads)
-    err.print(f"run directory: {run_dir}")
-    result, summary = train_from_config(cfg, run_dir)
+    with run_directory("quickstart", to_dict(cfg), cfg.seed, root=out_dir, threads=cfg.train.threads) as run_dir:
+        err.print(f"run directory: {run_dir}")
+        _, summary = train_from_config(cfg, run_dir)
     from ..text.tokenizers import load_tokenizer
     from ..train.checkpoint import load_model_from_checkpoint
 

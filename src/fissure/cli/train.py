@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..config import apply_overrides, load_toml, to_dict
-from ..runs import start_run
+from ..runs import run_directory
 from . import app
 from .common import err, guard, out, print_json
 
@@ -28,9 +28,10 @@ def train(
     cfg = load_run_config(raw)
     if resume:
         cfg.tokenizer.path = str(resume)
-    run_dir = start_run("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir, threads=cfg.train.threads)
-    err.print(f"run directory: {run_dir}")
-    _, summary = train_from_config(cfg, run_dir, resume=resume)
+    with run_directory("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir,
+                       threads=cfg.train.threads) as run_dir:
+        err.print(f"run directory: {run_dir}")
+        _, summary = train_from_config(cfg, run_dir, resume=resume)
     summary["run_dir"] = str(run_dir)
     if as_json:
         print_json(summary)

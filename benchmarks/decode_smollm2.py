@@ -1,0 +1,129 @@
+"""SmolLM2-135M-Instruct decoding: the native Llama (fissure.decode) against transformers
+``generate`` on the same (dequantised) weights and prompts, in the same run.
+
+    python benchmarks/decode_smollm2.py --threads 2
+
+Reports new tokens/s for greedy batch 1 and for sampling 32 prompts x 64 new tokens, the
+first (GGUF dequantisation) and cached load times, and how far batch-1 decoding is from the
+memory-bandwidth limit: every new token reads all weights once, so tokens/s <= bandwidth /
+weight bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import save  # noqa: E402
+
+from fissure.decode import Decoding, generate  # noqa: E402
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
+           "The three laws of thermodynamics are", "import numpy as np\n", "My favourite recipe for bread:",
+           "Q: What is 12 times 7?\nA:", "The quick brown fox"]
+
+
+def memory_bandwidth(gb: float = 1.0) -> float:
+    """GB/s of a large tensor copy (read + write), best of 3."""
+    src = torch.empty(int(gb * 2**30 / 4), dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--greedy-tokens", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import fissure.models.registry_files as files
+    from fissure.models.hf_llama import load_hf_llama_dir
+
+    with tempfile.TemporaryDirectory() as tmp:  # first load: dequantise the GGUF into an empty cache
+        import os
+
+        os.environ["FISSURE_CACHE"] = tmp
+        t = time.perf_counter()
+        files.load_smollm2()
+        first_load = time.perf_counter() - t
+        t = time.perf_counter()
+        files.load_smollm2()
+        cached_load = time.perf_counter() - t
+    del os.environ["FISSURE_CACHE"]
+    path = files.smollm2_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    ours = load_hf_llama_dir(path)
+    ours_bf16 = load_hf_llama_dir(path, dtype=torch.bfloat16)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    weight_bytes = {"fp32": sum(p.numel() * 4 for p in ours.parameters()),
+                    "bf16": sum(p.numel() * 2 for p in ours.parameters())}
+    eos = tok.eos_token_id
+
+    def hf_run(prompts, n, sample):
+        batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+        kw = dict(do_sample=True, top_p=0.9, temperature=0.8) if sample else dict(do_sample=False)
+        with torch.inference_mode():
+            out = hf.generate(**batch, max_new_tokens=n, min_new_tokens=n, pad_token_id=eos, **kw)
+        return out.shape[0] * (out.shape[1] - batch["input_ids"].shape[1])
+
+    def ours_run(prompts, n, sample, model):
+        d = Decoding(max_new_tokens=n, do_sample=sample, top_p=0.9 if sample else 1.0,
+                     temperature=0.8 if sample else 1.0, seed=args.seed)
+        ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
+        out = generate(model, ids, d, eos_token_id=None, pad_token_id=eos)
+        return sum(len(s) for s in out.sequences)
+
+    runners = {"transformers": hf_run, "ours": lambda p, n, s: ours_run(p, n, s, ours),
+               "ours-bf16": lambda p, n, s: ours_run(p, n, s, ours_bf16)}
+    cases = {"greedy_b1": ([PROMPTS[0]], args.greedy_tokens, False),
+             f"sample_b{args.batch}": ((PROMPTS * args.batch)[: args.batch], args.new_tokens, True)}
+    for prompts, n, sample in cases.values():  # warm-up
+        for fn in runners.values():
+            fn(prompts[:2], 4, sample)
+    tokens = {(c, w): 0 for c in cases for w in runners}
+    times = {(c, w): 0.0 for c in cases for w in runners}
+    for _ in range(args.rounds):
+        for c, (prompts, n, sample) in cases.items():
+            for w, fn in runners.items():
+                t = time.perf_counter()
+                tokens[(c, w)] += fn(prompts, n, sample)
+                times[(c, w)] += time.perf_counter() - t
+    bandwidth = memory_bandwidth()
+    rows = {}
+    for c in cases:
+        tps = {w: tokens[(c, w)] / times[(c, w)] for w in runners}
+        rows[c] = {f"{w}_tokens_per_s": v for w, v in tps.items()}
+        rows[c].update(speedup=tps["ours"] / tps["transformers"], speedup_bf16=tps["ours-bf16"] / tps["transformers"])
+        print(f"{c:12s} transformers {tps['transformers']:7.1f}   ours {tps['ours']:7.1f} "
+              f"(x{rows[c]['speedup']:.2f})   ours-bf16 {tps['ours-bf16']:7.1f} (x{rows[c]['speedup_bf16']:.2f})  tokens/s")
+    limit = {k: bandwidth * 1e9 / v for k, v in weight_bytes.items()}
+    g = rows["greedy_b1"]
+    print(f"memory bandwidth {bandwidth:.1f} GB/s: batch-1 limit {limit['fp32']:.1f} tok/s fp32 "
+          f"({g['ours_tokens_per_s'] / limit['fp32']:.0%} reached), {limit['bf16']:.1f} tok/s bf16 "
+          f"({g['ours-bf16_tokens_per_s'] / limit['bf16']:.0%} reached)")
+    print(f"load: first {first_load:.1f} s (dequantise GGUF), cached {cached_load:.1f} s")
+    path = save("decode_smollm2", {"config": vars(args), "results": rows, "memory_bandwidth_gb_s": bandwidth,
+                                   "weight_bytes": weight_bytes, "bandwidth_limit_tokens_per_s": limit,
+                                   "first_load_s": first_load, "cached_load_s": cached_load}, args.seed, args.threads)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
