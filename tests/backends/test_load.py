@@ -139,3 +139,14 @@ def test_smollm2_chat_and_batch_invariance():
     assert batched == [lm.generate([p], d)[0] for p in prompts]
     good, bad = lm.loglikelihood([("The capital of France is", " Paris"), ("The capital of France is", " London")])
     assert good.logprob > bad.logprob and good.is_greedy
+
+
+def test_bf16_weights_give_close_loglikelihoods(hf_llama_dir):
+    path, _, _ = hf_llama_dir
+    a = fissure.load(path).loglikelihood(PAIRS)
+    b = fissure.load(path, dtype="bf16").loglikelihood(PAIRS)
+    assert next(fissure.load(path, dtype="bf16").model.parameters()).dtype == torch.bfloat16
+    for x, y in zip(a, b):
+        assert x.logprob == pytest.approx(y.logprob, rel=0.05, abs=0.1)
+    with pytest.raises(BackendError, match="unknown dtype"):
+        fissure.load(path, dtype="fp8")

@@ -60,8 +60,11 @@ def _gguf_llama_native(path: Path, batch_size: int) -> TorchLM:
                    chat_template=tokenizer.chat_template_fn())
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
 def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, batch_size: int = 8,
-         **kwargs) -> LanguageModel:
+         dtype: str = "fp32", **kwargs) -> LanguageModel:
     """A language model from a spec:
 
     - a registered name (``"smollm2"``),
@@ -70,7 +73,21 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
     - an HF model directory (Llama architectures run on the native Llama unless
       ``backend="transformers"``),
     - a ``.gguf`` file (likewise).
+
+    ``dtype="bf16"`` runs a local model's weights in bfloat16 (about twice as fast where decoding
+    is memory-bound; results differ slightly from fp32).
     """
+    if dtype not in DTYPES:
+        raise BackendError(f"unknown dtype '{dtype}' ({', '.join(DTYPES)})")
+    lm = _load(spec, backend=backend, model=model, batch_size=batch_size, **kwargs)
+    if dtype != "fp32" and isinstance(lm, TorchLM):
+        import torch
+
+        lm.model.to(getattr(torch, DTYPES[dtype]))
+    return lm
+
+
+def _load(spec: str | Path, *, backend: str, model: str | None, batch_size: int, **kwargs) -> LanguageModel:
     text = str(spec)
     if text in REGISTRY:
         return REGISTRY[text](batch_size=batch_size, **kwargs)
