@@ -150,3 +150,15 @@ def test_bf16_weights_give_close_loglikelihoods(hf_llama_dir):
         assert x.logprob == pytest.approx(y.logprob, rel=0.05, abs=0.1)
     with pytest.raises(BackendError, match="unknown dtype"):
         fissure.load(path, dtype="fp8")
+
+
+@pytest.mark.slow
+def test_gguf_through_transformers_equals_native_llama():
+    from fissure.models.registry_files import smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    ours, theirs = fissure.load(gguf), fissure.load(gguf, backend="transformers")
+    assert (ours.capabilities.backend, theirs.capabilities.backend) == ("llama", "transformers")
+    prompts = ["The capital of France is", "def add(a, b):"]
+    d = Decoding(max_new_tokens=8)
+    assert ours.generate(prompts, d) == theirs.generate(prompts, d)
