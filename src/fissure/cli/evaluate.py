@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..runs import start_run, write_json
+from ..runs import append_jsonl, run_directory, write_json
 from . import app
 from .common import err, guard, out, print_json
 
@@ -39,12 +39,16 @@ def evaluate(
     lm = load(model, backend=backend, model=served_model, batch_size=batch_size, dtype=dtype)
     docs = read_documents(text, normalize=None)
     caps = lm.capabilities
-    run_dir = start_run("eval", {"model": model, "backend": caps.backend, "text": [str(t) for t in text],
-                                 "window": window or 0, "stride": stride or 0, "batch_size": batch_size},
-                        None, root=out_dir, threads=n_threads)
     scores = []
-    for doc in tqdm(docs, desc="eval", unit="doc", disable=as_json or len(docs) < 2):
-        scores.extend(lm.loglikelihood_rolling([doc.text], window=window, stride=stride))
+    with run_directory("eval", {"model": model, "backend": caps.backend, "text": [str(t) for t in text],
+                                "window": window or 0, "stride": stride or 0, "batch_size": batch_size},
+                       None, root=out_dir, threads=n_threads) as run_dir:
+        for doc in tqdm(docs, desc="eval", unit="doc", disable=as_json or len(docs) < 2):
+            (score,) = lm.loglikelihood_rolling([doc.text], window=window, stride=stride)
+            scores.append(score)
+            # one row per document as it is scored: a failure later keeps what was computed
+            append_jsonl(run_dir / "samples.jsonl", [{"source": doc.source, "loglikelihood": score.loglikelihood,
+                                                      "tokens": score.tokens, "bytes": score.bytes}])
     tokenizer = getattr(getattr(lm, "tokenizer", None), "name", caps.backend)
     result = summarise_scores([s.loglikelihood for s in scores], [s.tokens for s in scores],
                               [s.bytes for s in scores], scores[0].window, scores[0].stride,
