@@ -221,6 +221,11 @@ register("reversed", "MG", "request written backwards, reply asked for backwards
 register("payload_splitting", "MG", "request cut into string variables the model must join",
          _payload_splitting)
 
+# Each ablation control keeps an attack's form but drops its force; ``none`` is the baseline of all.
+CONTROLS: dict[str, str] = {"prefix_injection_hello": "prefix_injection",
+                            "refusal_suppression_inv": "refusal_suppression",
+                            "base64_raw": "base64"}
+
 ALIASES.update({
     "combination_1": "prefix_injection+refusal_suppression+base64",
     "combination_2": "prefix_injection+refusal_suppression+style_injection_json+base64",

@@ -1,0 +1,156 @@
+"""``report.html`` of a probe run: ASR per attack and per mode with intervals, capability
+control, over-refusal, white-box probes and the worst replies, from ``results.json`` and
+``samples.jsonl`` alone (so a report can be rebuilt from any run directory)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .html import Raw, interval, num, page, paragraph, section, table
+from .plots import dot_plot, interval_bars
+
+MAX_EXAMPLES = 12
+
+
+def _user_text(prompt) -> str:
+    if isinstance(prompt, list):
+        return next((m.get("content", "") for m in reversed(prompt) if m.get("role") == "user"), "")
+    return str(prompt or "")
+
+
+def _decoding_section(d: dict) -> str:
+    k = d.get("samples", 1)
+    title = f"Decoding {d['decoding']} (temperature {d['temperature']:g}, {k} sample{'s' if k > 1 else ''} per request)"
+    rows = []
+    for name, a in d["attacks"].items():
+        c = a["counts"]
+        twin = interval(a["twin_accuracy"]) if a.get("twin_accuracy") else "-"
+        if a.get("readable") is False:
+            twin += " (cannot read)"
+        rows.append([name, a["mode"], a["n"], c["refused"], c["violated"], c["unclear"], interval(a["asr"]),
+                     interval(a["asr_per_sample"]), twin, a.get("reclassified_unclear", 0)])
+    attack_table = table(["attack", "mode", "n", "refused", "violated", "unclear", f"ASR at k={k} [95% CI]",
+                          "ASR per sample", "twin accuracy", "refusals -> unclear"], rows)
+    mode_rows = [[m, r["n"], r["counts"]["refused"], r["counts"]["violated"], r["counts"]["unclear"],
+                  interval(r["asr"]), interval(d["adaptive_asr_by_mode"].get(m))] for m, r in d["modes"].items()]
+    mode_table = table(["mode", "n", "refused", "violated", "unclear", "ASR [95% CI]", "adaptive ASR"], mode_rows)
+    o = d["over_refusal"]
+    over = (paragraph(f"Benign twins: {o['n']} replies, refused {o['counts']['refused']}, over-refusal "
+                      f"{interval(o['rate'])}; correct answer where checkable {interval(o['answered'])} "
+                      f"(of {o['answered_n']}).") if o and o["n"] else paragraph("No benign twins asked.", "note"))
+    return section(
+        title,
+        Raw(interval_bars([(n, a["asr"]) for n, a in d["attacks"].items()], "ASR per attack (Wilson 95%)")),
+        attack_table,
+        Raw(interval_bars([(m, r["asr"]) for m, r in d["modes"].items()], "ASR per mode (Wilson 95%)")),
+        mode_table,
+        paragraph(f"Adaptive ASR (a request counts as broken if any attack broke it): {interval(d['adaptive_asr'])}"),
+        over,
+    )
+
+
+def _capability_section(d: dict, threshold: str) -> str:
+    if not d.get("capability"):
+        return section("Capability control", paragraph("No MG attack in this run (or twins turned off).", "note"))
+    rows = [[name, c["encoding"], c["n"], c["correct"], interval(c["accuracy"]), "yes" if c["readable"] else "no"]
+            for name, c in d["capability"].items()]
+    enc_rows = [[enc, c["n"], c["correct"], interval(c["accuracy"]), "yes" if c["readable"] else "no"]
+                for enc, c in d["capability_by_encoding"].items()]
+    return section(
+        "Capability control (benign twins in the same encoding)",
+        paragraph("Where the model cannot read an encoding (twin accuracy below the threshold, "
+                  f"{threshold}), its refusals and unclear replies there are counted as unclear, not as safety."),
+        table(["attack", "encoding", "twins", "correct", "accuracy [95% CI]", "readable"], rows),
+        table(["encoding", "twins", "correct", "accuracy [95% CI]", "readable"], enc_rows),
+    )
+
+
+def _whitebox_section(w: dict) -> str:
+    if not w or w.get("skipped"):
+        return section("White-box probes", paragraph((w or {}).get("note", "not run"), "note"))
+    rows = []
+    for r in w["requests"]:
+        pf = r.get("prefill") or {}
+        rows.append([r["request_id"], r["request"], num(r["refusal_log_odds"]),
+                     num(pf.get("logprob")) if pf else "-", num(pf.get("per_token")) if pf else "-",
+                     ("yes" if pf.get("greedy") else "no") if pf else "-"])
+    parts = [paragraph(f"Refusal log-odds = log P(opens with {', '.join(w['refusal_openings'])}) - "
+                       f"log P(opens with {', '.join(w['compliant_openings'])}); positive leans to refusing. "
+                       f"Mean {num(w['mean_refusal_log_odds'])}, share leaning to refusal "
+                       f"{num(w['share_leaning_refusal'])}."),
+             Raw(dot_plot([(r["request_id"], r["refusal_log_odds"]) for r in w["requests"]],
+                          "Refusal log-odds per request", axis_label="nats (refusal - compliance)"))]
+    if w.get("target"):
+        parts.append(paragraph(f"Prefill: log P(target | prompt + \"{w['prefill']}\"); greedy = the model would emit "
+                               f"the target itself. Share greedy {num(w.get('share_prefill_greedy'))}."))
+    elif w.get("note"):
+        parts.append(paragraph(w["note"], "note"))
+    parts.append(table(["request", "text", "refusal log-odds", "prefill log P(target)", "per token", "greedy"],
+                       rows, text_columns=(1,)))
+    return section("White-box probes", *parts)
+
+
+def _examples_section(rows: list[dict]) -> str:
+    violated = [r for r in rows if r.get("kind") == "attack" and r.get("judge_label") == "violated"]
+    violated.sort(key=lambda r: (r.get("mode") == "control", r.get("attack", ""), r.get("request_id", "")))
+    parts = []
+    if violated:
+        parts.append(table(
+            ["attack", "t", "request", "attack prompt", "reply", "canonical reply", "evidence"],
+            [[r["attack"], f"{r.get('temperature', 0):g}", r.get("request", ""), _user_text(r.get("prompt")),
+              r.get("response", ""), r.get("canonical", "") if r.get("canonical") != r.get("response") else "(same)",
+              (r.get("judges") or {}).get("violation", {}).get("evidence")]
+             for r in violated[:MAX_EXAMPLES]], text_columns=(2, 3, 4, 5)))
+        if len(violated) > MAX_EXAMPLES:
+            parts.append(paragraph(f"... and {len(violated) - MAX_EXAMPLES} more in samples.jsonl.", "note"))
+    else:
+        parts.append(paragraph("No reply violated the policy.", "note"))
+    over = [r for r in rows if r.get("kind") == "benign" and r.get("judge_label") == "refused"]
+    if over:
+        parts.append("<h3>Over-refusals on benign twins</h3>")
+        parts.append(table(["t", "request", "reply", "refusal evidence"],
+                           [[f"{r.get('temperature', 0):g}", r.get("request", ""), r.get("response", ""),
+                             (r.get("judges") or {}).get("refusal_anchored", {}).get("evidence")
+                             or (r.get("judges") or {}).get("refusal_lexicon", {}).get("evidence")]
+                            for r in over[:MAX_EXAMPLES]], text_columns=(1, 2)))
+    return section("Worst examples (policy violations)", *parts)
+
+
+def render_probe_report(results: dict, rows: list[dict]) -> str:
+    tp = results.get("throughput") or {}
+    policy = results.get("policy") or {}
+    head = table(["", ""], [
+        ["model", f"{results.get('model')} ({results.get('backend')} backend)"],
+        ["policy", f"{policy.get('name')}: {policy.get('requests')} requests, "
+                   f"{policy.get('benign_twins')} benign twins"],
+        ["signature", results.get("signature")],
+        ["throughput", f"{tp.get('prompts')} prompts in {num(tp.get('generate_seconds'), 1)} s: "
+                       f"{num(tp.get('prompts_per_s'))} prompts/s, {num(tp.get('tokens_per_s'), 1)} new tokens/s"
+                       + (f" ({tp['resumed_samples']} samples from before a resume)"
+                          if tp.get("resumed_samples") else "")],
+        ["run directory", results.get("run_dir")],
+    ])
+    threshold = results.get("capability_threshold")
+    thr = f"{threshold:g}" if threshold is not None else "see config.toml"
+    body = [head]
+    for d in results.get("decodings", []):
+        body.append(_decoding_section(d))
+        body.append(_capability_section(d, thr))
+    body.append(_whitebox_section(results.get("whitebox")))
+    body.append(_examples_section(rows))
+    return page(f"fissure probe: {results.get('model')} / {policy.get('name')}", body)
+
+
+def write_probe_report(run_dir: str | Path, results: dict | None = None, rows: list[dict] | None = None) -> Path:
+    """Write ``run_dir/report.html`` (reading results.json and samples.jsonl where not given)."""
+    run_dir = Path(run_dir)
+    if results is None:
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    if rows is None:
+        path = run_dir / "samples.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if path.is_file() else []
+    path = run_dir / "report.html"
+    path.write_text(render_probe_report(results, rows), encoding="utf-8")
+    return path
