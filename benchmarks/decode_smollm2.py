@@ -6,7 +6,8 @@
 Reports new tokens/s for greedy batch 1 and for sampling 32 prompts x 64 new tokens, the
 first (GGUF dequantisation) and cached load times, and how far batch-1 decoding is from the
 memory-bandwidth limit: every new token reads all weights once, so tokens/s <= bandwidth /
-weight bytes.
+weight bytes. ``ours-bf16`` and ``ours-int8`` (weight-only int8, bf16 activations) trade a
+little precision for fewer bytes per token; ``ours`` is fp32 like transformers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import save  # noqa: E402
 
 from fissure.decode import Decoding, generate  # noqa: E402
+from fissure.models.quantize import quantize_int8  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
            "The three laws of thermodynamics are", "import numpy as np\n", "My favourite recipe for bread:",
@@ -71,9 +73,10 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(path)
     ours = load_hf_llama_dir(path)
     ours_bf16 = load_hf_llama_dir(path, dtype=torch.bfloat16)
+    ours_int8 = quantize_int8(load_hf_llama_dir(path))
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    weight_bytes = {"fp32": sum(p.numel() * 4 for p in ours.parameters()),
-                    "bf16": sum(p.numel() * 2 for p in ours.parameters())}
+    n_params = sum(p.numel() for p in ours.parameters())
+    weight_bytes = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params}
     eos = tok.eos_token_id
 
     def hf_run(prompts, n, sample):
@@ -91,7 +94,8 @@ def main() -> None:
         return sum(len(s) for s in out.sequences)
 
     runners = {"transformers": hf_run, "ours": lambda p, n, s: ours_run(p, n, s, ours),
-               "ours-bf16": lambda p, n, s: ours_run(p, n, s, ours_bf16)}
+               "ours-bf16": lambda p, n, s: ours_run(p, n, s, ours_bf16),
+               "ours-int8": lambda p, n, s: ours_run(p, n, s, ours_int8)}
     cases = {"greedy_b1": ([PROMPTS[0]], args.greedy_tokens, False),
              f"sample_b{args.batch}": ((PROMPTS * args.batch)[: args.batch], args.new_tokens, True)}
     for prompts, n, sample in cases.values():  # warm-up
@@ -110,14 +114,16 @@ def main() -> None:
     for c in cases:
         tps = {w: tokens[(c, w)] / times[(c, w)] for w in runners}
         rows[c] = {f"{w}_tokens_per_s": v for w, v in tps.items()}
-        rows[c].update(speedup=tps["ours"] / tps["transformers"], speedup_bf16=tps["ours-bf16"] / tps["transformers"])
-        print(f"{c:12s} transformers {tps['transformers']:7.1f}   ours {tps['ours']:7.1f} "
-              f"(x{rows[c]['speedup']:.2f})   ours-bf16 {tps['ours-bf16']:7.1f} (x{rows[c]['speedup_bf16']:.2f})  tokens/s")
+        rows[c].update({f"speedup_{w}": tps[w] / tps["transformers"] for w in runners if w != "transformers"})
+        print(f"{c:12s} transformers {tps['transformers']:6.1f}  " + "  ".join(
+            f"{w} {tps[w]:6.1f} (x{tps[w] / tps['transformers']:.2f})" for w in runners if w != "transformers")
+            + "  tokens/s")
     limit = {k: bandwidth * 1e9 / v for k, v in weight_bytes.items()}
     g = rows["greedy_b1"]
     print(f"memory bandwidth {bandwidth:.1f} GB/s: batch-1 limit {limit['fp32']:.1f} tok/s fp32 "
           f"({g['ours_tokens_per_s'] / limit['fp32']:.0%} reached), {limit['bf16']:.1f} tok/s bf16 "
-          f"({g['ours-bf16_tokens_per_s'] / limit['bf16']:.0%} reached)")
+          f"({g['ours-bf16_tokens_per_s'] / limit['bf16']:.0%} reached), {limit['int8']:.1f} tok/s int8 "
+          f"({g['ours-int8_tokens_per_s'] / limit['int8']:.0%} reached)")
     print(f"load: first {first_load:.1f} s (dequantise GGUF), cached {cached_load:.1f} s")
     path = save("decode_smollm2", {"config": vars(args), "results": rows, "memory_bandwidth_gb_s": bandwidth,
                                    "weight_bytes": weight_bytes, "bandwidth_limit_tokens_per_s": limit,

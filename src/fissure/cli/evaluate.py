@@ -22,7 +22,7 @@ def evaluate(
     batch_size: int = typer.Option(8, help="Windows per forward pass (results do not depend on it)."),
     backend: str = typer.Option("auto", help="auto | native | transformers (for HF dirs and GGUF files)."),
     served_model: str = typer.Option(None, "--model", help="Model name on an OpenAI-compatible server."),
-    dtype: str = typer.Option("fp32", help="Weights of local models: fp32 | bf16 (faster decoding, slightly different numbers)."),
+    dtype: str = typer.Option("fp32", help="Weights of local models: fp32 | bf16 | int8 (faster decoding, slightly different numbers)."),
     threads: int = typer.Option(0, help="Torch threads (0 = free cores)."),
     out_dir: str = typer.Option("runs", help="Where the run directory goes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
