@@ -15,13 +15,15 @@ class Decoding:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the sequence (CTRL, as HF)
     num_beams: int = 1
     length_penalty: float = 1.0  # beam search: score = sum logprob / generated_len ** length_penalty
-    early_stopping: bool = False  # beam search: stop once num_beams hypotheses are finished
+    early_stopping: bool | str = False  # beam search: True, False (heuristic) or "never", as HF
     stop: list[str] = field(default_factory=list)  # stop strings
     seed: int | None = None  # sampling seed (None: torch's global RNG)
     eos_token_id: int | None = None  # None: the tokenizer's
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]  # one stop string, not a list of its characters
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
         if self.temperature < 0:
@@ -34,6 +36,8 @@ class Decoding:
             raise ValueError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, not {self.num_beams}")
+        if self.early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping must be True, False or 'never', not {self.early_stopping!r}")
         if self.num_beams > 1 and self.sampling:
             raise ValueError("beam search with sampling is not supported: use num_beams=1 or do_sample=False")
 

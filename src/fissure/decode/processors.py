@@ -1,88 +1,146 @@
-"""Logits processors with HF's semantics (``transformers.generation.logits_process``), as plain
-functions on ``scores`` of shape ``(batch, vocab)``.
+"""Logits processors with HF's names and semantics (``transformers.generation.logits_process``).
 
-The repetition penalty takes a boolean ``seen`` mask ``(batch, vocab)`` instead of the token
-history: the same result as HF's gather/scatter over ``input_ids``, but padding is never
-penalised and the mask is updated in O(batch) per step.
+Each is a small callable ``(input_ids (B, T), scores (B, V)) -> scores`` that returns a new
+tensor. One deliberate difference: :class:`RepetitionPenaltyLogitsProcessor` ignores negative
+ids, which :func:`~fissure.decode.search.generate` puts at left-padding positions, so a row's
+penalty never depends on the other prompts in its batch (HF penalises the pad token there).
+
+:func:`sample` draws from ``softmax(scores)``; :func:`sample_top_p` draws from the top-p
+distribution without sorting the vocabulary, which is where most of HF's sampling time goes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 from .config import Decoding
 
-
-def seen_mask(input_ids: torch.Tensor, vocab_size: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``(B, V)`` True where a token occurs in a row (ignoring padded positions)."""
-    weight = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
-    counts = torch.zeros(input_ids.shape[0], vocab_size, dtype=torch.long, device=input_ids.device)
-    return counts.scatter_add_(1, input_ids, weight) > 0
+Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty: divide positive scores of seen tokens by ``penalty``, multiply negative ones."""
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen, penalised, scores)
+class TemperatureLogitsWarper:
+    def __init__(self, temperature: float):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, not {temperature}")
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores / self.temperature
 
 
-def temperature(scores: torch.Tensor, t: float) -> torch.Tensor:
-    return scores / t
+class TopKLogitsWarper:
+    """Keep the ``top_k`` highest scores (ties with the k-th are kept, as HF)."""
+
+    def __init__(self, top_k: int, filter_value: float = -float("inf"), min_tokens_to_keep: int = 1):
+        if top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, not {top_k}")
+        self.top_k = max(top_k, min_tokens_to_keep)
+        self.filter_value = filter_value
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        k = min(self.top_k, scores.size(-1))
+        kth = torch.topk(scores, k)[0][..., -1, None]
+        return scores.masked_fill(scores < kth, self.filter_value)
 
 
-def top_k(scores: torch.Tensor, k: int, filter_value: float = -float("inf")) -> torch.Tensor:
-    """Keep the ``k`` highest scores (ties with the k-th are kept, as HF)."""
-    k = min(k, scores.size(-1))
-    kth = torch.topk(scores, k)[0][..., -1, None]
-    return scores.masked_fill(scores < kth, filter_value)
+class TopPLogitsWarper:
+    """Nucleus filtering: drop the least likely tokens whose total probability is at most ``1 - top_p``."""
+
+    def __init__(self, top_p: float, filter_value: float = -float("inf"), min_tokens_to_keep: int = 1):
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {top_p}")
+        if min_tokens_to_keep < 1:
+            raise ValueError(f"min_tokens_to_keep must be >= 1, not {min_tokens_to_keep}")
+        self.top_p, self.filter_value, self.min_tokens_to_keep = top_p, filter_value, min_tokens_to_keep
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        sorted_logits, sorted_idx = torch.sort(scores, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - self.top_p)
+        remove_sorted[..., -self.min_tokens_to_keep:] = False
+        remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
+        return scores.masked_fill(remove, self.filter_value)
 
 
-def top_p(scores: torch.Tensor, p: float, min_tokens_to_keep: int = 1,
-          filter_value: float = -float("inf"), candidates: int = 128) -> torch.Tensor:
-    """Nucleus filtering: keep the smallest set of tokens whose probability mass reaches ``p``.
+class RepetitionPenaltyLogitsProcessor:
+    """CTRL's penalty on every token already in ``input_ids``: positive scores are divided by
+    ``penalty``, negative ones multiplied. Negative ids (padding) are not tokens and are skipped."""
 
-    HF sorts the whole vocabulary; the nucleus is usually a few dozen tokens, so we first try the
-    ``candidates`` most likely ones and sort everything only when they do not reach ``p``. A token
-    is kept when the mass of the tokens strictly more likely than it is below ``p``, which is
-    HF's rule (drop where the ascending cumulative mass is <= 1 - p) read from the other end.
-    """
-    k = min(candidates, scores.size(-1))
-    if k < scores.size(-1):
-        values, index = torch.topk(scores, k)
-        probs = (values - scores.logsumexp(dim=-1, keepdim=True)).exp()
-        mass = probs.cumsum(dim=-1)
-        if bool((mass[:, -1] > p).all()):
-            keep = (mass - probs) < p
-            keep[:, :min_tokens_to_keep] = True
-            kept = torch.full_like(scores, filter_value).scatter(1, index, torch.where(keep, values, filter_value))
-            return kept
-    sorted_logits, sorted_idx = torch.sort(scores, descending=False)
-    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cum <= (1 - p)
-    remove_sorted[..., -min_tokens_to_keep:] = False
-    remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
-    return scores.masked_fill(remove, filter_value)
+    def __init__(self, penalty: float):
+        if not penalty > 0:
+            raise ValueError(f"repetition penalty must be > 0, not {penalty}")
+        self.penalty = penalty
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # count occurrences instead of HF's gather/scatter, so padding can carry weight 0
+        counts = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
+        counts.scatter_add_(1, input_ids.clamp(min=0), (input_ids >= 0).int())
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(counts > 0, penalised, scores)
 
 
-def sample(scores: torch.Tensor, generator: torch.Generator | None, candidates: int = 128) -> torch.Tensor:
-    """One token per row from ``softmax(scores)``. When top-k/top-p left at most ``candidates``
-    tokens per row, sample among those only (same distribution, far less work than the full vocabulary)."""
-    k = min(candidates, scores.size(-1))
-    if k < scores.size(-1) and int(torch.isfinite(scores).sum(dim=-1).max()) <= k:
-        values, index = torch.topk(scores, k)
-        return index.gather(1, torch.multinomial(values.softmax(dim=-1), 1, generator=generator))[:, 0]
-    return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator)[:, 0]
-
-
-def process(scores: torch.Tensor, decoding: Decoding, seen: torch.Tensor | None) -> torch.Tensor:
-    """All processors in HF's order: repetition penalty, then (when sampling) temperature, top-k, top-p."""
-    if decoding.repetition_penalty != 1.0 and seen is not None:
-        scores = repetition_penalty(scores, seen, decoding.repetition_penalty)
+def build_processors(decoding: Decoding, *, top_p: bool = True) -> list[Processor]:
+    """The processors ``decoding`` asks for, in HF's order: repetition penalty, then (only when
+    sampling) temperature, top-k, top-p. ``top_p=False`` leaves the last out for callers that
+    sample with :func:`sample_top_p` instead."""
+    processors: list[Processor] = []
+    if decoding.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(decoding.repetition_penalty))
     if decoding.sampling:
         if decoding.temperature != 1.0:
-            scores = temperature(scores, decoding.temperature)
+            processors.append(TemperatureLogitsWarper(decoding.temperature))
         if decoding.top_k:
-            scores = top_k(scores, decoding.top_k)
-        if decoding.top_p < 1.0:
-            scores = top_p(scores, decoding.top_p)
-    return scores
+            processors.append(TopKLogitsWarper(decoding.top_k))
+        if decoding.top_p < 1.0 and top_p:
+            processors.append(TopPLogitsWarper(decoding.top_p))
+    return processors
+
+
+def _inverse_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row with probability proportional to the increments of ``cdf`` (B, V)."""
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype) * total
+    # right=True returns the first index whose cdf exceeds u: never a zero-probability token
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
+
+
+def sample(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from ``softmax(scores)`` (``-inf`` scores are never drawn).
+
+    Inverse-CDF sampling over the vocabulary in id order: one uniform number per row, against
+    the ``V`` exponentials that ``torch.multinomial`` draws on CPU. The CDF is accumulated in
+    float64 so its rounding error stays far below any token's probability that matters.
+    """
+    probs = scores.float().softmax(dim=-1)
+    return _inverse_cdf(probs.cumsum(dim=-1, dtype=torch.float64), generator)
+
+
+def sample_top_p(scores: torch.Tensor, top_p: float, generator: torch.Generator | None = None,
+                 max_rounds: int = 8) -> torch.Tensor:
+    """One token per row from the distribution that :class:`TopPLogitsWarper` leaves.
+
+    Rejection sampling: draw from ``softmax(scores)`` and accept a token if it is in the nucleus,
+    i.e. the tokens more likely than it hold less than ``top_p`` of the mass (HF's rule read from
+    the likely end; the most likely token always passes). Accepted draws follow the nucleus
+    distribution exactly; each draw is accepted with probability >= ``top_p``. Rows still
+    rejected after ``max_rounds`` fall back to the sorting warper.
+    """
+    probs = scores.float().softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+    out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    p, c = probs, cdf  # the rows still to draw
+    for _ in range(max_rounds):
+        tok = _inverse_cdf(c, generator)
+        above = (p * (p > p.gather(1, tok[:, None]))).sum(dim=-1)
+        ok = above < top_p
+        if bool(ok.all()):
+            out[rows] = tok
+            return out
+        out[rows[ok]] = tok[ok]
+        rows = rows[~ok]
+        p, c = probs[rows], cdf[rows]
+    out[rows] = sample(TopPLogitsWarper(top_p)(None, scores[rows]), generator)
+    return out

@@ -1,8 +1,12 @@
 """Batched generation for every causal model: greedy, sampling and beam search.
 
-Prompts are left-padded into one batch; the prompt is run once (prefill) into the model's KV
+Prompts are left-padded into one batch; the prompt runs once (prefill) into the model's KV
 cache, then one token per step. Greedy and beam search reproduce HF ``generate`` token for
-token; a row's output never depends on the other rows in its batch.
+token; a greedy row's output does not depend on the other rows in its batch. Rows that finish
+leave the batch (their cache rows are dropped) once a quarter of it has finished.
+
+Token buffers hold ``-1`` at left-padding positions: the processors skip them, and the model
+sees ``pad_token_id`` there (masked out by the attention mask either way).
 """
 
 from __future__ import annotations
@@ -14,14 +18,18 @@ import torch
 
 from ..errors import GenerationError
 from .config import Decoding
-from .processors import process, sample, seen_mask
+from .processors import build_processors, sample, sample_top_p
 
 NEG_INF = -1.0e9
 
 
 @dataclass
 class GenerationOutput:
-    sequences: list[list[int]]  # new tokens per prompt, eos included when it was produced (as HF)
+    """New tokens per prompt, without padding. A row that produced ``eos_token_id`` ends with it
+    (HF returns it too, then pads); a row ended by a stop string keeps every token up to and
+    including the one that completed it (cut the text with :func:`truncate_at_stop`)."""
+
+    sequences: list[list[int]]
     finish_reasons: list[str]  # "eos" | "stop" | "length"
 
 
@@ -36,34 +44,34 @@ def _check(model, prompts: list[list[int]], decoding: Decoding) -> None:
     for p in prompts:
         if not p:
             raise GenerationError("empty prompt: generation needs at least one token (prepend BOS/EOS)")
-        if len(p) > limit or len(p) + decoding.max_new_tokens > limit:
+        if len(p) + decoding.max_new_tokens > limit:
             raise GenerationError(f"prompt ({len(p)} tokens) + max_new_tokens ({decoding.max_new_tokens}) "
                                   f"exceeds the model's context of {limit} tokens")
 
 
-def _left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(B, L)`` ids with ``-1`` at padding, and the 1/0 mask (``None`` when nothing is padded)."""
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[row, width - len(p):] = 1
-    return ids, (None if bool(mask.all()) else mask)
+    ids = torch.tensor([[-1] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=device)
+    return ids, (None if all(len(p) == width for p in prompts) else (ids >= 0).long())
 
 
 class _StopChecker:
-    """Finds stop strings in the tail of each row's new text (decoding only the last few tokens)."""
+    """Finds stop strings in the tail of a row's new text (decoding only the last few tokens)."""
 
     def __init__(self, stops: list[str], decode_fn: Callable[[list[int]], str] | None):
-        self.stops = [s for s in stops if s]
+        self.stops = [s for s in stops if s] if decode_fn is not None else []
         self.decode_fn = decode_fn
-        self.tail = 4 * max((len(s) for s in self.stops), default=0) + 4  # byte tokens: 4 per character
+        # a token decodes to >= 1 byte and a character is <= 4 bytes: the tail covers any stop string
+        self.tail = 4 * max((len(s) for s in self.stops), default=0) + 4
 
     def __call__(self, tokens: list[int]) -> bool:
-        if not self.stops or self.decode_fn is None:
-            return False
         text = self.decode_fn(tokens[-self.tail:])
         return any(s in text for s in self.stops)
+
+    def first_stop(self, tokens: list[int]) -> int | None:
+        """Length of the shortest prefix of ``tokens`` that contains a stop string."""
+        return next((n for n in range(1, len(tokens) + 1) if self(tokens[:n])), None)
 
 
 @torch.inference_mode()
@@ -72,100 +80,136 @@ def generate(model, prompts: list[list[int]], decoding: Decoding | None = None, 
              on_token: Callable[[int, int], None] | None = None) -> GenerationOutput:
     """Continue each prompt (a list of token ids) under ``decoding``.
 
+    ``decoding.eos_token_id`` / ``pad_token_id`` take precedence over the keyword arguments.
     ``decode_fn`` turns token ids into text (needed for stop strings); ``on_token(row, token)``
-    is called as each token is produced, for streaming.
+    is called as each token is produced, for streaming (greedy and sampling).
     """
     decoding = decoding or Decoding()
     eos = decoding.eos_token_id if decoding.eos_token_id is not None else eos_token_id
     pad = decoding.pad_token_id if decoding.pad_token_id is not None else pad_token_id
     _check(model, prompts, decoding)
+    if not prompts:
+        return GenerationOutput([], [])
+    stop = _StopChecker(decoding.stop, decode_fn)
     if decoding.num_beams > 1:
-        return _beam_search(model, prompts, decoding, eos, pad)
-    return _greedy_or_sample(model, prompts, decoding, eos, pad, _StopChecker(decoding.stop, decode_fn), on_token)
+        return _beam_search(model, prompts, decoding, eos, pad, stop)
+    return _greedy_or_sample(model, prompts, decoding, eos, pad, stop, on_token)
 
 
-def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopChecker, on_token):
-    ids, mask = _left_pad(prompts, pad)
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _choose(scores: torch.Tensor, decoding: Decoding, generator: torch.Generator | None) -> torch.Tensor:
+    if not decoding.sampling:
+        return scores.argmax(dim=-1)
+    if decoding.top_p < 1.0:
+        return sample_top_p(scores, decoding.top_p, generator)
+    return sample(scores, generator)
+
+
+def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopChecker, on_token) -> GenerationOutput:
+    device = _device(model)
+    ids, mask = _left_pad(prompts, device)
     B, L = ids.shape
-    total = L + decoding.max_new_tokens
-    cache = model.new_kv_cache(B, total)
-    full_mask = None
+    n_new = decoding.max_new_tokens
+    history = torch.full((B, L + n_new), -1, dtype=torch.long, device=device)  # what the processors see
+    history[:, :L] = ids
+    full_mask = positions = None
     if mask is not None:
-        full_mask = torch.ones(B, total, dtype=torch.long)
-        full_mask[:, :L] = mask
-    generator = torch.Generator().manual_seed(decoding.seed) if decoding.sampling and decoding.seed is not None else None
-    seen = None
-    if decoding.repetition_penalty != 1.0:
-        seen = seen_mask(ids, _vocab_size(model), mask)
-    new_tokens = [[] for _ in range(B)]
+        full_mask = torch.cat([mask, mask.new_ones(B, n_new)], dim=1)
+        positions = mask.sum(dim=1, keepdim=True)  # position of each row's next token
+    cache = model.new_kv_cache(B, L + n_new)
+    processors = build_processors(decoding, top_p=False)  # _choose samples the nucleus itself
+    generator = None
+    if decoding.sampling and decoding.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(decoding.seed)
+
+    sequences: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
-    alive = torch.ones(B, dtype=torch.bool)
-    alive_rows = [True] * B
-    step_input, cur = ids, L
-    for _ in range(decoding.max_new_tokens):
-        logits = model(step_input, attention_mask=None if full_mask is None else full_mask[:, :cur], kv_cache=cache)
-        scores = process(logits[:, -1, :].float(), decoding, seen)
-        if decoding.sampling:
-            nxt = sample(scores, generator)
-        else:
-            nxt = scores.argmax(dim=-1)
-        nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
-        if seen is not None:
-            seen[torch.arange(B), nxt] |= alive
-        for row, tok in enumerate(nxt.tolist()):
-            if not alive_rows[row]:
+    slots = list(range(B))  # the prompt each batch row belongs to
+    alive = [True] * B
+    cur = L
+    logits = model(ids if mask is None else torch.where(mask.bool(), ids, pad), attention_mask=mask, kv_cache=cache)
+    for step in range(n_new):
+        scores = logits[:, -1, :].float()
+        for proc in processors:
+            scores = proc(history[:, :cur], scores)
+        nxt = _choose(scores, decoding, generator)
+        history[:, cur] = nxt
+        cur += 1
+        finished = False
+        for i, tok in enumerate(nxt.tolist()):
+            if not alive[i]:
                 continue
-            new_tokens[row].append(tok)
+            row = slots[i]
+            sequences[row].append(tok)
             if on_token is not None:
                 on_token(row, tok)
             if tok == eos:
-                alive_rows[row], reasons[row] = False, "eos"
-            elif stop.stops and stop(new_tokens[row]):
-                alive_rows[row], reasons[row] = False, "stop"
-        if not any(alive_rows):
+                reason = "eos"
+            elif stop.stops and stop(sequences[row]):
+                reason = "stop"
+            else:
+                continue
+            alive[i], reasons[row], finished = False, reason, True
+        if step == n_new - 1 or not any(alive):
             break
-        alive = torch.tensor(alive_rows)
-        step_input, cur = nxt[:, None], cur + 1
-    return GenerationOutput(new_tokens, reasons)
+        if finished and 4 * alive.count(False) >= len(alive):  # drop finished rows from the batch
+            keep = torch.tensor([i for i, a in enumerate(alive) if a], device=device)
+            cache.reorder(keep)
+            history, nxt = history[keep], nxt[keep]
+            slots = [slots[i] for i in keep.tolist()]
+            alive = [True] * len(slots)
+            if full_mask is not None:
+                full_mask, positions = full_mask[keep], positions[keep]
+                if bool(full_mask[:, :L].all()):  # no padding left: the model's fast path
+                    full_mask = positions = None
+        logits = model(nxt[:, None], attention_mask=None if full_mask is None else full_mask[:, :cur],
+                       position_ids=positions, kv_cache=cache)
+        if positions is not None:
+            positions = positions + 1
+    return GenerationOutput(sequences, reasons)
 
 
-def _vocab_size(model) -> int:
-    return model.config.vocab_size
+def _beam_search(model, prompts, decoding: Decoding, eos, pad, stop: _StopChecker) -> GenerationOutput:
+    """HF's vectorised beam search (transformers >= 4.50 ``_beam_search``), step for step.
 
-
-def _beam_search(model, prompts, decoding: Decoding, eos, pad) -> GenerationOutput:
-    """HF's vectorised beam search (transformers >= 4.50 ``_beam_search``), step for step."""
+    Stop strings do not steer the search; a finished sequence that contains one is cut after the
+    token that completes it, with finish reason "stop".
+    """
     nb, lp, early = decoding.num_beams, decoding.length_penalty, decoding.early_stopping
-    ids, mask = _left_pad(prompts, pad)
+    device = _device(model)
+    ids, mask = _left_pad(prompts, device)
     B, L = ids.shape
     max_length = L + decoding.max_new_tokens
     keep = 2 * nb  # HF: max(2, 1 + n_eos) * num_beams
-    top_nb = torch.cat([torch.ones(nb, dtype=torch.bool), torch.zeros(keep - nb, dtype=torch.bool)])
+    top_nb = torch.cat([torch.ones(nb, dtype=torch.bool), torch.zeros(keep - nb, dtype=torch.bool)]).to(device)
+    processors = build_processors(decoding)
 
     flat_ids = ids.repeat_interleave(nb, dim=0)
     full_mask = None
     if mask is not None:
-        full_mask = torch.ones(B * nb, max_length, dtype=torch.long)
+        full_mask = torch.ones(B * nb, max_length, dtype=torch.long, device=device)
         full_mask[:, :L] = mask.repeat_interleave(nb, dim=0)
     cache = model.new_kv_cache(B * nb, max_length)
-    seen = seen_mask(flat_ids, _vocab_size(model), None if mask is None else full_mask[:, :L]) \
-        if decoding.repetition_penalty != 1.0 else None
 
-    running = torch.full((B, nb, max_length), pad, dtype=torch.long)
+    running = torch.full((B, nb, max_length), -1, dtype=torch.long, device=device)
     running[:, :, :L] = flat_ids.view(B, nb, L)
     finished_seqs = running.clone()
-    running_scores = torch.zeros(B, nb)
+    running_scores = torch.zeros(B, nb, device=device)
     running_scores[:, 1:] = NEG_INF
-    finished_scores = torch.full((B, nb), NEG_INF)
-    is_finished = torch.zeros(B, nb, dtype=torch.bool)
-    improvable = torch.ones(B, 1, dtype=torch.bool)
-    batch_offset = (torch.arange(B) * nb)[:, None]
+    finished_scores = torch.full((B, nb), NEG_INF, device=device)
+    is_finished = torch.zeros(B, nb, dtype=torch.bool, device=device)
+    improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
+    batch_offset = (torch.arange(B, device=device) * nb)[:, None]
 
-    step_input, cur = flat_ids, L
+    step_input, cur = torch.where(flat_ids >= 0, flat_ids, pad), L
     while True:
         logits = model(step_input, attention_mask=None if full_mask is None else full_mask[:, :cur], kv_cache=cache)
         log_probs = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
-        log_probs = process(log_probs, decoding, seen)
+        for proc in processors:
+            log_probs = proc(running.view(B * nb, max_length)[:, :cur], log_probs)
         V = log_probs.shape[-1]
         acc = (log_probs.view(B, nb, V) + running_scores[:, :, None]).view(B, nb * V)
         topk_scores, topk_idx = torch.topk(acc, keep)
@@ -173,7 +217,7 @@ def _beam_search(model, prompts, decoding: Decoding, eos, pad) -> GenerationOutp
         tokens = topk_idx % V
         cand = running.gather(1, src_beam[:, :, None].expand(B, keep, max_length)).clone()
         cand[:, :, cur] = tokens
-        hits = torch.zeros(B, keep, dtype=torch.bool) if eos is None else tokens == eos
+        hits = torch.zeros(B, keep, dtype=torch.bool, device=device) if eos is None else tokens == eos
         if cur + 1 >= max_length:
             hits = torch.ones_like(hits)
 
@@ -188,7 +232,7 @@ def _beam_search(model, prompts, decoding: Decoding, eos, pad) -> GenerationOutp
         just_done = hits & top_nb[None, :]
         done_scores = topk_scores / ((cur + 1 - L) ** lp)
         full = is_finished.all(dim=-1, keepdim=True) & (early is True)
-        done_scores = done_scores + full.float() * NEG_INF + (~improvable).float() * NEG_INF + (~just_done).float() * NEG_INF
+        done_scores = done_scores + (full | ~improvable | ~just_done).float() * NEG_INF
         merged_seqs = torch.cat([finished_seqs, cand], dim=1)
         merged_scores = torch.cat([finished_scores, done_scores], dim=1)
         merged_done = torch.cat([is_finished, just_done], dim=1)
@@ -198,16 +242,13 @@ def _beam_search(model, prompts, decoding: Decoding, eos, pad) -> GenerationOutp
         is_finished = merged_done.gather(1, best)
 
         cache.reorder(beam_idx)
-        if seen is not None:
-            seen = seen.index_select(0, beam_idx)
-            seen[torch.arange(B * nb), running[:, :, cur].reshape(-1)] = True
         if full_mask is not None:
             full_mask = full_mask.index_select(0, beam_idx)
         cur += 1
 
         hyp_len = (max_length - L) if (early == "never" and lp > 0) else (cur - L)
         best_possible = running_scores[:, :1] / (hyp_len ** lp)
-        worst_done = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], torch.tensor(NEG_INF))
+        worst_done = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], NEG_INF)
         improvable = improvable & (best_possible > worst_done).any(dim=-1, keepdim=True)
         open_beams = not (bool(is_finished.all()) and early is True)
         if not (bool(improvable.any()) and open_beams and not bool(hits.all())):
@@ -215,12 +256,13 @@ def _beam_search(model, prompts, decoding: Decoding, eos, pad) -> GenerationOutp
         step_input = running[:, :, cur - 1].reshape(-1, 1)
 
     sequences, reasons = [], []
-    for b in range(B):
-        new = finished_seqs[b, 0, L:].tolist()
+    for new in finished_seqs[:, 0, L:].tolist():
+        new = [t for t in new if t >= 0]
+        reason = "length"
         if eos is not None and eos in new:
-            new = new[: new.index(eos) + 1]
-            reasons.append("eos")
-        else:
-            reasons.append("length")
+            new, reason = new[: new.index(eos) + 1], "eos"
+        if stop.stops and (n := stop.first_stop(new)) is not None:
+            new, reason = new[:n], "stop"
         sequences.append(new)
+        reasons.append(reason)
     return GenerationOutput(sequences, reasons)
