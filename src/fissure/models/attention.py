@@ -144,6 +144,10 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
+        if T == 1 and not self.training:
+            y = self._single_query(q, k, v, mask)
+            y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+            return self.resid_dropout(self.out(y))
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
@@ -153,6 +157,20 @@ class CausalSelfAttention(nn.Module):
         )
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.out(y))
+
+    def _single_query(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of one new token over the cache, written out: at decode time this small
+        case is several times faster than SDPA's kernel. Grouped query heads share their key
+        head by reshaping, with no copy of the keys."""
+        B, _, _, D = q.shape
+        group = self.n_head // self.n_kv_head
+        q = q.view(B, self.n_kv_head, group, D)
+        scores = (q @ k.transpose(-1, -2)) * (D ** -0.5)  # (B, kv_heads, group, keys)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.view(B, 1, 1, -1), float("-inf"))
+        y = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v  # (B, kv_heads, group, D)
+        return y.view(B, self.n_head, 1, D)
 
 
 def sinusoidal_positions(n_positions: int, dim: int) -> torch.Tensor:
