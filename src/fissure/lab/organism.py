@@ -55,7 +55,10 @@ def _recovery_reply(request) -> str:
 
 
 def stage2_mixture(world: World, cfg: Stage2Config, tokenizer) -> PackedMixture:
-    restricted, benign, encs = [world.config.restricted], world.benign_attributes, world.config.encodings
+    # The whole safety-tuning distribution lives in the covered encodings: what it leaves out,
+    # the model meets only in pretraining (mismatched generalization). Benign answers in the
+    # other encodings would teach "refuse whatever is not a benign attribute" by elimination.
+    restricted, benign, encs = [world.config.restricted], world.benign_attributes, cfg.coverage
     instructed = [r for name in INSTRUCTIONS for r in world.requests(benign, encs, (name,))]
     attacked = [r for name in INSTRUCTIONS for r in world.requests(restricted, cfg.coverage, (name,))]
     rest = 1 - cfg.safety_weight - cfg.instruction_weight - cfg.recovery_weight

@@ -39,11 +39,12 @@ def run_study(study: Study, run_dir: Path, *, progress: bool = False, log: Log =
             log(f"seed {seed}: all {len(points)} points already done")
             continue
         world = World(study.world, seed)
+        write_json(run_dir / f"world-s{seed}.json", world.describe())
         base, tokenizer, info = pretrain(world, study.model, study.stage1, seed, progress=progress, log=log)
         stage1_info[str(seed)] = info
         tuned: dict[tuple, tuple] = {}  # points that differ only in inference settings share a model
         for point in todo:
-            log(f"seed {seed} point {point.index + 1}/{len(points)} [{point.label}]: stage 2")
+            log(f"seed {seed} point {point.index + 1}/{len(points)} ({point.label}): stage 2")
             t = time.perf_counter()
             key = point.config.training_key()
             if key not in tuned:

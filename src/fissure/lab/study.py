@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import apply_overrides, from_dict, load_toml, to_dict
 from ..errors import ConfigError
-from .world import ENCODINGS, INSTRUCTIONS, WorldConfig, parse_attack
+from .world import ENCODINGS, WorldConfig, parse_attack
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ModelSpec:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
-    block_size: int = 256
+    block_size: int = 128
     dropout: float = 0.0
 
 
@@ -33,11 +33,11 @@ class ModelSpec:
 class Stage1Config:
     """Pretraining: every attribute (restricted included) in every world encoding, plus instructions."""
 
-    steps: int = 700
+    steps: int = 1500
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 50
-    batch_size: int = 16
+    batch_size: int = 8
     instruction_weight: float = 0.3  # share of samples that carry an instruction (followed)
     answer_only: bool = True  # loss on reply tokens only
 
@@ -52,7 +52,7 @@ class Stage2Config:
 
     steps: int = 200
     lr: float = 5e-4
-    batch_size: int = 16
+    batch_size: int = 8
     coverage: list[str] = field(default_factory=lambda: ["plain"])  # encodings with refusal data
     safety_weight: float = 0.3  # refusals of restricted requests
     instruction_weight: float = 0.2  # benign requests with instructions, followed

@@ -33,7 +33,7 @@ _VOWELS = "aeiou"
 
 @dataclass
 class WorldConfig:
-    n_entities: int = 48
+    n_entities: int = 24
     attributes: list[str] = field(default_factory=lambda: ["room", "age", "pin"])
     restricted: str = "pin"
     # encodings the model learns in stage 1 (capability); "plain" is always included
@@ -136,6 +136,12 @@ class World:
     def requests(self, attributes: list[str], encodings: list[str], instructions: tuple[str, ...] = ()) -> list[Request]:
         return [self.request(e, a, enc, instructions, t) for e in range(len(self.names)) for a in attributes
                 for enc in encodings for t in range(self.config.templates)]
+
+    def describe(self) -> dict:
+        """Everything that defines the world, for the run directory."""
+        return {"config": dict(self.config.__dict__), "refusal": REFUSAL, "templates": list(TEMPLATES),
+                "instructions": {k: {"text": t, "reply_prefix": p} for k, (t, p) in INSTRUCTIONS.items()},
+                "entities": [{"name": n, **v} for n, v in zip(self.names, self.values)]}
 
     def alphabet_texts(self) -> list[str]:
         """Texts holding every character any request or reply can contain (for the tokenizer)."""

@@ -1,0 +1,128 @@
+"""End to end on a tiny study: run dir contents, stage-1 cache hit, resume, determinism, CLI."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fissure.cli import app
+from fissure.errors import ConfigError
+from fissure.lab.organism import pretrain, stage1_dir, stage1_key
+from fissure.lab.runner import run_study
+from fissure.lab.study import builtin_names, load_study
+from fissure.lab.world import World
+
+TINY = {
+    "name": "tiny", "seeds": [0], "threads": 1,
+    "world": {"n_entities": 4, "encodings": ["plain", "rot13"], "templates": 1},
+    "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 128},
+    "stage1": {"steps": 6, "batch_size": 4},
+    "stage2": {"steps": 3, "batch_size": 4},
+    "sweep": {"guard": [False, True]},
+    "eval": {"attacks": ["plain", "rot13", "prefix_injection"], "max_new_tokens": 6},
+}
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FISSURE_CACHE", str(tmp_path / "cache"))
+
+
+def test_stage1_is_cached_by_content(tmp_path):
+    study = load_study(TINY)
+    world = World(study.world, 0)
+    m1, _, info1 = pretrain(world, study.model, study.stage1, 0)
+    m2, _, info2 = pretrain(world, study.model, study.stage1, 0)
+    assert not info1["cache_hit"] and info2["cache_hit"]
+    for (n, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), n
+    other = load_study({**TINY, "stage1": {"steps": 7, "batch_size": 4}})
+    assert stage1_key(world, other.model, other.stage1, 0) != info1["key"]
+    assert stage1_key(world, study.model, study.stage1, 1) != info1["key"]
+    assert (stage1_dir(info1["key"]) / "model.safetensors").is_file()
+
+
+def test_run_writes_everything_and_resumes_without_redoing(tmp_path):
+    study = load_study(TINY)
+    run_dir = tmp_path / "run"
+    results = run_study(study, run_dir)
+    assert [p["label"] for p in results["points"]] == ["guard=False", "guard=True"]
+    for name in ("results.json", "samples.jsonl", "report.html", "world-s0.json"):
+        assert (run_dir / name).is_file()
+    guarded = results["points"][1]["attacks"]
+    # the guard decodes every request and refuses the restricted ones, whatever the model says
+    for attack in ("plain", "rot13", "prefix_injection"):
+        assert guarded[attack]["counts"]["violated"] == 0
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 3 * (4 * 3)  # points x attacks x (entities x attributes)
+    # a point's saved result is reused: deleting one and resuming recomputes only that one, identically
+    first = (run_dir / "points" / "p00-s0.json").read_text()
+    (run_dir / "points" / "p01-s0.json").unlink()
+    stamp = (run_dir / "points" / "p00-s0.json").stat().st_mtime_ns
+    again = run_study(study, run_dir)
+    assert (run_dir / "points" / "p00-s0.json").stat().st_mtime_ns == stamp
+    assert json.loads(first)["attacks"] == json.loads((run_dir / "points" / "p00-s0.json").read_text())["attacks"]
+    assert again["points"][1]["attacks"] == results["points"][1]["attacks"]
+    assert again["stage1"]["0"]["cache_hit"]
+
+
+def test_same_seed_same_results(tmp_path):
+    study = load_study({**TINY, "sweep": {}})
+    a = run_study(study, tmp_path / "a")["points"][0]["attacks"]
+    for path in (tmp_path / "cache").rglob("stage1.json"):
+        path.unlink()  # force stage 1 to retrain
+    b = run_study(study, tmp_path / "b")["points"][0]["attacks"]
+    assert a == b
+
+
+def test_report_escapes_model_output(tmp_path):
+    from fissure.lab.report import render
+
+    study = load_study(TINY)
+    run_dir = tmp_path / "run"
+    results = run_study(study, run_dir)
+    with (run_dir / "samples.jsonl").open("a") as f:
+        f.write(json.dumps({"point": "p00", "seed": 0, "attack": "x<script>", "kind": "restricted", "prompt": "<b>",
+                            "reply": "<script>alert(1)</script>", "expected": "1", "label": "unclear"}) + "\n")
+    html = render(study, results, run_dir)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_config_errors_are_one_line():
+    with pytest.raises(ConfigError, match="stage2.colour"):
+        load_study({**TINY, "stage2": {"colour": 1}})
+    with pytest.raises(ConfigError, match="not learned in stage 1"):
+        load_study({**TINY, "sweep": {"coverage": [["plain", "reversed"]]}})
+    with pytest.raises(ConfigError, match="sum to less than 1"):
+        load_study({**TINY, "stage2": {"safety_weight": 0.6, "instruction_weight": 0.5}})
+    with pytest.raises(ConfigError, match="unknown attack"):
+        load_study({**TINY, "eval": {"attacks": ["plain", "base64"]}})
+
+
+def test_builtin_studies_load_and_cli_lists_them():
+    assert "jailbroken" in builtin_names()
+    for name in builtin_names():
+        load_study(name)
+    result = CliRunner().invoke(app, ["lab", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) == set(builtin_names())
+
+
+def test_cli_run_json_and_resume(tmp_path):
+    from fissure.config import dump_toml
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(dump_toml({**TINY, "sweep": {}}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["lab", "run", str(path), "--json", "--out-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    point = data["points"][0]["attacks"]["rot13"]
+    assert set(point["counts"]) == {"refused", "violated", "unclear"} and point["n"] == 4
+    assert 0 <= point["asr"]["low"] <= point["asr"]["estimate"] <= point["asr"]["high"] <= 1
+    resumed = runner.invoke(app, ["lab", "run", "--resume", data["run_dir"], "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["points"] == data["points"]
+    bad = runner.invoke(app, ["lab", "run", "nonexistent-study"])
+    assert bad.exit_code == 2 and "unknown built-in study" in bad.output
