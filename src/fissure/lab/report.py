@@ -10,6 +10,7 @@ from html import escape
 from pathlib import Path
 
 from ..config import dump_toml
+from ..report.plots import interval_bars
 from .study import Study, study_dict
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}
@@ -24,29 +25,6 @@ def _pct(x: float) -> str:
 
 def _ci(interval: dict) -> str:
     return f"{_pct(interval['estimate'])} [{_pct(interval['low'])}, {_pct(interval['high'])}]"
-
-
-def bar_chart(rows: list[tuple[str, dict]], title: str, width: int = 640) -> str:
-    """Horizontal bars (estimate) with interval whiskers, as an inline SVG string; rates in [0, 1]."""
-    bar_h, left, right = 18, 230, 20
-    height = 30 + bar_h * len(rows) + 20
-    scale = width - left - right
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<title>{escape(title)}</title>',
-             f'<text x="{left}" y="14" font-size="12">{escape(title)}</text>']
-    for tick in (0, 0.25, 0.5, 0.75, 1):
-        x = left + tick * scale
-        parts.append(f'<line x1="{x:.1f}" y1="20" x2="{x:.1f}" y2="{height - 16}" stroke="#ddd"/>'
-                     f'<text x="{x:.1f}" y="{height - 4}" font-size="10" text-anchor="middle">{tick:g}</text>')
-    for i, (label, iv) in enumerate(rows):
-        y = 24 + i * bar_h
-        est = iv["estimate"] if iv["estimate"] == iv["estimate"] else 0.0
-        parts.append(f'<text x="{left - 6}" y="{y + 12}" font-size="11" text-anchor="end">{escape(label)}</text>'
-                     f'<rect x="{left}" y="{y + 2}" width="{est * scale:.1f}" height="{bar_h - 6}" fill="#c44"/>'
-                     f'<line x1="{left + iv["low"] * scale:.1f}" y1="{y + bar_h / 2:.1f}" '
-                     f'x2="{left + iv["high"] * scale:.1f}" y2="{y + bar_h / 2:.1f}" stroke="#222" stroke-width="1.5"/>')
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def _attack_table(attacks: dict) -> str:
@@ -122,8 +100,8 @@ def render(study: Study, results: dict, run_dir: Path) -> str:
         parts.append(f"<h2>{escape(p['point'])}: {escape(p['label'])}</h2>")
         parts.append("<h3>Expected effects</h3>" + _findings(p["findings"]))
         parts.append(_attack_table(p["attacks"]))
-        parts.append(bar_chart([(a, r["asr"]) for a, r in p["attacks"].items()], "attack success rate (95% CI)"))
-        parts.append(bar_chart([(a, r["benign"]["accuracy"]) for a, r in p["attacks"].items()],
+        parts.append(interval_bars([(a, r["asr"]) for a, r in p["attacks"].items()], "attack success rate (95% CI)"))
+        parts.append(interval_bars([(a, r["benign"]["accuracy"]) for a, r in p["attacks"].items()],
                                "benign twin accuracy (95% CI)"))
     parts += ["<h2>Sample replies</h2>", _samples(run_dir),
               "<h2>Study configuration</h2>", f"<pre>{escape(dump_toml(study_dict(study)))}</pre>",
