@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..models.gpt import positions_from_mask
+from ..models.attention import positions_from_mask
 from .base import BackendError
 from .tokenizer import HFTokenizer
 from .torch_lm import TorchLM

@@ -52,6 +52,29 @@ class KVCache:
         return self.k[0].shape[0]
 
 
+def positions_from_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding aware)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)[:, -q_len:]
+
+
+def resolve_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      position_ids: torch.Tensor | None, kv_cache: "KVCache | None", limit: int,
+                      limit_name: str) -> tuple[int, torch.Tensor]:
+    """Past length and position ids for a forward pass (from the padding mask when there is one),
+    refusing sequences longer than the model's ``limit``."""
+    B, T = input_ids.shape
+    past = kv_cache.length if kv_cache is not None else 0
+    if past + T > limit:
+        raise ValueError(f"sequence of {past + T} tokens exceeds {limit_name} {limit}")
+    if position_ids is None:
+        if attention_mask is not None:
+            position_ids = positions_from_mask(attention_mask, T)
+        else:
+            position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+    return past, position_ids
+
+
 def attention_mask_4d(attention_mask: torch.Tensor | None, q_len: int, past_len: int,
                       batch: int, device: torch.device) -> torch.Tensor | None:
     """Boolean ``(B, 1, q_len, past_len + q_len)`` mask: True where a query may attend.

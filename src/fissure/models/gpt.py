@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .attention import CausalSelfAttention, KVCache, attention_mask_4d, sinusoidal_positions
+from .attention import CausalSelfAttention, KVCache, attention_mask_4d, resolve_positions, sinusoidal_positions
 from .blocks import MLP, PreLNBlock
 
 
@@ -42,12 +42,6 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
-
-
-def positions_from_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token (left padding aware)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.clamp(min=0)[:, -q_len:]
 
 
 class GPT(nn.Module):
@@ -116,14 +110,8 @@ class GPT(nn.Module):
         ``kv_cache`` holds past positions and is advanced by ``T``.
         """
         B, T = input_ids.shape
-        past = kv_cache.length if kv_cache is not None else 0
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = positions_from_mask(attention_mask, T)
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
+        past, position_ids = resolve_positions(input_ids, attention_mask, position_ids, kv_cache,
+                                               self.config.block_size, "block_size")
         if self.config.pos_encoding == "learned":
             pos = self.pos_emb(position_ids)
         else:

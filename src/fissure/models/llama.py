@@ -14,9 +14,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .attention import CausalSelfAttention, KVCache, RotaryEmbedding, attention_mask_4d
+from .attention import CausalSelfAttention, KVCache, RotaryEmbedding, attention_mask_4d, resolve_positions
 from .blocks import PreLNBlock, RMSNorm, SwiGLU
-from .gpt import positions_from_mask
 
 
 class UnsupportedModelError(UserError):
@@ -103,15 +102,8 @@ class Llama(nn.Module):
         ``kv_cache`` holds past positions and is advanced by ``T``.
         """
         B, T = input_ids.shape
-        past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {past + T} tokens exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}")
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = positions_from_mask(attention_mask, T)
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+        past, position_ids = resolve_positions(input_ids, attention_mask, position_ids, kv_cache,
+                                               self.config.max_position_embeddings, "max_position_embeddings")
         rotary = self.rotary(position_ids)  # computed once, shared by every layer
         mask = attention_mask_4d(attention_mask, T, past, B, input_ids.device)
         x = self.tok_emb(input_ids)
