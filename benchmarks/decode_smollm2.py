@@ -71,9 +71,9 @@ def main() -> None:
     del os.environ["FISSURE_CACHE"]
     path = files.smollm2_dir()
     tok = AutoTokenizer.from_pretrained(path)
-    ours = load_hf_llama_dir(path)
-    ours_bf16 = load_hf_llama_dir(path, dtype=torch.bfloat16)
-    ours_int8 = quantize_int8(load_hf_llama_dir(path))
+    ours = load_hf_llama_dir(path).fuse_projections()  # as fissure.load("smollm2") runs it
+    ours_bf16 = load_hf_llama_dir(path, dtype=torch.bfloat16).fuse_projections()
+    ours_int8 = quantize_int8(load_hf_llama_dir(path).fuse_projections())
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     n_params = sum(p.numel() for p in ours.parameters())
     weight_bytes = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params}

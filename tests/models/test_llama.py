@@ -340,3 +340,22 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.delenv("FISSURE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "fissure"
+
+
+def test_fused_projections_keep_the_function():
+    import torch
+
+    from fissure.models.llama import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, max_position_embeddings=64, n_layer=2, n_head=6, n_kv_head=2, n_embd=48,
+                      intermediate_size=96, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True)
+    model = Llama(cfg).eval()
+    x = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        before = model(x)
+        model.fuse_projections()
+        after = model(x)
+    assert model.blocks[0].attn.fused_qkv and hasattr(model.blocks[0].mlp, "gate_up")
+    assert not hasattr(model.blocks[0].mlp, "gate")
+    assert (before - after).abs().max().item() < 1e-5

@@ -17,6 +17,7 @@ def _smollm2(batch_size: int = 8, **_) -> LanguageModel:
     from ..models.registry_files import load_smollm2
 
     model, tok = load_smollm2()
+    model.fuse_projections()
     from .tokenizer import HFTokenizer
 
     tokenizer = HFTokenizer(tok)
@@ -46,7 +47,7 @@ def _hf_llama_native(path: Path, batch_size: int) -> TorchLM:
     from .tokenizer import HFTokenizer
 
     tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
-    return TorchLM(load_hf_llama_dir(path), tokenizer, name=str(path), backend="llama", batch_size=batch_size,
+    return TorchLM(load_hf_llama_dir(path).fuse_projections(), tokenizer, name=str(path), backend="llama", batch_size=batch_size,
                    chat_template=tokenizer.chat_template_fn())
 
 
@@ -54,7 +55,7 @@ def _gguf_llama_native(path: Path, batch_size: int) -> TorchLM:
     from ..models.gguf import load_gguf_llama, load_gguf_tokenizer
     from .tokenizer import HFTokenizer
 
-    model = load_gguf_llama(path)
+    model = load_gguf_llama(path).fuse_projections()
     tokenizer = HFTokenizer(load_gguf_tokenizer(path))
     return TorchLM(model, tokenizer, name=str(path), backend="llama", batch_size=batch_size,
                    chat_template=tokenizer.chat_template_fn())

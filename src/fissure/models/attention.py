@@ -181,6 +181,16 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.out(y))
 
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Merge separate q/k/v projections into one matmul (for decoding speed)."""
+        if not self.fused_qkv:
+            from .blocks import _concat_linears
+
+            self.qkv = _concat_linears(self.q_proj, self.k_proj, self.v_proj)
+            del self.q_proj, self.k_proj, self.v_proj
+            self.fused_qkv = True
+
     def _single_query(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       mask: torch.Tensor | None) -> torch.Tensor:
         """Attention of one new token over the cache, written out: at decode time this small
