@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from ..errors import UserError
+
+# Options shared by the verbs that load a model (one definition, the same help everywhere).
+BackendOption = Annotated[str, typer.Option(help="auto | native | transformers (for HF dirs and GGUF files).")]
+ServedModelOption = Annotated[str, typer.Option("--model", help="Model name on an OpenAI-compatible server.")]
+DtypeOption = Annotated[str, typer.Option(
+    help="Weights of local models: fp32 | bf16 | int8 (faster decoding, slightly different numbers).")]
+ThreadsOption = Annotated[int, typer.Option(help="Torch threads (0 = free cores).")]
+OutDirOption = Annotated[str, typer.Option(help="Where the run directory goes.")]
 
 # Human-readable output goes to stdout unless --json is given; progress and logs to stderr.
 out = Console()

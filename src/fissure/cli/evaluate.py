@@ -8,7 +8,8 @@ import typer
 
 from ..runs import append_jsonl, run_directory, write_json
 from . import app
-from .common import err, guard, out, print_json
+from .common import (BackendOption, DtypeOption, OutDirOption, ServedModelOption, ThreadsOption, err, guard, out,
+                     print_json)
 
 
 @app.command("eval", epilog="Examples: fissure eval runs/train-.../checkpoint --text data/val.txt --window 256 --stride 128\n\n"
@@ -20,11 +21,11 @@ def evaluate(
     window: int = typer.Option(None, help="Tokens per window (default: the model's context)."),
     stride: int = typer.Option(None, help="Tokens scored per window (default: = window, disjoint windows)."),
     batch_size: int = typer.Option(8, help="Windows per forward pass (results do not depend on it)."),
-    backend: str = typer.Option("auto", help="auto | native | transformers (for HF dirs and GGUF files)."),
-    served_model: str = typer.Option(None, "--model", help="Model name on an OpenAI-compatible server."),
-    dtype: str = typer.Option("fp32", help="Weights of local models: fp32 | bf16 | int8 (faster decoding, slightly different numbers)."),
-    threads: int = typer.Option(0, help="Torch threads (0 = free cores)."),
-    out_dir: str = typer.Option("runs", help="Where the run directory goes."),
+    backend: BackendOption = "auto",
+    served_model: ServedModelOption = None,
+    dtype: DtypeOption = "fp32",
+    threads: ThreadsOption = 0,
+    out_dir: OutDirOption = "runs",
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Score text: token cross-entropy, perplexity and tokenizer-independent bits per byte."""

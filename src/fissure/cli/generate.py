@@ -6,7 +6,8 @@ import typer
 
 from ..runs import append_jsonl, run_directory, write_json
 from . import app
-from .common import err, guard, out, print_json
+from .common import (BackendOption, DtypeOption, OutDirOption, ServedModelOption, ThreadsOption, err, guard, out,
+                     print_json)
 
 
 @app.command(epilog='Examples: fissure generate runs/train-.../checkpoint --prompt "The" --top-p 0.9 --temperature 0.8\n\n'
@@ -26,11 +27,11 @@ def generate(
     length_penalty: float = typer.Option(1.0, help="Beam search length penalty."),
     stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     seed: int = typer.Option(0, help="Random seed for sampling."),
-    backend: str = typer.Option("auto", help="auto | native | transformers (for HF dirs and GGUF files)."),
-    served_model: str = typer.Option(None, "--model", help="Model name on an OpenAI-compatible server."),
-    dtype: str = typer.Option("fp32", help="Weights of local models: fp32 | bf16 | int8 (faster decoding, slightly different numbers)."),
-    threads: int = typer.Option(0, help="Torch threads (0 = free cores)."),
-    out_dir: str = typer.Option("runs", help="Where the run directory goes."),
+    backend: BackendOption = "auto",
+    served_model: ServedModelOption = None,
+    dtype: DtypeOption = "fp32",
+    threads: ThreadsOption = 0,
+    out_dir: OutDirOption = "runs",
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (no streaming)."),
 ) -> None:
     """Generate continuations of prompts (or replies to chat messages). Greedy unless a sampling option is given."""
