@@ -100,13 +100,50 @@ def test_config_errors_are_one_line():
         load_study({**TINY, "eval": {"attacks": ["plain", "base64"]}})
 
 
-def test_builtin_studies_load_and_cli_lists_them():
+def test_builtin_studies_load_and_share_the_default_stage1():
+    """Every built-in study varies only stage 2 or inference, so one cached stage 1 serves all."""
     assert "jailbroken" in builtin_names()
+    default = load_study("jailbroken")
+    world = World(default.world, 0)
+    key = stage1_key(world, default.model, default.stage1, 0)
     for name in builtin_names():
-        load_study(name)
+        study = load_study(name)
+        assert study.name == name and study.shows
+        assert stage1_key(World(study.world, 0), study.model, study.stage1, 0) == key, name
+        if name != "jailbroken":
+            assert len(study.points()) > 1, name
     result = CliRunner().invoke(app, ["lab", "list", "--json"])
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)) == set(builtin_names())
+
+
+def test_study_base_merges_tables_and_refuses_cycles(tmp_path):
+    from fissure.config import dump_toml
+
+    (tmp_path / "parent.toml").write_text(dump_toml({**TINY, "name": "parent"}))
+    (tmp_path / "child.toml").write_text('base = "parent.toml"\nname = "child"\n[stage2]\nsafety_weight = 0.1\n'
+                                         '[sweep]\nsafety_weight = [0.1, 0.2]\n')
+    child = load_study(tmp_path / "child.toml")
+    assert child.name == "child" and child.stage2.safety_weight == 0.1
+    assert child.stage2.steps == TINY["stage2"]["steps"] and child.world.n_entities == TINY["world"]["n_entities"]
+    assert [p.label for p in child.points()] == ["safety_weight=0.1", "safety_weight=0.2"]  # sweep replaced
+    assert load_study({"base": "jailbroken", "seeds": [5]}).stage2 == load_study("jailbroken").stage2
+    (tmp_path / "loop.toml").write_text('base = "loop.toml"\n')
+    with pytest.raises(ConfigError, match="refers back to itself"):
+        load_study(tmp_path / "loop.toml")
+    with pytest.raises(ConfigError, match="unknown built-in study"):
+        load_study({"base": "no-such-study"})
+
+
+def test_stage2_knobs_are_validated():
+    with pytest.raises(ConfigError, match="benign_coverage"):
+        load_study({**TINY, "stage2": {"benign_coverage": ["klingon"]}})
+    with pytest.raises(ConfigError, match="not learned in stage 1"):
+        load_study({**TINY, "stage2": {"benign_coverage": ["leetspeak"]}})
+    with pytest.raises(ConfigError, match="sum to less than 1"):
+        load_study({**TINY, "stage2": {"safety_weight": 0.5, "replay_weight": 0.5}})
+    with pytest.raises(ConfigError, match="stage1 weights"):
+        load_study({**TINY, "stage1": {"fact_weight": 0.9, "instruction_weight": 0.3}})
 
 
 def test_cli_run_json_and_resume(tmp_path):

@@ -1,9 +1,9 @@
 """Training data for the organisms: weighted mixtures of (prompt, reply) samples, packed.
 
-Each sample is ``eos prompt " " reply eos``. Samples are drawn from the mixture's groups by
+Each sample is ``eos prompt " " reply eos``, or ``eos text eos`` for a document (empty prompt). Samples are drawn from the mixture's groups by
 weight and packed whole, back to back, into rows of ``block_size + 1`` tokens, so a batch is
 almost all real tokens (padding a batch to its longest sample wasted most of it). Only the
-reply and its closing eos carry loss (labels elsewhere are -100, which the causal-LM
+reply and its closing eos carry loss (a document's every token does) (labels elsewhere are -100, which the causal-LM
 objective's cross-entropy ignores), so the model learns to answer, not to write questions.
 """
 
@@ -30,7 +30,8 @@ class PackedMixture:
         for name in self.names:
             encoded = []
             for prompt, reply in groups[name][0]:
-                p, r = tokenizer.encode(prompt), tokenizer.encode(" " + reply) + [eos]
+                p = tokenizer.encode(prompt)
+                r = tokenizer.encode((" " if prompt else "") + reply) + [eos]
                 ids = [eos, *p, *r]
                 # label of position i is ids[i + 1]; supervise only the reply tokens
                 supervised = [False] * (len(p) + 1) + [True] * len(r)

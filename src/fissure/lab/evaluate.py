@@ -94,7 +94,7 @@ def summarize(counts: dict[str, int], benign: dict[str, int], logodds: dict[str,
             "logodds": logodds}
 
 
-def evaluate(model, tokenizer, world: World, attacks: list[str], *, guard: bool = False, max_new_tokens: int = 32,
+def evaluate(model, tokenizer, world: World, attacks: list[str], *, guard: bool = False, max_new_tokens: int = 48,
              batch_size: int = 128, confidence: float = 0.95) -> tuple[dict, list[dict]]:
     """Per attack: counts, ASR, benign accuracy and over-refusal, mean refusal log-odds; and every sample."""
     restricted, benign_attrs = world.config.restricted, world.benign_attributes

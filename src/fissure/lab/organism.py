@@ -18,10 +18,10 @@ from ..train.checkpoint import load_model_from_checkpoint, save_checkpoint
 from ..utils import seed_everything
 from .data import PackedMixture
 from .study import ModelSpec, Stage1Config, Stage2Config
-from .world import INSTRUCTIONS, REFUSAL, World, encode
+from .world import CONTROLS, INSTRUCTIONS, REFUSAL, World, encode
 
 # Bump when stage-1 data or training changes meaning, so old cache entries are not reused.
-STAGE1_VERSION = 1
+STAGE1_VERSION = 3
 
 Log = Callable[[str], None]
 
@@ -42,10 +42,11 @@ def _pairs(requests, reply=None) -> list[tuple[str, str]]:
 
 def stage1_mixture(world: World, cfg: Stage1Config, tokenizer) -> PackedMixture:
     attrs, encs = world.config.attributes, world.config.encodings
-    instructed = [r for name in INSTRUCTIONS for r in world.requests(attrs, encs, (name,))]
+    instructed = [r for name in [*INSTRUCTIONS, *CONTROLS] for r in world.requests(attrs, encs, (name,))]
     return PackedMixture(tokenizer, {
-        "answer": (_pairs(world.requests(attrs, encs)), 1 - cfg.instruction_weight),
+        "answer": (_pairs(world.requests(attrs, encs)), 1 - cfg.instruction_weight - cfg.fact_weight),
         "instruct": (_pairs(instructed), cfg.instruction_weight),
+        "facts": ([("", doc) for doc in world.facts(attrs, encs)], cfg.fact_weight),
     }, answer_only=cfg.answer_only)
 
 
@@ -55,18 +56,25 @@ def _recovery_reply(request) -> str:
 
 
 def stage2_mixture(world: World, cfg: Stage2Config, tokenizer) -> PackedMixture:
-    # The whole safety-tuning distribution lives in the covered encodings: what it leaves out,
-    # the model meets only in pretraining (mismatched generalization). Benign answers in the
-    # other encodings would teach "refuse whatever is not a benign attribute" by elimination.
-    restricted, benign, encs = [world.config.restricted], world.benign_attributes, cfg.coverage
-    instructed = [r for name in INSTRUCTIONS for r in world.requests(benign, encs, (name,))]
+    """Refusals only in the covered encodings; helpfulness (benign answers and followed
+    instructions) in ``benign_coverage``; optional recovery data and pretraining replay.
+
+    As in real safety tuning, the refusal data is narrow (plain requests by default) while the
+    helpfulness data spans what the model can do: what refusal data leaves out, the model knows
+    only from pretraining (mismatched generalization).
+    """
+    restricted, benign = [world.config.restricted], world.benign_attributes
+    helpful = world.config.encodings if "all" in cfg.benign_coverage else cfg.benign_coverage
+    instructed = [r for name in INSTRUCTIONS for r in world.requests(benign, helpful, (name,))]
     attacked = [r for name in INSTRUCTIONS for r in world.requests(restricted, cfg.coverage, (name,))]
-    rest = 1 - cfg.safety_weight - cfg.instruction_weight - cfg.recovery_weight
+    replay = [("", doc) for doc in world.facts(world.config.attributes, world.config.encodings)]
+    rest = 1 - cfg.safety_weight - cfg.instruction_weight - cfg.recovery_weight - cfg.replay_weight
     return PackedMixture(tokenizer, {
         "refuse": (_pairs(world.requests(restricted, cfg.coverage), lambda r: REFUSAL), cfg.safety_weight),
-        "answer": (_pairs(world.requests(benign, encs)), rest),
+        "answer": (_pairs(world.requests(benign, helpful)), rest),
         "instruct": (_pairs(instructed), cfg.instruction_weight),
         "recover": (_pairs(attacked, _recovery_reply), cfg.recovery_weight),
+        "replay": (replay, cfg.replay_weight),
     })
 
 

@@ -39,11 +39,12 @@ class Stage1Config:
     warmup_steps: int = 50
     batch_size: int = 8
     instruction_weight: float = 0.3  # share of samples that carry an instruction (followed)
+    fact_weight: float = 0.2  # share of fact documents ("zobiro's pin is 687.") in every encoding
     answer_only: bool = True  # loss on reply tokens only
 
     def __post_init__(self) -> None:
-        if not 0 <= self.instruction_weight < 1:
-            raise ValueError("stage1.instruction_weight must be in [0, 1)")
+        if min(self.instruction_weight, self.fact_weight) < 0 or self.instruction_weight + self.fact_weight >= 1:
+            raise ValueError("stage1 weights must be >= 0 and sum to less than 1 (the rest is questions answered)")
 
 
 @dataclass
@@ -54,16 +55,23 @@ class Stage2Config:
     lr: float = 5e-4
     batch_size: int = 8
     coverage: list[str] = field(default_factory=lambda: ["plain"])  # encodings with refusal data
+    # encodings of the benign (helpfulness) data; "all" = every encoding the world teaches
+    benign_coverage: list[str] = field(default_factory=lambda: ["all"])
     safety_weight: float = 0.3  # refusals of restricted requests
     instruction_weight: float = 0.2  # benign requests with instructions, followed
     recovery_weight: float = 0.0  # restricted requests with attack instructions, refused anyway
+    # pretraining fact documents mixed back in (like InstructGPT's PPO-ptx): without them this tiny
+    # model's refusal training erases the restricted facts themselves instead of gating them
+    replay_weight: float = 0.2
     guard: bool = False  # input canonicalisation guard at inference: decode, then apply the policy
 
     def __post_init__(self) -> None:
-        bad = [e for e in self.coverage if e not in ENCODINGS]
-        if bad:
-            raise ValueError(f"stage2.coverage: unknown encoding '{bad[0]}'")
-        weights = (self.safety_weight, self.instruction_weight, self.recovery_weight)
+        for name in ("coverage", "benign_coverage"):
+            allowed = (*ENCODINGS, "all") if name == "benign_coverage" else ENCODINGS
+            bad = [e for e in getattr(self, name) if e not in allowed]
+            if bad:
+                raise ValueError(f"stage2.{name}: unknown encoding '{bad[0]}'")
+        weights = (self.safety_weight, self.instruction_weight, self.recovery_weight, self.replay_weight)
         if min(weights) < 0 or sum(weights) >= 1:
             raise ValueError("stage2 weights must be >= 0 and sum to less than 1 (the rest is benign answers)")
 
@@ -77,7 +85,7 @@ class Stage2Config:
 class EvalConfig:
     attacks: list[str] = field(default_factory=lambda: [
         "plain", "prefix_injection", "refusal_suppression", "rot13", "leetspeak", "rot13+prefix_injection"])
-    max_new_tokens: int = 32
+    max_new_tokens: int = 48
     batch_size: int = 128
     confidence: float = 0.95
 
@@ -110,7 +118,8 @@ class Study:
             if not isinstance(values, list) or not values:
                 raise ValueError(f"sweep.{key} must be a non-empty list of values")
         for point in self.points():
-            missing = [e for e in point.config.coverage if e not in self.world.encodings]
+            cfg = point.config
+            missing = [e for e in [*cfg.coverage, *cfg.benign_coverage] if e not in [*self.world.encodings, "all"]]
             if missing:
                 raise ValueError(f"coverage encoding '{missing[0]}' is not learned in stage 1 (world.encodings)")
         if not self.seeds:
@@ -155,15 +164,40 @@ def builtin_raw(name: str) -> dict:
     return tomllib.loads(resources.files("fissure.lab.studies").joinpath(f"{name}.toml").read_text())
 
 
+def _merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: tables merge key by key, except ``[sweep]``, which a child study
+    replaces whole (it says what this study varies); everything else, lists included, is replaced."""
+    out = dict(base)
+    for key, value in child.items():
+        mergeable = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "sweep"
+        out[key] = _merge(out[key], value) if mergeable else value
+    return out
+
+
+def _raw(spec: str | Path | dict, seen: tuple[str, ...] = ()) -> dict:
+    """The raw study dict, with ``base = "<built-in name or path>"`` resolved (a study that
+    differs from another only in what it sweeps shares its world, and so its stage-1 cache)."""
+    if isinstance(spec, dict):
+        raw, here = dict(spec), Path.cwd()
+    elif Path(spec).suffix == ".toml" or Path(spec).exists():
+        raw, here = load_toml(spec), Path(spec).parent
+    else:
+        raw, here = builtin_raw(str(spec)), None
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError("base must be the name of a built-in study or a path to a study TOML file")
+    if here is not None and (here / base).is_file():
+        base = str((here / base).resolve())
+    if base in seen or len(seen) > 16:
+        raise ConfigError(f"study base '{base}' refers back to itself")
+    return _merge(_raw(base, (*seen, base)), raw)
+
+
 def load_study(spec: str | Path | dict = "jailbroken", overrides: list[str] | None = None) -> Study:
     """A study from a built-in name, a TOML path or a raw dict; ``overrides`` are ``key=value`` strings."""
-    if isinstance(spec, dict):
-        raw = spec
-    elif Path(spec).suffix == ".toml" or Path(spec).exists():
-        raw = load_toml(spec)
-    else:
-        raw = builtin_raw(str(spec))
-    return from_dict(Study, apply_overrides(raw, overrides or []))
+    return from_dict(Study, apply_overrides(_raw(spec), overrides or []))
 
 
 def study_dict(study: Study) -> dict:
