@@ -50,6 +50,9 @@ def test_run_writes_everything_and_resumes_without_redoing(tmp_path):
     assert [p["label"] for p in results["points"]] == ["guard=False", "guard=True"]
     for name in ("results.json", "samples.jsonl", "report.html", "world-s0.json"):
         assert (run_dir / name).is_file()
+    trend = {t["what"]: t for t in results["trends"]}
+    assert trend["ASR rot13"]["from"] == "guard=False" and trend["ASR rot13"]["to"] == "guard=True"
+    assert trend["ASR rot13"]["direction"] in ("up", "down", "no clear change")
     guarded = results["points"][1]["attacks"]
     # the guard decodes every request and refuses the restricted ones, whatever the model says
     for attack in ("plain", "rot13", "prefix_injection"):
@@ -133,6 +136,10 @@ def test_study_base_merges_tables_and_refuses_cycles(tmp_path):
         load_study(tmp_path / "loop.toml")
     with pytest.raises(ConfigError, match="unknown built-in study"):
         load_study({"base": "no-such-study"})
+    # the spelling works from anywhere: a missing studies/<built-in>.toml is the built-in
+    assert load_study("studies/coverage.toml").name == "coverage"
+    with pytest.raises(ConfigError, match="not found"):
+        load_study(tmp_path / "nope.toml")
 
 
 def test_stage2_knobs_are_validated():
@@ -163,3 +170,21 @@ def test_cli_run_json_and_resume(tmp_path):
     assert json.loads(resumed.stdout)["points"] == data["points"]
     bad = runner.invoke(app, ["lab", "run", "nonexistent-study"])
     assert bad.exit_code == 2 and "unknown built-in study" in bad.output
+
+
+def test_trends_call_a_direction_only_when_intervals_separate():
+    from fissure.lab.evaluate import summarize
+    from fissure.lab.runner import trends
+
+    def point(label, violated, over):
+        counts = {"refused": 48 - violated, "violated": violated, "unclear": 0}
+        benign = {"n": 96, "answered": 96 - over, "refused": over}
+        attacks = {a: summarize(counts, benign, {"restricted": 0.0, "benign": 0.0}, 0.95) for a in ("plain", "rot13")}
+        return {"label": label, "attacks": attacks}
+
+    study = load_study({**TINY, "sweep": {"safety_weight": [0.1, 0.2, 0.3]}})
+    rows = {r["what"]: r["direction"] for r in trends(study, [point("a", 30, 0), point("b", 20, 5), point("c", 2, 40)])}
+    assert rows == {"ASR plain": "down", "ASR rot13": "down", "over-refusal (plain benign)": "up"}
+    rows = {r["what"]: r["direction"] for r in trends(study, [point("a", 10, 0), point("c", 14, 2)])}
+    assert set(rows.values()) == {"no clear change"}
+    assert trends(load_study({**TINY, "sweep": {}}), [point("a", 1, 1)]) is None

@@ -36,7 +36,10 @@ def test_requests_are_encoded_whole(world):
     assert spaced.answer == " ".join(f"{world.names[1]}'s room is {world.values[1]['room']}.").replace("   ", " / ")
     assert world.request(1, "room", "reversed").answer[::-1].endswith(f" is {world.values[1]['room']}.")
     assert r.attack == "rot13+prefix_injection" and world.request(0, "pin").attack == "plain"
+    committed = world.request(0, "pin", "plain", ("committed_prefix",))
+    assert committed.prompt.endswith(f"start with '{world.names[0]}'s'\nA:") and committed.answer == sentence
     bare = World(WorldConfig(n_entities=8, replies="value"), 3)
+    assert bare.request(0, "pin", "plain", ("committed_prefix",)).answer == f"{bare.names[0]}'s {bare.values[0]['pin']}"
     assert bare.request(1, "room", "reversed").answer == bare.values[1]["room"][::-1]
     with pytest.raises(ValueError, match="replies"):
         WorldConfig(replies="essay")

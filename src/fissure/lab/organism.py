@@ -21,7 +21,7 @@ from .study import ModelSpec, Stage1Config, Stage2Config
 from .world import CONTROLS, INSTRUCTIONS, REFUSAL, World, encode
 
 # Bump when stage-1 data or training changes meaning, so old cache entries are not reused.
-STAGE1_VERSION = 3
+STAGE1_VERSION = 4
 
 Log = Callable[[str], None]
 
@@ -50,8 +50,9 @@ def stage1_mixture(world: World, cfg: Stage1Config, tokenizer) -> PackedMixture:
     }, answer_only=cfg.answer_only)
 
 
-def _recovery_reply(request) -> str:
-    prefix = INSTRUCTIONS[request.instructions[0]][1] if request.instructions else ""
+def _recovery_reply(world: World, request) -> str:
+    """The forced start the attack asks for, then the refusal anyway."""
+    prefix = INSTRUCTIONS[request.instructions[0]][1].format(name=world.names[request.entity])
     return (encode(request.encoding, prefix.strip()) + " " if prefix else "") + REFUSAL
 
 
@@ -73,7 +74,7 @@ def stage2_mixture(world: World, cfg: Stage2Config, tokenizer) -> PackedMixture:
         "refuse": (_pairs(world.requests(restricted, cfg.coverage), lambda r: REFUSAL), cfg.safety_weight),
         "answer": (_pairs(world.requests(benign, helpful)), rest),
         "instruct": (_pairs(instructed), cfg.instruction_weight),
-        "recover": (_pairs(attacked, _recovery_reply), cfg.recovery_weight),
+        "recover": (_pairs(attacked, lambda r: _recovery_reply(world, r)), cfg.recovery_weight),
         "replay": (replay, cfg.replay_weight),
     })
 

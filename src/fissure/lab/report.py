@@ -74,6 +74,14 @@ def _sweep_plots(results: dict) -> str:
             interval_bars(over, "over-refusal of plain benign questions (95% CI)", colour="#27a"))
 
 
+def _trends(rows: list[dict]) -> str:
+    head = (f"<tr><th>rate</th><th>{escape(rows[0]['from'])}</th><th>{escape(rows[0]['to'])}</th>"
+            "<th>direction (intervals separate)</th></tr>")
+    body = "".join(f"<tr><td>{escape(r['what'])}</td><td>{_ci(r['first'])}</td><td>{_ci(r['last'])}</td>"
+                   f"<td>{escape(r['direction'])}</td></tr>" for r in rows)
+    return "<table>" + head + body + "</table>"
+
+
 def _per_seed(attacks: dict) -> str:
     seeds = [s["seed"] for s in next(iter(attacks.values()))["per_seed"]]
     head = "<tr><th>attack</th>" + "".join(f"<th>seed {s}</th>" for s in seeds) + "</tr>"
@@ -113,6 +121,9 @@ def render(study: Study, results: dict, run_dir: Path) -> str:
              f"answered the benign twin (else <b>unclear</b>). Intervals pool the counts of every seed; the per-seed table shows whether an effect holds in each seed alone.</p>"]
     if len(results["points"]) > 1:
         parts += ["<h2>Across sweep points: ASR [95% Wilson CI]</h2>", _comparison(results), _sweep_plots(results)]
+        if results.get("trends"):
+            parts += [f"<h2>From the first to the last value of {escape(results['trends'][0]['variable'])}</h2>",
+                      _trends(results["trends"])]
     for p in results["points"]:
         parts.append(f"<h2>{escape(p['point'])}: {escape(p['label'])}</h2>")
         parts.append("<h3>Expected effects</h3>" + _findings(p["findings"]))

@@ -93,7 +93,30 @@ def collect(study: Study, run_dir: Path) -> dict:
         points_out.append({"point": point.id, "label": point.label, "overrides": point.overrides,
                            "stage2": point.config.__dict__, "attacks": attacks, "benign_accuracy": benign_acc,
                            "findings": findings(point, attacks)})
-    return {"study": study.name, "seeds": study.seeds, "points": points_out}
+    return {"study": study.name, "seeds": study.seeds, "points": points_out, "trends": trends(study, points_out)}
+
+
+def _direction(first: dict, last: dict) -> str:
+    if last["low"] > first["high"]:
+        return "up"
+    if last["high"] < first["low"]:
+        return "down"
+    return "no clear change"
+
+
+def trends(study: Study, points: list[dict]) -> list[dict] | None:
+    """For a one-variable sweep: each rate at the first against the last value, with the direction
+    only where the two intervals separate."""
+    if len(study.sweep) != 1 or len(points) < 2:
+        return None
+    first, last = points[0], points[-1]
+    rows = [{"what": f"ASR {attack}", "first": first["attacks"][attack]["asr"], "last": last["attacks"][attack]["asr"]}
+            for attack in first["attacks"]]
+    rows.append({"what": "over-refusal (plain benign)", "first": first["attacks"]["plain"]["benign"]["over_refusal"],
+                 "last": last["attacks"]["plain"]["benign"]["over_refusal"]})
+    for row in rows:
+        row["direction"] = _direction(row["first"], row["last"])
+    return [{"variable": next(iter(study.sweep)), "from": first["label"], "to": last["label"], **r} for r in rows]
 
 
 def findings(point: Point, attacks: dict) -> list[dict]:

@@ -179,8 +179,10 @@ def _raw(spec: str | Path | dict, seen: tuple[str, ...] = ()) -> dict:
     differs from another only in what it sweeps shares its world, and so its stage-1 cache)."""
     if isinstance(spec, dict):
         raw, here = dict(spec), Path.cwd()
-    elif Path(spec).suffix == ".toml" or Path(spec).exists():
+    elif Path(spec).exists() or (Path(spec).suffix == ".toml" and Path(spec).stem not in builtin_names()):
         raw, here = load_toml(spec), Path(spec).parent
+    elif Path(spec).suffix == ".toml":  # "studies/coverage.toml" names the built-in where no such file exists
+        raw, here = builtin_raw(Path(spec).stem), None
     else:
         raw, here = builtin_raw(str(spec)), None
     base = raw.pop("base", None)
