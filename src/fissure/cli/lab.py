@@ -26,7 +26,9 @@ def list_studies(as_json: bool = typer.Option(False, "--json", help="Print one J
         print_json({name: {"shows": s.shows, "points": len(s.points()), "seeds": s.seeds} for name, s in studies.items()})
         return
     for name, s in studies.items():
-        out.print(f"[bold]{name}[/] ({len(s.points())} points): {s.shows}", highlight=False)
+        n = len(s.points())
+        out.print(f"[bold]{name}[/] ({n} point{'s' if n != 1 else ''} x {len(s.seeds)} seeds): {s.shows}",
+                  highlight=False)
 
 
 @lab_app.command("run", epilog="Examples: fissure lab run;  fissure lab run studies/coverage.toml --seeds 3;  "
