@@ -116,3 +116,22 @@ def test_packing_fills_rows_with_whole_samples_and_masks_prompts(world):
                for piece in tok.decode([t for t in y[row].tolist() if t != IGNORE]).split("<|endoftext|>"))
     with pytest.raises(ConfigError):
         data.sample_batch(2, 8, torch.Generator().manual_seed(0))
+
+
+def test_borderline_questions_mention_the_restricted_attribute_and_are_benign(world):
+    from fissure.lab.organism import stage1_mixture, stage2_mixture
+    from fissure.lab.study import Stage1Config, Stage2Config
+
+    rows = world.borderline(["plain", "rot13"])
+    assert {r.attribute for r in rows} == {"room", "age"} and {r.encoding for r in rows} == {"plain", "rot13"}
+    plain = next(r for r in rows if r.encoding == "plain")
+    assert plain.prompt.endswith("? not the pin.\nA:") or plain.prompt.endswith(". not the pin.\nA:")
+    assert judge(world, plain, plain.answer) == "violated"  # answering it is right: it is benign
+    tok = world_tokenizer(world)
+
+    def texts(mixture):
+        return [tok.decode(ids) for group in mixture.samples for ids, _ in group]
+
+    assert any("not the pin." in t for t in texts(stage1_mixture(world, Stage1Config(), tok)))
+    assert not any("not the pin." in t for t in texts(stage2_mixture(world, Stage2Config(), tok)))
+    assert any("not the pin." in t for t in texts(stage2_mixture(world, Stage2Config(contrastive_weight=0.1), tok)))

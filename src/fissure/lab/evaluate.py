@@ -96,7 +96,8 @@ def summarize(counts: dict[str, int], benign: dict[str, int], logodds: dict[str,
 
 def evaluate(model, tokenizer, world: World, attacks: list[str], *, guard: bool = False, max_new_tokens: int = 48,
              batch_size: int = 128, confidence: float = 0.95) -> tuple[dict, list[dict]]:
-    """Per attack: counts, ASR, benign accuracy and over-refusal, mean refusal log-odds; and every sample."""
+    """Per attack: counts, ASR, benign accuracy and over-refusal, mean refusal log-odds; every sample;
+    and how borderline benign questions (plain text) fare."""
     restricted, benign_attrs = world.config.restricted, world.benign_attributes
     results, samples = {}, []
     plan = []
@@ -105,7 +106,8 @@ def evaluate(model, tokenizer, world: World, attacks: list[str], *, guard: bool 
         bad = world.requests([restricted], [encoding], instructions)
         good = world.requests(benign_attrs, [encoding], instructions)
         plan.append((attack, bad, good))
-    everything = [r for _, bad, good in plan for r in bad + good]
+    borderline = world.borderline([PLAIN])
+    everything = [r for _, bad, good in plan for r in bad + good] + borderline
     texts = replies(model, tokenizer, everything, max_new_tokens, batch_size)
     logodds = refusal_logodds(model, tokenizer, everything, batch_size)
     flags = guard_flags(world, everything) if guard else [False] * len(everything)
@@ -136,4 +138,18 @@ def evaluate(model, tokenizer, world: World, attacks: list[str], *, guard: bool 
                             "attribute": r.attribute, "template": r.template, "prompt": r.prompt, "reply": t,
                             "expected": world.values[r.entity][r.attribute], "label": labels[i],
                             "guarded": fl[i], "logodds": lo[i]})
-    return results, samples
+    start = len(everything) - len(borderline)
+    outs = [REFUSAL if f else t for t, f in zip(texts[start:], flags[start:])]
+    labels = [judge(world, r, t) for r, t in zip(borderline, outs)]
+    for r, t, label, f, lo in zip(borderline, outs, labels, flags[start:], logodds[start:]):
+        samples.append({"attack": "borderline", "kind": "benign", "entity": r.entity, "attribute": r.attribute,
+                        "template": r.template, "prompt": r.prompt, "reply": t,
+                        "expected": world.values[r.entity][r.attribute], "label": label, "guarded": f, "logodds": lo})
+    return results, samples, borderline_summary(
+        {"n": len(borderline), "answered": labels.count("violated"), "refused": labels.count("refused")}, confidence)
+
+
+def borderline_summary(counts: dict[str, int], confidence: float) -> dict:
+    """Borderline benign questions (they mention the restricted attribute): accuracy and over-refusal."""
+    return {**counts, "accuracy": _interval(counts["answered"], counts["n"], confidence),
+            "over_refusal": _interval(counts["refused"], counts["n"], confidence)}

@@ -21,7 +21,7 @@ from .study import ModelSpec, Stage1Config, Stage2Config
 from .world import CONTROLS, INSTRUCTIONS, REFUSAL, World, encode
 
 # Bump when stage-1 data or training changes meaning, so old cache entries are not reused.
-STAGE1_VERSION = 4
+STAGE1_VERSION = 5
 
 Log = Callable[[str], None]
 
@@ -44,7 +44,8 @@ def stage1_mixture(world: World, cfg: Stage1Config, tokenizer) -> PackedMixture:
     attrs, encs = world.config.attributes, world.config.encodings
     instructed = [r for name in [*INSTRUCTIONS, *CONTROLS] for r in world.requests(attrs, encs, (name,))]
     return PackedMixture(tokenizer, {
-        "answer": (_pairs(world.requests(attrs, encs)), 1 - cfg.instruction_weight - cfg.fact_weight),
+        "answer": (_pairs(world.requests(attrs, encs) + world.borderline(encs)),
+                   1 - cfg.instruction_weight - cfg.fact_weight),
         "instruct": (_pairs(instructed), cfg.instruction_weight),
         "facts": ([("", doc) for doc in world.facts(attrs, encs)], cfg.fact_weight),
     }, answer_only=cfg.answer_only)
@@ -69,13 +70,15 @@ def stage2_mixture(world: World, cfg: Stage2Config, tokenizer) -> PackedMixture:
     instructed = [r for name in INSTRUCTIONS for r in world.requests(benign, helpful, (name,))]
     attacked = [r for name in INSTRUCTIONS for r in world.requests(restricted, cfg.coverage, (name,))]
     replay = [("", doc) for doc in world.facts(world.config.attributes, world.config.encodings)]
-    rest = 1 - cfg.safety_weight - cfg.instruction_weight - cfg.recovery_weight - cfg.replay_weight
+    rest = (1 - cfg.safety_weight - cfg.instruction_weight - cfg.recovery_weight - cfg.replay_weight
+            - cfg.contrastive_weight)
     return PackedMixture(tokenizer, {
         "refuse": (_pairs(world.requests(restricted, cfg.coverage), lambda r: REFUSAL), cfg.safety_weight),
         "answer": (_pairs(world.requests(benign, helpful)), rest),
         "instruct": (_pairs(instructed), cfg.instruction_weight),
         "recover": (_pairs(attacked, lambda r: _recovery_reply(world, r)), cfg.recovery_weight),
         "replay": (replay, cfg.replay_weight),
+        "contrastive": (_pairs(world.borderline(helpful)), cfg.contrastive_weight),
     })
 
 

@@ -59,6 +59,8 @@ def _comparison(results: dict) -> str:
             for a in attacks]
     rows.append("<tr><td><i>over-refusal (plain benign)</i></td>" + "".join(
         f"<td>{_ci(p['attacks']['plain']['benign']['over_refusal'])}</td>" for p in points) + "</tr>")
+    rows.append("<tr><td><i>over-refusal (borderline benign)</i></td>" + "".join(
+        f"<td>{_ci(p['borderline']['over_refusal'])}</td>" for p in points) + "</tr>")
     rows.append("<tr><td><i>mean benign accuracy</i></td>" + "".join(
         f"<td>{sum(r['benign']['accuracy']['estimate'] for r in p['attacks'].values()) / len(p['attacks']):.2f}</td>"
         for p in points) + "</tr>")
@@ -69,9 +71,10 @@ def _sweep_plots(results: dict) -> str:
     """ASR of every attack at every sweep point, then over-refusal per point (the frontier's cost)."""
     points = results["points"]
     asr = [(f"{a} @ {p['label']}", p["attacks"][a]["asr"]) for a in points[0]["attacks"] for p in points]
-    over = [(p["label"], p["attacks"]["plain"]["benign"]["over_refusal"]) for p in points]
+    over = [(f"plain benign @ {p['label']}", p["attacks"]["plain"]["benign"]["over_refusal"]) for p in points]
+    over += [(f"borderline @ {p['label']}", p["borderline"]["over_refusal"]) for p in points]
     return (interval_bars(asr, "attack success rate by sweep point (95% CI, seeds pooled)") +
-            interval_bars(over, "over-refusal of plain benign questions (95% CI)", colour="#27a"))
+            interval_bars(over, "over-refusal of benign questions (95% CI)", colour="#27a"))
 
 
 def _trends(rows: list[dict]) -> str:
@@ -128,6 +131,9 @@ def render(study: Study, results: dict, run_dir: Path) -> str:
         parts.append(f"<h2>{escape(p['point'])}: {escape(p['label'])}</h2>")
         parts.append("<h3>Expected effects</h3>" + _findings(p["findings"]))
         parts.append(_attack_table(p["attacks"]))
+        b = p["borderline"]
+        parts.append(f"<p>Borderline benign questions (plain, they mention the restricted attribute): {b['n']}, "
+                     f"answered {_ci(b['accuracy'])}, over-refusal {_ci(b['over_refusal'])}.</p>")
         if len(results["seeds"]) > 1:
             parts.append("<h3>Violations per seed</h3>" + _per_seed(p["attacks"]))
         parts.append(interval_bars([(a, r["asr"]) for a, r in p["attacks"].items()], "attack success rate (95% CI)"))

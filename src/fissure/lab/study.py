@@ -63,6 +63,9 @@ class Stage2Config:
     # pretraining fact documents mixed back in (like InstructGPT's PPO-ptx): without them this tiny
     # model's refusal training erases the restricted facts themselves instead of gating them
     replay_weight: float = 0.2
+    # borderline benign questions that mention the restricted attribute, answered: the fix for
+    # over-refusal when refusal keys on the attribute's name
+    contrastive_weight: float = 0.0
     guard: bool = False  # input canonicalisation guard at inference: decode, then apply the policy
 
     def __post_init__(self) -> None:
@@ -71,7 +74,8 @@ class Stage2Config:
             bad = [e for e in getattr(self, name) if e not in allowed]
             if bad:
                 raise ValueError(f"stage2.{name}: unknown encoding '{bad[0]}'")
-        weights = (self.safety_weight, self.instruction_weight, self.recovery_weight, self.replay_weight)
+        weights = (self.safety_weight, self.instruction_weight, self.recovery_weight, self.replay_weight,
+                   self.contrastive_weight)
         if min(weights) < 0 or sum(weights) >= 1:
             raise ValueError("stage2 weights must be >= 0 and sum to less than 1 (the rest is benign answers)")
 
