@@ -67,7 +67,8 @@ def run(
         spec = load_study(study, overrides)
         run_dir = start_run("lab", study_dict(spec), spec.seeds[0], root=out_dir, threads=spec.threads)
     err.print(f"run directory: {run_dir}")
-    results = run_study(spec, run_dir, progress=not as_json, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    results = run_study(spec, run_dir, progress=not as_json,
+                        log=lambda m: err.print(m, highlight=False, soft_wrap=True))
     results["run_dir"] = str(run_dir)
     if as_json:
         print_json(results)

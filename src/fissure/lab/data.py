@@ -1,10 +1,10 @@
 """Training data for the organisms: weighted mixtures of (prompt, reply) samples, packed.
 
-Each sample is ``eos prompt " " reply eos``, or ``eos text eos`` for a document (empty prompt). Samples are drawn from the mixture's groups by
-weight and packed whole, back to back, into rows of ``block_size + 1`` tokens, so a batch is
-almost all real tokens (padding a batch to its longest sample wasted most of it). Only the
-reply and its closing eos carry loss (a document's every token does) (labels elsewhere are -100, which the causal-LM
-objective's cross-entropy ignores), so the model learns to answer, not to write questions.
+Each sample is ``eos prompt " " reply eos``, or ``eos text eos`` for a document (empty prompt).
+Samples are drawn from the mixture's groups by weight and packed whole, back to back, into rows
+of ``block_size + 1`` tokens, so a batch is almost all real tokens. Only the reply and its
+closing eos carry loss, or every token of a document (labels elsewhere are -100, which the
+causal-LM objective's cross-entropy ignores), so the model learns to answer, not to write questions.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def summarize(counts: dict[str, int], benign: dict[str, int], logodds: dict[str,
 
 
 def evaluate(model, tokenizer, world: World, attacks: list[str], *, guard: bool = False, max_new_tokens: int = 48,
-             batch_size: int = 128, confidence: float = 0.95) -> tuple[dict, list[dict]]:
+             batch_size: int = 128, confidence: float = 0.95) -> tuple[dict, list[dict], dict]:
     """Per attack: counts, ASR, benign accuracy and over-refusal, mean refusal log-odds; every sample;
     and how borderline benign questions (plain text) fare."""
     restricted, benign_attrs = world.config.restricted, world.benign_attributes
@@ -133,20 +133,23 @@ def evaluate(model, tokenizer, world: World, attacks: list[str], *, guard: bool 
         mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
         results[attack] = summarize(counts, benign, {"restricted": mean(lo[:n_bad]), "benign": mean(lo[n_bad:])},
                                     confidence)
-        for i, (r, t) in enumerate(zip(reqs, outs)):
-            samples.append({"attack": attack, "kind": "restricted" if i < n_bad else "benign", "entity": r.entity,
-                            "attribute": r.attribute, "template": r.template, "prompt": r.prompt, "reply": t,
-                            "expected": world.values[r.entity][r.attribute], "label": labels[i],
-                            "guarded": fl[i], "logodds": lo[i]})
+        samples += [_sample(world, attack, "restricted" if i < n_bad else "benign", *row)
+                     for i, row in enumerate(zip(reqs, outs, labels, fl, lo))]
     start = len(everything) - len(borderline)
     outs = [REFUSAL if f else t for t, f in zip(texts[start:], flags[start:])]
     labels = [judge(world, r, t) for r, t in zip(borderline, outs)]
-    for r, t, label, f, lo in zip(borderline, outs, labels, flags[start:], logodds[start:]):
-        samples.append({"attack": "borderline", "kind": "benign", "entity": r.entity, "attribute": r.attribute,
-                        "template": r.template, "prompt": r.prompt, "reply": t,
-                        "expected": world.values[r.entity][r.attribute], "label": label, "guarded": f, "logodds": lo})
+    samples += [_sample(world, "borderline", "benign", *row)
+                for row in zip(borderline, outs, labels, flags[start:], logodds[start:])]
     return results, samples, borderline_summary(
         {"n": len(borderline), "answered": labels.count("violated"), "refused": labels.count("refused")}, confidence)
+
+
+def _sample(world: World, attack: str, kind: str, request: Request, reply: str, label: str, guarded: bool,
+            logodds: float) -> dict:
+    return {"attack": attack, "kind": kind, "entity": request.entity, "attribute": request.attribute,
+            "template": request.template, "prompt": request.prompt, "reply": reply,
+            "expected": world.values[request.entity][request.attribute], "label": label, "guarded": guarded,
+            "logodds": logodds}
 
 
 def borderline_summary(counts: dict[str, int], confidence: float) -> dict:

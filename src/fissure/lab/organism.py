@@ -53,7 +53,8 @@ def stage1_mixture(world: World, cfg: Stage1Config, tokenizer) -> PackedMixture:
 
 def _recovery_reply(world: World, request) -> str:
     """The forced start the attack asks for, then the refusal anyway."""
-    prefix = INSTRUCTIONS[request.instructions[0]][1].format(name=world.names[request.entity])
+    prefix = INSTRUCTIONS[request.instructions[0]][1].format(name=world.names[request.entity],
+                                                             restricted=world.config.restricted)
     return (encode(request.encoding, prefix.strip()) + " " if prefix else "") + REFUSAL
 
 

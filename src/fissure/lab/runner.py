@@ -51,9 +51,10 @@ def run_study(study: Study, run_dir: Path, *, progress: bool = False, log: Log =
                 tuned[key] = safety_tune(base, world, tokenizer, point.config, seed, progress=progress)
             model, train_info = tuned[key]
             log(f"seed {seed} point {point.index + 1}/{len(points)}: evaluating {len(study.eval.attacks)} attacks")
-            results, samples, borderline = evaluate(model, tokenizer, world, study.eval.attacks, guard=point.config.guard,
-                                        max_new_tokens=study.eval.max_new_tokens, batch_size=study.eval.batch_size,
-                                        confidence=study.eval.confidence)
+            results, samples, borderline = evaluate(
+                model, tokenizer, world, study.eval.attacks, guard=point.config.guard,
+                max_new_tokens=study.eval.max_new_tokens, batch_size=study.eval.batch_size,
+                confidence=study.eval.confidence)
             append_jsonl(run_dir / "samples.jsonl",
                          [{"point": point.id, "seed": seed, **s} for s in samples])
             write_json(_point_file(run_dir, point, seed),
@@ -91,8 +92,8 @@ def collect(study: Study, run_dir: Path) -> dict:
                 {"seed": seed, "n": r["n"], "violated": r["counts"]["violated"], "asr": r["asr"],
                  "benign_accuracy": r["benign"]["accuracy"]["estimate"]} for seed, r in zip(study.seeds, rows)]
         benign_acc = {parse_attack(a)[0]: r["benign"]["accuracy"] for a, r in attacks.items() if not parse_attack(a)[1]}
-        borderline = borderline_summary({k: sum(s["borderline"][k] for s in per_seed) for k in ("n", "answered", "refused")},
-                                        conf)
+        borderline = borderline_summary(
+            {k: sum(s["borderline"][k] for s in per_seed) for k in ("n", "answered", "refused")}, conf)
         points_out.append({"point": point.id, "label": point.label, "overrides": point.overrides,
                            "stage2": point.config.__dict__, "attacks": attacks, "benign_accuracy": benign_acc,
                            "borderline": borderline, "findings": findings(point, attacks, borderline)})
