@@ -53,8 +53,7 @@ def stage1_mixture(world: World, cfg: Stage1Config, tokenizer) -> PackedMixture:
 
 def _recovery_reply(world: World, request) -> str:
     """The forced start the attack asks for, then the refusal anyway."""
-    prefix = INSTRUCTIONS[request.instructions[0]][1].format(name=world.names[request.entity],
-                                                             restricted=world.config.restricted)
+    prefix = world.appended(request.instructions[0], request.entity)[1]
     return (encode(request.encoding, prefix.strip()) + " " if prefix else "") + REFUSAL
 
 
