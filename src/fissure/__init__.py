@@ -9,7 +9,7 @@ training data). fissure makes both measurable.
     >>> lm.generate(["The capital of France is"], fissure.Decoding(max_new_tokens=8))
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def __getattr__(name):  # lazy: `import fissure` stays cheap for the CLI's --help

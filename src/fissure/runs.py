@@ -1,6 +1,7 @@
-"""Run directories: ``runs/<verb>-<timestamp>/`` with the resolved config, provenance and results.
+"""Where fissure writes: run directories (``runs/<verb>-<timestamp>/`` with the resolved config,
+provenance and results) and the cache of converted weights and trained lab organisms.
 
-Nothing is printed that is not also saved here.
+Nothing is printed that is not also saved in a run directory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from typing import Any
 from .config import dump_toml
 
 _PACKAGES = ("fissure", "torch", "numpy", "tokenizers", "safetensors", "sacrebleu", "transformers", "gguf")
+
+
+def cache_dir() -> Path:
+    """``$FISSURE_CACHE``, else ``$XDG_CACHE_HOME/fissure``, else ``~/.cache/fissure``."""
+    if os.environ.get("FISSURE_CACHE"):
+        return Path(os.environ["FISSURE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "fissure"
 
 
 def create_run_dir(verb: str, root: str | Path = "runs") -> Path:

@@ -1,140 +1,52 @@
+"""Corpus rates from backend scores (metrics/lm.py): perplexity, bits per byte, intervals."""
+
 import math
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import bootstrap
 
-from fissure.errors import ConfigError, DataError
-from fissure.metrics.lm import (RollingResult, evaluate_texts, ratio_interval, rolling_windows,
-                                score_tokens)
+from fissure.backends import TorchLM
+from fissure.backends.base import RollingLoglikelihood
+from fissure.errors import DataError
+from fissure.metrics.lm import ratio_interval, summarise_scores
 
 
-def hf_strided_loglikelihood(hf, seq: list[int], max_length: int, stride: int) -> tuple[float, int]:
-    """HF's "perplexity of fixed-length models" recipe, scored by the HF model's own ``labels=`` loss.
+class ByteTokenizer:
+    """Bytes folded into the test model's 101-token vocabulary; 100 is EOS."""
 
-    Two changes from the published loop: tokens are counted exactly (labels that survive the
-    model's internal shift), and the last window keeps its full context as lm-eval's rolling
-    windows do (a no-op when the windows tile the sequence exactly).
-    """
-    ids = torch.tensor([seq])
-    nll_sum, n_tokens, prev_end = 0.0, 0, 0
-    for begin in range(0, len(seq), stride):
-        end = min(begin + max_length, len(seq))
-        trg_len = end - prev_end
-        begin = max(0, end - max_length)  # lm-eval: full context for the last window
-        input_ids = ids[:, begin:end]
-        labels = input_ids.clone()
-        labels[:, :-trg_len] = -100
-        with torch.no_grad():
-            loss = hf(input_ids, labels=labels).loss
-        n = int((labels[:, 1:] != -100).sum())
-        nll_sum += loss.item() * n
-        n_tokens += n
-        prev_end = end
-        if end == len(seq):
-            break
-    return -nll_sum, n_tokens
+    eos_id = 100
+    name = "bytes%101"
 
+    def encode(self, text: str) -> list[int]:
+        return [b % 100 for b in text.encode("utf-8")]
 
-def random_tokens(n: int, seed: int = 0, vocab: int = 101) -> list[int]:
-    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-@pytest.mark.parametrize("window,stride,n_text,prefix", [
-    (16, 16, 64, 7),     # disjoint windows tiling the text exactly (the published HF loop)
-    (16, 5, 61, None),   # overlapping windows, exact tiling, first token context only
-    (16, 16, 50, 7),     # disjoint, ragged last window
-    (12, 7, 45, None),   # overlapping, ragged last window
-    (20, 20, 9, 7),      # text shorter than one window
-])
-def test_matches_hf_strided_recipe(hf_gpt2, window, stride, n_text, prefix):
-    hf, ours = hf_gpt2
-    tokens = random_tokens(n_text)
-    seq = ([prefix] if prefix is not None else []) + tokens
-    # our window reads `window` tokens and scores the `window` tokens they predict: HF's recipe
-    # needs one token more, whose logit it never uses
-    ref_ll, ref_n = hf_strided_loglikelihood(hf, seq, window + 1, stride)
-    ll, n = score_tokens(ours, tokens, window, stride, prefix_token=prefix)
-    assert n == ref_n == (n_text if prefix is not None else n_text - 1)
-    assert ll == pytest.approx(ref_ll, rel=1e-4)
-    assert ll < 0
-
-
-def test_context_changes_the_score(hf_gpt2):
-    # guards the comparison above against a reference that ignores context
-    _, ours = hf_gpt2
-    tokens = random_tokens(60)
-    disjoint, _ = score_tokens(ours, tokens, 16, 16, prefix_token=7)
-    overlapping, _ = score_tokens(ours, tokens, 16, 4, prefix_token=7)
-    assert abs(disjoint - overlapping) > 1e-3
-
-
-def test_batch_size_does_not_change_results(hf_gpt2):
-    _, ours = hf_gpt2
-    tokens = random_tokens(150, seed=1)
-    results = [score_tokens(ours, tokens, 24, 10, prefix_token=3, batch_size=b) for b in (1, 2, 5, 64)]
-    for ll, n in results[1:]:
-        assert n == results[0][1]
-        assert ll == pytest.approx(results[0][0], rel=1e-6)
-    texts = ["a" * k for k in (3, 40, 17, 90, 1, 55)]
-    encode = lambda s: [ord(c) % 101 for c in s]  # noqa: E731
-    by_batch = [evaluate_texts(ours, encode, texts, 16, 8, prefix_token=0, batch_size=b) for b in (1, 3, 32)]
-    for r in by_batch[1:]:
-        assert r["tokens"] == by_batch[0]["tokens"]
-        assert r["perplexity"] == pytest.approx(by_batch[0]["perplexity"], rel=1e-6)
-
-
-@pytest.mark.parametrize("n_tokens", [0, 1, 2, 5, 16, 17, 33, 100])
-@pytest.mark.parametrize("window,stride", [(1, 1), (4, 4), (8, 3), (16, 16), (16, 1)])
-def test_rolling_windows_score_every_token_once_with_full_context(n_tokens, window, stride):
-    windows = rolling_windows(n_tokens, window, stride)
-    scored = []
-    for i, (start, end, n) in enumerate(windows):
-        assert 1 <= n <= (window if i == 0 else stride)
-        assert end - 1 - start == min(window, end - 1)  # reads as many tokens as it may
-        assert end - n - start >= min(window - stride + 1, end - n)  # context before the first scored token
-        scored.extend(range(end - n, end))
-    assert scored == list(range(1, n_tokens))
-    assert sum(n for _, _, n in windows) == max(n_tokens - 1, 0)
-    if stride == window:  # lm-eval's disjoint windows: each token is read once, but the last
-        read = [t for start, end, _ in windows[:-1] for t in range(start, end - 1)]  # window reaches back
-        assert len(read) == len(set(read))
-
-
-def test_rolling_windows_rejects_bad_stride():
-    for window, stride in [(8, 0), (8, 9), (0, 0), (8, -1)]:
-        with pytest.raises(ConfigError):
-            rolling_windows(10, window, stride)
-
-
-def test_window_longer_than_model_context(hf_gpt2):
-    _, ours = hf_gpt2
-    with pytest.raises(ConfigError, match="exceeds"):
-        score_tokens(ours, random_tokens(10), window=ours.max_positions + 1, stride=8)
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
 
 
 def test_rates_from_a_known_loglikelihood():
-    r = RollingResult(loglikelihood=-80 * math.log(2), tokens=20, bytes=10, window=32, stride=16,
-                      prefix_token=0, tokenizer="bytes")
+    r = RollingLoglikelihood(loglikelihood=-80 * math.log(2), tokens=20, bytes=10, window=32, stride=16)
     assert r.bits_per_byte == pytest.approx(8.0)
     assert r.cross_entropy == pytest.approx(4 * math.log(2))
     assert r.perplexity == pytest.approx(16.0)
-    d = r.to_dict()
+    d = summarise_scores([r], prefix_token=0, tokenizer="bytes")
     assert {k: d[k] for k in ("tokens", "bytes", "window", "stride")} == {"tokens": 20, "bytes": 10,
                                                                           "window": 32, "stride": 16}
+    assert d["bits_per_byte"] == pytest.approx(8.0) and d["perplexity"] == pytest.approx(16.0)
     assert d["signature"].startswith("window=32|stride=16|prefix=0|tok=bytes")
 
 
-def test_evaluate_texts_aggregates_documents(hf_gpt2):
+def test_summarise_aggregates_documents_scored_by_a_backend(hf_gpt2):
     _, ours = hf_gpt2
+    lm = TorchLM(ours, ByteTokenizer(), name="gpt2-random")
     texts = ["héllo wörld, " * k for k in (1, 3, 2, 5)] + [""]
-    encode = lambda s: [b % 101 for b in s.encode("utf-8")]  # noqa: E731
-    result = evaluate_texts(ours, encode, texts, 16, 16, prefix_token=100, tokenizer="bytes%101")
-    per_doc = [score_tokens(ours, encode(t), 16, 16, prefix_token=100) for t in texts]
-    ll = sum(s[0] for s in per_doc)
+    scores = lm.loglikelihood_rolling(texts, window=16, stride=16)
+    result = summarise_scores(scores, prefix_token=lm.start_token, tokenizer="bytes%101")
+    one_by_one = [lm.loglikelihood_rolling([t], window=16, stride=16)[0] for t in texts]
+    ll = sum(s.loglikelihood for s in one_by_one)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    assert result["tokens"] == sum(s[1] for s in per_doc) == n_bytes  # one token per byte, all scored
+    assert result["tokens"] == sum(s.tokens for s in one_by_one) == n_bytes  # one token per byte, all scored
     assert result["bytes"] == n_bytes and result["documents"] == 5
     # batching windows across documents changes float32 rounding only
     assert result["bits_per_byte"] == pytest.approx(-ll / (n_bytes * math.log(2)), rel=1e-6)
@@ -143,16 +55,16 @@ def test_evaluate_texts_aggregates_documents(hf_gpt2):
     for key in ("perplexity", "bits_per_byte"):
         ci = result[f"{key}_ci"]
         assert ci["low"] <= result[key] <= ci["high"] and ci["low"] < ci["high"]
-    single = evaluate_texts(ours, encode, texts[:1], 16, 16, prefix_token=100)
+    single = summarise_scores(scores[:1], prefix_token=lm.start_token)
     assert single["perplexity_ci"] is None and single["bits_per_byte_ci"] is None
 
 
-def test_evaluate_texts_rejects_nothing_to_score(hf_gpt2):
-    _, ours = hf_gpt2
+def test_summarise_rejects_nothing_to_score():
     with pytest.raises(DataError):
-        evaluate_texts(ours, lambda s: [1] * len(s), [], 16, 16)
+        summarise_scores([])
+    empty = [RollingLoglikelihood(0.0, 0, 0, 16, 16), RollingLoglikelihood(0.0, 0, 1, 16, 16)]
     with pytest.raises(DataError, match="no tokens"):
-        evaluate_texts(ours, lambda s: [1] * len(s), ["", "x"], 16, 16, prefix_token=None)
+        summarise_scores(empty)
 
 
 def test_ratio_interval_matches_scipy_paired_bootstrap():
@@ -166,10 +78,3 @@ def test_ratio_interval_matches_scipy_paired_bootstrap():
     width = ref.high - ref.low
     assert got.low == pytest.approx(ref.low, abs=0.05 * width)
     assert got.high == pytest.approx(ref.high, abs=0.05 * width)
-
-
-def test_scoring_restores_train_mode(hf_gpt2):
-    _, ours = hf_gpt2
-    ours.train()
-    score_tokens(ours, random_tokens(20), 8, 8)
-    assert ours.training

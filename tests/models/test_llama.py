@@ -333,7 +333,7 @@ def test_missing_smollm2_package_is_a_user_error(monkeypatch):
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
-    from fissure.models.registry_files import cache_dir
+    from fissure.runs import cache_dir
 
     monkeypatch.setenv("FISSURE_CACHE", str(tmp_path / "c"))
     assert cache_dir() == tmp_path / "c"

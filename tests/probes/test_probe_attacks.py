@@ -6,7 +6,7 @@ import re
 import pytest
 
 from fissure.errors import UserError
-from fissure.probes import transforms as T
+from fissure.text import encodings as T
 from fissure.probes.attacks import (HELLO_PREFIX, INJECTED_PREFIX, MODES, AttackPrompt, get_attack,
                                     list_attacks)
 

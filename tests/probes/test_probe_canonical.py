@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from fissure.probes import transforms as T
+from fissure.text import encodings as T
 from fissure.probes.attacks import INJECTED_PREFIX, get_attack
 from fissure.probes.canonical import canonical_views, canonicalise
 

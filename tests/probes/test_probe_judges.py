@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fissure.probes import transforms as T
+from fissure.text import encodings as T
 from fissure.probes.attacks import get_attack
 from fissure.probes.judges import LABELS, judge, refusal_anchored, refusal_lexicon
 from fissure.probes.policies import load_policy

@@ -3,7 +3,7 @@ import re
 import pytest
 
 from fissure.errors import ConfigError, UserError
-from fissure.probes import transforms as T
+from fissure.text import encodings as T
 from fissure.probes.policies import builtin_policies, load_policy, make_canary
 
 VALID = '''

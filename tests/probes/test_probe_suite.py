@@ -19,7 +19,7 @@ from scipy.stats import binomtest
 
 from fissure.backends.base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult
 from fissure.errors import ConfigError, GenerationError, UserError
-from fissure.probes import transforms as T
+from fissure.text import encodings as T
 from fissure.probes.policies import load_policy
 from fissure.probes.suite import (DEFAULT_ATTACKS, SuiteConfig, compare, k_label, plan, read_samples, rejudge,
                                   resolve_attacks, run_suite)

@@ -12,6 +12,7 @@ Modelled on lm-evaluation-harness's three-method LM API:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Union
@@ -45,12 +46,27 @@ class LoglikelihoodResult:
 
 @dataclass(frozen=True)
 class RollingLoglikelihood:
+    """A text's summed log-likelihood with the counts that turn it into per-token and per-byte rates."""
+
     loglikelihood: float  # natural log, summed over scored tokens
-    tokens: int
+    tokens: int  # tokens scored
     bytes: int  # UTF-8 bytes of the text
     window: int
     stride: int
     extra: dict = field(default_factory=dict)
+
+    @property
+    def cross_entropy(self) -> float:
+        """Nats per scored token."""
+        return -self.loglikelihood / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.cross_entropy)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return -self.loglikelihood / (self.bytes * math.log(2))
 
 
 class LanguageModel(ABC):

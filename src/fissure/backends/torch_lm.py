@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from ..decode import Decoding, generate, truncate_at_stop
 from ..errors import GenerationError
-from ..metrics.lm import score_tokens
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
+from .scoring import pad_right, score_sequences
 
 
 class TorchLM(LanguageModel):
@@ -74,13 +74,7 @@ class TorchLM(LanguageModel):
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            inputs = [requests[i][0][:-1] for i in idx]
-            width = max(len(x) for x in inputs)
-            ids = torch.zeros(len(idx), width, dtype=torch.long)
-            mask = torch.zeros(len(idx), width, dtype=torch.long)
-            for row, x in enumerate(inputs):  # right padding: real tokens keep positions 0..n-1
-                ids[row, : len(x)] = torch.tensor(x)
-                mask[row, : len(x)] = 1
+            ids, mask = pad_right([requests[i][0][:-1] for i in idx])
             logprobs = F.log_softmax(self.model(ids, attention_mask=mask).float(), dim=-1)
             for row, i in enumerate(idx):
                 seq, n_cont = requests[i]
@@ -96,12 +90,10 @@ class TorchLM(LanguageModel):
                               stride: int | None = None) -> list[RollingLoglikelihood]:
         window = window or self.model.max_positions
         stride = stride or window
-        out = []
-        for text in texts:
-            ll, n = score_tokens(self.model, self.tokenizer.encode(text), window, stride,
-                                 prefix_token=self.start_token, batch_size=self.batch_size)
-            out.append(RollingLoglikelihood(ll, n, len(text.encode("utf-8")), window, stride))
-        return out
+        seqs = [[self.start_token, *self.tokenizer.encode(text)] for text in texts]
+        scores = score_sequences(self.model, seqs, window, stride, self.batch_size)
+        return [RollingLoglikelihood(ll, n, len(text.encode("utf-8")), window, stride)
+                for text, (ll, n) in zip(texts, scores)]
 
     def generate(self, prompts: list[Prompt], decoding: Decoding | None = None,
                  on_token: Callable[[int, int], None] | None = None) -> list[str]:

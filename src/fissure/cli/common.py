@@ -34,10 +34,6 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def parse_sets(sets: list[str] | None) -> list[str]:
-    return list(sets or [])
-
-
 def guard(fn):
     """Turn a :class:`UserError` into one red line and a non-zero exit code (no traceback)."""
     import functools

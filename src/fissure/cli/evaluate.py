@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..runs import append_jsonl, run_directory, write_json
-from . import app
+from .app import app
 from .common import (BackendOption, DtypeOption, OutDirOption, ServedModelOption, ThreadsOption, err, guard, out,
                      print_json)
 
@@ -51,9 +51,7 @@ def evaluate(
             append_jsonl(run_dir / "samples.jsonl", [{"source": doc.source, "loglikelihood": score.loglikelihood,
                                                       "tokens": score.tokens, "bytes": score.bytes}])
     tokenizer = getattr(getattr(lm, "tokenizer", None), "name", caps.backend)
-    result = summarise_scores([s.loglikelihood for s in scores], [s.tokens for s in scores],
-                              [s.bytes for s in scores], scores[0].window, scores[0].stride,
-                              prefix_token=getattr(lm, "start_token", None),
+    result = summarise_scores(scores, prefix_token=getattr(lm, "start_token", None),
                               tokenizer=f"{tokenizer}|model={Path(model).name}")
     result.update(model=model, backend=caps.backend, run_dir=str(run_dir))
     write_json(run_dir / "results.json", result)

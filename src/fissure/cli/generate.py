@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..runs import append_jsonl, run_directory, write_json
-from . import app
+from .app import app
 from .common import (BackendOption, DtypeOption, OutDirOption, ServedModelOption, ThreadsOption, err, guard, out,
                      print_json)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from . import app
+from .app import app
 from .common import guard, out, print_json
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import UserError
-from . import app
+from .app import app
 from .common import err, guard, out, print_json
 
 lab_app = typer.Typer(help="Model organisms of jailbreaks: train, attack and report in minutes on a CPU.",

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from ..errors import UserError
-from . import app
+from .app import app
 from .common import err, guard, out, print_json
 
 _EPILOG = ("Examples: fissure probe smollm2;  fissure probe ./my-model --policy policies/bank.toml --attacks co,mg "

@@ -9,7 +9,7 @@ import typer
 
 from ..config import apply_overrides, to_dict
 from ..runs import append_jsonl, run_directory, write_json
-from . import app
+from .app import app
 from .common import err, guard, out, print_json
 
 PROMPTS = ["def ", "import os\n", "class "]

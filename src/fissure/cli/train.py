@@ -8,7 +8,7 @@ import typer
 
 from ..config import apply_overrides, load_toml, to_dict
 from ..runs import run_directory
-from . import app
+from .app import app
 from .common import err, guard, out, print_json
 
 

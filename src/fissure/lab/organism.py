@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from ..models.gpt import GPT, GPTConfig
-from ..models.registry_files import cache_dir
 from ..text.tokenizers import CharTokenizer, load_tokenizer
 from ..train import Trainer, TrainConfig
 from ..train.checkpoint import load_model_from_checkpoint, save_checkpoint
+from ..runs import cache_dir
 from ..utils import seed_everything
 from .data import PackedMixture
 from .study import ModelSpec, Stage1Config, Stage2Config

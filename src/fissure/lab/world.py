@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..probes import transforms as T
+from ..text import encodings as T
 
 # Capitalised: no request or reply in any encoding starts with "I", so the refusal's first
 # token never doubles as the first token of a compliant reply (rot13 turns "v" into "i").

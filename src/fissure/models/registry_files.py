@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import UserError
+from ..runs import cache_dir
 from .gguf import load_gguf_tokenizer, read_gguf_llama
 from .hf_llama import config_to_hf, load_hf_llama_dir
 from .llama import Llama
@@ -29,14 +29,6 @@ SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 
 class MissingModelFileError(UserError):
     """An embedded model whose package is not installed."""
-
-
-def cache_dir() -> Path:
-    """``$FISSURE_CACHE``, else ``$XDG_CACHE_HOME/fissure``, else ``~/.cache/fissure``."""
-    if os.environ.get("FISSURE_CACHE"):
-        return Path(os.environ["FISSURE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "fissure"
 
 
 def smollm2_gguf_path() -> Path:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from . import transforms as T
+from ..text import encodings as T
 
 MODES = ("CO", "MG", "CO+MG", "control")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from . import transforms as T
+from ..text import encodings as T
 from .attacks import AttackPrompt
 
 # Frequent English words: a line "reads like English" when many of its words are here.

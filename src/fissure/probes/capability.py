@@ -12,7 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .attacks import ATTACKS, AttackPrompt, get_attack
+from .attacks import AttackPrompt, get_attack
 from .canonical import canonical_views
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen " \
@@ -57,11 +57,6 @@ class CapabilityTwin:
                    for view in canonical_views(reply, self.prompt))
 
 
-def mg_attacks() -> list[str]:
-    """The registered single attacks whose mode is MG."""
-    return [name for name, a in ATTACKS.items() if a.mode == "MG"]
-
-
 def benign_questions(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     """``n`` (question, answer, pattern) triples: mostly two-number sums, some facts."""
     rng = random.Random(seed)
@@ -81,8 +76,3 @@ def capability_twins(attack: str, n: int = 6, seed: int = 0) -> list[CapabilityT
     rng = random.Random(seed)
     return [CapabilityTwin(att.name, q, answer, pattern, att.apply(q, rng))
             for q, answer, pattern in benign_questions(n, seed)]
-
-
-def capability_suite(n: int = 6, seed: int = 0) -> dict[str, list[CapabilityTwin]]:
-    """Capability twins for every MG attack."""
-    return {name: capability_twins(name, n, seed) for name in mg_attacks()}

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .. import __version__
+from .._version import __version__
 from ..errors import CheckpointError
 from ..models import MODEL_FAMILIES
 

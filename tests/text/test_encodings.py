@@ -4,7 +4,7 @@ import codecs
 import pytest
 
 from fissure.errors import UserError
-from fissure.probes import transforms as T
+from fissure.text import encodings as T
 
 TEXTS = ["what is the password", "hello world, this is a test of seven words!",
          "tell me the secret code now please", "a b c", ""]
