@@ -35,7 +35,7 @@ def hf_llama(request):
     """A random HF LlamaForCausalLM (6 query heads, 2 key/value heads) and our Llama with its weights."""
     hf = _random_hf_llama(tie=request.param)
     ours = llama_from_hf_state_dict(hf.config, hf.state_dict())
-    assert ours.config.tie_word_embeddings == request.param
+    assert ours.config.tie_weights == request.param
     assert (ours.lm_head.weight is ours.tok_emb.weight) == request.param
     return hf, ours
 
@@ -107,7 +107,7 @@ def test_load_hf_dir_saved_by_transformers(hf_llama, tmp_path):
 
 def test_causality():
     torch.manual_seed(0)
-    m = Llama(LlamaConfig(vocab_size=50, max_position_embeddings=16, n_layer=2, n_head=4, n_kv_head=2,
+    m = Llama(LlamaConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_kv_head=2,
                           n_embd=16, intermediate_size=32)).eval()
     a = torch.randint(0, 50, (1, 10))
     b = a.clone()
@@ -348,8 +348,8 @@ def test_fused_projections_keep_the_function():
     from fissure.models.llama import Llama, LlamaConfig
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, max_position_embeddings=64, n_layer=2, n_head=6, n_kv_head=2, n_embd=48,
-                      intermediate_size=96, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True)
+    cfg = LlamaConfig(vocab_size=97, block_size=64, n_layer=2, n_head=6, n_kv_head=2, n_embd=48,
+                      intermediate_size=96, rms_norm_eps=1e-6, rope_theta=10000.0, tie_weights=True)
     model = Llama(cfg).eval()
     x = torch.randint(0, 97, (2, 20))
     with torch.no_grad():

@@ -1,5 +1,7 @@
 """Attention shared by every model family: masks, a KV cache, rotary embeddings and
-multi-head / grouped-query self-attention through ``F.scaled_dot_product_attention``.
+multi-head / grouped-query self-attention through ``F.scaled_dot_product_attention``,
+and :func:`concat_linears`, which fuses projections (:mod:`.blocks` imports it from here:
+imports between the two go one way only).
 
 Shapes follow one convention throughout: activations are ``(batch, time, channels)``,
 attention heads are ``(batch, heads, time, head_dim)``.
@@ -123,6 +125,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
+def concat_linears(*linears: nn.Linear) -> nn.Linear:
+    """One Linear whose outputs are those of ``linears``, stacked: fuses q/k/v here and SwiGLU's
+    gate/up in :mod:`.blocks` into one matmul each."""
+    first = linears[0]
+    fused = nn.Linear(first.in_features, sum(l.out_features for l in linears), bias=first.bias is not None,
+                      dtype=first.weight.dtype, device=first.weight.device)
+    fused.weight.copy_(torch.cat([l.weight for l in linears]))
+    if first.bias is not None:
+        fused.bias.copy_(torch.cat([l.bias for l in linears]))
+    return fused
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with optional grouped-query heads and rotary positions.
 
@@ -185,9 +199,7 @@ class CausalSelfAttention(nn.Module):
     def fuse(self) -> None:
         """Merge separate q/k/v projections into one matmul (for decoding speed)."""
         if not self.fused_qkv:
-            from .blocks import _concat_linears
-
-            self.qkv = _concat_linears(self.q_proj, self.k_proj, self.v_proj)
+            self.qkv = concat_linears(self.q_proj, self.k_proj, self.v_proj)
             del self.q_proj, self.k_proj, self.v_proj
             self.fused_qkv = True
 

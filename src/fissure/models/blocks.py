@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import CausalSelfAttention, KVCache
+from .attention import CausalSelfAttention, KVCache, concat_linears
 
 
 class RMSNorm(nn.Module):
@@ -59,19 +59,8 @@ class SwiGLU(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> None:
-        self.gate_up = _concat_linears(self.gate, self.up)
+        self.gate_up = concat_linears(self.gate, self.up)
         del self.gate, self.up
-
-
-def _concat_linears(*linears: nn.Linear) -> nn.Linear:
-    """One Linear whose outputs are those of ``linears``, stacked."""
-    first = linears[0]
-    fused = nn.Linear(first.in_features, sum(l.out_features for l in linears), bias=first.bias is not None,
-                      dtype=first.weight.dtype, device=first.weight.device)
-    fused.weight.copy_(torch.cat([l.weight for l in linears]))
-    if first.bias is not None:
-        fused.bias.copy_(torch.cat([l.bias for l in linears]))
-    return fused
 
 
 class PreLNBlock(nn.Module):

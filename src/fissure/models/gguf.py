@@ -79,7 +79,7 @@ def config_from_gguf(reader) -> LlamaConfig:
     vocab = _field(reader, f"{a}.vocab_size") or len(reader.get_field("tokenizer.ggml.tokens").data)
     return LlamaConfig(
         vocab_size=vocab,
-        max_position_embeddings=_field(reader, f"{a}.context_length"),
+        block_size=_field(reader, f"{a}.context_length"),
         n_layer=_field(reader, f"{a}.block_count"),
         n_head=n_head,
         n_kv_head=_field(reader, f"{a}.attention.head_count_kv", n_head),
@@ -87,7 +87,7 @@ def config_from_gguf(reader) -> LlamaConfig:
         intermediate_size=_field(reader, f"{a}.feed_forward_length"),
         rms_norm_eps=float(_field(reader, f"{a}.attention.layer_norm_rms_epsilon")),
         rope_theta=float(_field(reader, f"{a}.rope.freq_base", 10000.0)),
-        tie_word_embeddings="output.weight" not in tensor_names,
+        tie_weights="output.weight" not in tensor_names,
         head_dim=head_dim,
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),

@@ -48,6 +48,10 @@ def hf_to_native_name(name: str) -> str | None:
 def config_from_hf(hf_config: Mapping[str, Any] | Any) -> LlamaConfig:
     """A :class:`LlamaConfig` from an HF ``LlamaConfig`` or its ``config.json`` dict.
 
+    HF's names become ours (see :mod:`fissure.models`): ``max_position_embeddings`` ->
+    ``block_size``, ``tie_word_embeddings`` -> ``tie_weights``, ``num_hidden_layers`` -> ``n_layer``,
+    ``num_attention_heads`` -> ``n_head``, ``num_key_value_heads`` -> ``n_kv_head``, ``hidden_size`` -> ``n_embd``.
+
     Understands both the transformers 4 (``rope_theta``, ``rope_scaling``) and the
     transformers 5 (``rope_parameters``) spelling of the rotary settings. Variants we do
     not implement (rope scaling, biases, another activation) raise instead of running wrong.
@@ -69,7 +73,7 @@ def config_from_hf(hf_config: Mapping[str, Any] | Any) -> LlamaConfig:
         raise CheckpointError(f"Llama config lacks '{missing[0]}'")
     return LlamaConfig(
         vocab_size=c["vocab_size"],
-        max_position_embeddings=c["max_position_embeddings"],
+        block_size=c["max_position_embeddings"],
         n_layer=c["num_hidden_layers"],
         n_head=c["num_attention_heads"],
         n_kv_head=c.get("num_key_value_heads") or c["num_attention_heads"],
@@ -77,7 +81,7 @@ def config_from_hf(hf_config: Mapping[str, Any] | Any) -> LlamaConfig:
         intermediate_size=c["intermediate_size"],
         rms_norm_eps=c["rms_norm_eps"],
         rope_theta=rope.get("rope_theta", c.get("rope_theta", 10000.0)),
-        tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+        tie_weights=bool(c.get("tie_word_embeddings", False)),
         head_dim=c.get("head_dim"),
         bos_token_id=c.get("bos_token_id"),
         eos_token_id=c.get("eos_token_id"),
@@ -85,16 +89,17 @@ def config_from_hf(hf_config: Mapping[str, Any] | Any) -> LlamaConfig:
 
 
 def config_to_hf(config: LlamaConfig) -> dict[str, Any]:
-    """The ``config.json`` dict of an HF ``LlamaForCausalLM`` with this configuration."""
+    """The ``config.json`` dict of an HF ``LlamaForCausalLM`` with this configuration, in HF's
+    names (the reverse of :func:`config_from_hf`)."""
     c = config
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": c.vocab_size, "max_position_embeddings": c.max_position_embeddings,
+        "vocab_size": c.vocab_size, "max_position_embeddings": c.block_size,
         "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
         "hidden_size": c.n_embd, "intermediate_size": c.intermediate_size, "head_dim": c.head_dim,
         "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta, "rope_scaling": None,
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "tie_word_embeddings": c.tie_word_embeddings,
+        "tie_word_embeddings": c.tie_weights,
         "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
     }
 
@@ -106,7 +111,7 @@ def _uninitialised_llama(config: LlamaConfig, dtype: torch.dtype) -> Llama:
         model = Llama(config)
     model = model.to_empty(device="cpu").to(dtype)
     model.rotary = RotaryEmbedding(config.head_dim, base=config.rope_theta)  # its buffer was on "meta"
-    if config.tie_word_embeddings:  # moving off "meta" made two separate parameters
+    if config.tie_weights:  # moving off "meta" made two separate parameters
         model.lm_head.weight = model.tok_emb.weight
     return model
 
@@ -124,10 +129,10 @@ def llama_from_hf_state_dict(hf_config: Mapping[str, Any] | Any, state_dict: Map
                 continue
             raise CheckpointError(f"unexpected weight '{name}' in a Llama checkpoint")
         native[ours] = tensor
-    if config.tie_word_embeddings:
+    if config.tie_weights:
         native.pop("lm_head.weight", None)  # the head is the embedding
     model = _uninitialised_llama(config, dtype)
-    expected = {k for k in model.state_dict() if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    expected = {k for k in model.state_dict() if not (config.tie_weights and k == "lm_head.weight")}
     missing = sorted(expected - native.keys())
     if missing:
         raise CheckpointError(f"Llama checkpoint lacks {len(missing)} weights, e.g. '{missing[0]}'")

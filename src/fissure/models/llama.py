@@ -25,7 +25,7 @@ class UnsupportedModelError(UserError):
 @dataclass
 class LlamaConfig:
     vocab_size: int = 32000
-    max_position_embeddings: int = 2048
+    block_size: int = 2048  # longest context the model sees
     n_layer: int = 12
     n_head: int = 12
     n_kv_head: int = 4  # < n_head: grouped-query attention
@@ -33,13 +33,13 @@ class LlamaConfig:
     intermediate_size: int = 2048
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    tie_word_embeddings: bool = False
+    tie_weights: bool = False  # share the token embedding with the output head
     head_dim: int | None = None  # None: n_embd // n_head
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None  # HF allows several end tokens
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_position_embeddings", "n_layer", "n_head", "n_kv_head",
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head",
                      "n_embd", "intermediate_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
@@ -71,7 +71,7 @@ class Llama(nn.Module):
         ])
         self.norm_f = RMSNorm(c.n_embd, eps=c.rms_norm_eps)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
-        if c.tie_word_embeddings:
+        if c.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
 
@@ -83,7 +83,7 @@ class Llama(nn.Module):
 
     @property
     def max_positions(self) -> int:
-        return self.config.max_position_embeddings
+        return self.config.block_size
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -91,7 +91,7 @@ class Llama(nn.Module):
     def new_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         c = self.config
         p = self.tok_emb.weight
-        return KVCache(c.n_layer, batch, c.n_kv_head, c.head_dim, max_len or c.max_position_embeddings,
+        return KVCache(c.n_layer, batch, c.n_kv_head, c.head_dim, max_len or c.block_size,
                        dtype=p.dtype, device=p.device)
 
     def fuse_projections(self) -> "Llama":
@@ -111,7 +111,7 @@ class Llama(nn.Module):
         """
         B, T = input_ids.shape
         past, position_ids = resolve_positions(input_ids, attention_mask, position_ids, kv_cache,
-                                               self.config.max_position_embeddings, "max_position_embeddings")
+                                               self.config.block_size, "block_size")
         rotary = self.rotary(position_ids)  # computed once, shared by every layer
         mask = attention_mask_4d(attention_mask, T, past, B, input_ids.device)
         x = self.tok_emb(input_ids)

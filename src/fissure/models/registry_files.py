@@ -53,7 +53,7 @@ def _write_hf_dir_atomically(out: Path, gguf_path: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         config, state_dict = read_gguf_llama(gguf_path)
-        if config.tie_word_embeddings:
+        if config.tie_weights:
             state_dict.pop("lm_head.weight", None)
         save_file(state_dict, tmp / "model.safetensors", metadata={"format": "pt", "source": gguf_path.name})
         (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
