@@ -106,26 +106,6 @@ def test_checkpoint_round_trip_keeps_tied_weights_and_logits(data, tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.tok_emb.weight.data_ptr()
 
 
-
-def test_llama_checkpoint_with_the_old_config_names_still_loads(data, tmp_path):
-    import json
-
-    from fissure.models import Llama, LlamaConfig
-
-    tok, _, _ = data
-    torch.manual_seed(0)
-    model = Llama(LlamaConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_kv_head=1,
-                              n_embd=16, intermediate_size=32, tie_weights=True)).eval()
-    path = save_checkpoint(tmp_path / "ckpt", model, tok)
-    data_json = json.loads((path / "config.json").read_text())
-    c = data_json["config"]
-    c["max_position_embeddings"], c["tie_word_embeddings"] = c.pop("block_size"), c.pop("tie_weights")
-    (path / "config.json").write_text(json.dumps(data_json))  # as written before the rename
-    loaded = load_model_from_checkpoint(path)
-    assert (loaded.config.block_size, loaded.config.tie_weights) == (32, True)
-    x = torch.randint(0, tok.vocab_size, (2, 16))
-    assert torch.equal(model(x), loaded(x))
-
 def test_schedule_warmup_then_cosine():
     c = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr=0.1)
     assert learning_rate(0, c) == pytest.approx(0.1)

@@ -28,8 +28,6 @@ from ..errors import CheckpointError
 from ..models import MODEL_FAMILIES
 
 REQUIRED = ("model.safetensors", "config.json", "tokenizer.json")
-# Config fields a family has renamed since: checkpoints written before still load.
-_RENAMED_CONFIG_FIELDS = {"llama": {"max_position_embeddings": "block_size", "tie_word_embeddings": "tie_weights"}}
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -108,10 +106,8 @@ def load_model_from_checkpoint(path: str | Path) -> torch.nn.Module:
     path = Path(path)
     data = read_model_config(path)
     model_cls, config_cls = MODEL_FAMILIES[data["family"]]
-    renamed = _RENAMED_CONFIG_FIELDS.get(data["family"], {})
-    config = {renamed.get(k, k): v for k, v in data["config"].items()}
     try:
-        model = model_cls(config_cls(**config))
+        model = model_cls(config_cls(**data["config"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path / 'config.json'} has an invalid model config: {exc}") from None
     try:
