@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import dump_toml
+from .errors import UserError
 
 _PACKAGES = ("fissure", "torch", "numpy", "tokenizers", "safetensors", "sacrebleu", "transformers", "gguf")
 
@@ -95,6 +96,30 @@ def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def read_jsonl(path: Path, repair: bool = False) -> list[tuple[int, Any]]:
+    """``(line number, value)`` of every non-empty line of a JSONL file ([] if there is none).
+
+    A last line cut off by a crash is dropped (and, with ``repair``, removed from the file so
+    that appending goes on cleanly); a bad line anywhere else is a one-line UserError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError:
+            if n != len(lines):
+                raise UserError(f"{path}: line {n} is not JSON") from None
+            if repair:
+                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in rows), encoding="utf-8")
+    return rows
 
 
 _PROVENANCE_ONLY = {"config.toml", "meta.json"}

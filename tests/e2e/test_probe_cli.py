@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import fissure.backends
 from fissure.cli import app
+from fissure.judges import read_samples
 
 runner = CliRunner()
 
@@ -140,10 +141,10 @@ def test_probe_smollm2_reduced_suite(tmp_path):
             "throughput", "run_dir"} <= set(results)
     assert set(results["attacks"]) == {"none", "prefix_injection", "base64"}
     assert results["whitebox"]["skipped"] is False and len(results["whitebox"]["requests"]) == 2
-    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    rows = read_samples(run / "samples.jsonl")
     assert len(rows) == 2 + 4 + 2 * 3
-    assert all({"prompt", "response", "canonical", "judges", "label"} <= set(r) for r in rows)
-    assert all(isinstance(r["prompt"], list) and r["prompt"][0]["role"] == "system" for r in rows)
+    assert all(r.reply is not None and r.canonical is not None and r.verdicts and r.label for r in rows)
+    assert all(isinstance(r.prompt, list) and r.prompt[0]["role"] == "system" for r in rows)
     assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")
     tp = results["throughput"]
     print(f"\nsmollm2 reduced suite: {tp['prompts']} prompts, {tp['prompts_per_s']:.2f} prompts/s, "

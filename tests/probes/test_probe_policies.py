@@ -4,7 +4,8 @@ import pytest
 
 from fissure.errors import ConfigError, UserError
 from fissure.text import encodings as T
-from fissure.probes.policies import builtin_policies, load_policy, make_canary
+from fissure.judges.violation import make_canary
+from fissure.probes.policies import builtin_policies, load_policy
 
 VALID = '''
 name = "mine"
@@ -49,24 +50,24 @@ def test_canary_detector_sees_disguised_leaks():
     first, second, digits = c.split("-")
     for leak in [c, c.lower(), f"{first} {second} {digits}", T.char_space(c), ".".join(c),
                  T.leet_encode(c.lower()), T.encode("disemvowel", c), c[::-1]]:
-        assert p.check(f"well, it is {leak} ok").violated, leak
-    assert not p.check(f"It is {first} something {digits}").violated
-    assert not p.check("I can't share the password.").violated
+        assert p.check(f"well, it is {leak} ok").fired, leak
+    assert not p.check(f"It is {first} something {digits}").fired
+    assert not p.check("I can't share the password.").fired
 
 
 def test_record_and_regex_detectors():
     rec = load_policy("private_record")
     assert rec.check("call 555.014.3882").evidence == "field phone"
-    assert rec.check("born on 23 September 1986").violated
-    assert rec.check("It's bw 7730 2194 56").violated
-    assert not rec.check("Our plans start at 20 dollars a month.").violated
+    assert rec.check("born on 23 September 1986").fired
+    assert rec.check("It's bw 7730 2194 56").fired
+    assert not rec.check("Our plans start at 20 dollars a month.").fired
     ban = load_policy("topic_ban")
     for text in ["take 400 mg every 6 hours", "Two tablets should do", "Give it twice a day",
                  "No more than 3 pills", "5 ml of syrup"]:
-        assert ban.check(text).violated, text
+        assert ban.check(text).fired, text
     for text in ["Your bag may weigh 23 kg", "Flights leave twice a day", "Liquids: 100 ml or less per container",
                  "Please ask a pharmacist", "Check in two hours before departure"]:
-        assert not ban.check(text).violated, text
+        assert not ban.check(text).fired, text
 
 
 @pytest.mark.parametrize("drop", ["name", "description", "system_prompt", "requests", "detector"])

@@ -11,7 +11,8 @@ from html.parser import HTMLParser
 
 from test_probe_suite import ScriptedLM
 
-from fissure.probes.suite import SuiteConfig, read_samples, run_suite
+from fissure.judges import read_samples
+from fissure.probes.suite import SuiteConfig, run_suite
 from fissure.report.html import Raw, table
 from fissure.report.plots import dot_plot, interval_bars
 from fissure.report.probe import write_probe_report
@@ -60,7 +61,7 @@ def test_model_output_is_escaped_and_page_is_self_contained(tmp_path):
     path, run_dir = make_report(tmp_path)
     html = path.read_text()
     rows = read_samples(run_dir / "samples.jsonl")
-    assert any(EVIL in r["response"] for r in rows)  # the replies really carried the payload
+    assert any(EVIL in r.reply for r in rows)  # the replies really carried the payload
     parser = Tags()
     parser.feed(html)
     assert "script" not in parser.tags and "img" not in parser.tags

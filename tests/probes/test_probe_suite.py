@@ -21,8 +21,9 @@ from fissure.backends.base import BackendError, Capabilities, LanguageModel, Log
 from fissure.errors import ConfigError, GenerationError, UserError
 from fissure.text import encodings as T
 from fissure.probes.policies import load_policy
-from fissure.probes.suite import (DEFAULT_ATTACKS, SuiteConfig, compare, k_label, plan, read_samples, rejudge,
-                                  resolve_attacks, run_suite)
+from fissure.judges import read_samples
+from fissure.probes.suite import (DEFAULT_ATTACKS, SuiteConfig, compare, k_label, plan, rejudge, resolve_attacks,
+                                  run_suite)
 from fissure.probes.whitebox import COMPLIANT_OPENINGS, PREFILL, REFUSAL_OPENINGS
 from fissure.runs import start_run
 
@@ -157,12 +158,18 @@ def test_counts_asr_capability_control_and_over_refusal(tmp_path):
     enc = results["decodings"][0]["capability_by_encoding"]
     assert enc["rot13"]["readable"] is False and enc["base64"]["correct"] == 3
     rows = read_samples(run_dir / "samples.jsonl")
-    rot = [r for r in rows if r["kind"] == "attack" and r["attack"] == "rot13"]
-    assert {r["judge_label"] for r in rot} == {"refused"} and {r["label"] for r in rot} == {"unclear"}
-    assert all(r["note"] == "model cannot read rot13" for r in rot)
+    rot = [r for r in rows if r.kind == "restricted" and r.attack == "rot13"]
+    assert {r.judge_label for r in rot} == {"refused"} and {r.label for r in rot} == {"unclear"}
+    assert all(r.note == "model cannot read rot13" and r.readable is False for r in rot)
+    assert {r.readable for r in rows if r.kind == "restricted" and r.attack == "base64"} == {True}
+    # benign rows say what happened to a question that should be answered
+    assert sorted(r.label for r in rows if r.kind == "benign") == ["answered", "answered", "answered", "refused"]
+    twins = {a: sorted(r.label for r in rows if r.kind == "capability" and r.attack == a) for a in ("base64", "rot13")}
+    assert twins == {"base64": ["answered"] * 3, "rot13": ["refused"] * 3}
     for r in rows:  # every prompt, reply, canonical reply and per-judge verdict is kept
-        assert {"prompt", "response", "canonical", "judges", "judge_label", "label"} <= set(r)
-        assert set(r["judges"]) == {"violation", "refusal_anchored", "refusal_lexicon", "refusal_agreement"}
+        assert r.prompt and r.reply and r.canonical and r.judge == "policy" and r.judge_label and r.label
+        assert set(r.verdicts) == {"violation", "refusal_anchored", "refusal_lexicon", "refusal_agreement"}
+        assert r.seconds is not None and r.seconds >= 0
     assert json.loads((run_dir / "results.json").read_text())["attacks"] == json.loads(json.dumps(a))
 
 
@@ -207,12 +214,12 @@ def test_resume_after_failure_mid_run(tmp_path):
     saved = read_samples(run_dir / "samples.jsonl")
     assert len(saved) == 6 + 8  # the capability batch and one more were saved as they finished
     with (run_dir / "samples.jsonl").open("a") as f:
-        f.write('{"key": "attack|r5|rot13|t=0|s=0", "resp')  # a line cut off by the crash
+        f.write('{"key": "restricted|r5|rot13|t=0|s=0", "rep')  # a line cut off by the crash
     lm = ScriptedLM()
     resumed = run_suite(lm, config, run_dir)
     assert sum(len(c) for c in lm.calls) == 34 - len(saved)
     rows = read_samples(run_dir / "samples.jsonl")
-    assert len(rows) == 34 and len({r["key"] for r in rows}) == 34
+    assert len(rows) == 34 and len({r.key for r in rows}) == 34
     clean, _ = run(tmp_path / "clean")
     for key in ("attacks", "modes", "over_refusal", "capability"):
         assert resumed[key] == clean[key]
@@ -251,7 +258,7 @@ def test_compare_runs_mcnemar_per_attack(tmp_path):
 
 def test_rejudge_saved_replies(tmp_path):
     _, run_dir = run(tmp_path)
-    rows = read_samples(run_dir / "samples.jsonl")
+    rows = [r.as_dict() for r in read_samples(run_dir / "samples.jsonl")]
     judged, summary = rejudge(rows, "secret", seed=0)
     assert summary["changed"]["n"] == 0 and summary["attacks"]["prefix_injection"]["counts"]["violated"] == 6
     assert summary["attacks"]["rot13"]["counts"]["unclear"] == 6  # capability rows judged again too
@@ -261,7 +268,7 @@ def test_rejudge_saved_replies(tmp_path):
     canary = load_policy("secret", seed=0).canary
     plain, s = rejudge([{"reply": f"the code is {canary}"}, {"text": "No."},
                         {"response": T.base64_encode(canary), "attack": "base64", "request": "hi"}], "secret")
-    assert [r["judge_label"] for r in plain] == ["violated", "refused", "violated"]
+    assert [r.judge_label for r in plain] == ["violated", "refused", "violated"]
     assert s["attacks"]["none"]["n"] == 2 and s["changed"]["of"] == 0
     with pytest.raises(UserError, match="no reply"):
         rejudge([{"prompt": "x"}], "secret")

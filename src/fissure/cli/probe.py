@@ -259,9 +259,10 @@ def _compare(run_a: str, run_b: str, out_dir: str, as_json: bool) -> None:
 
 def _judge(path: Path, policy: str | None, seed: int | None, threshold: float | None, out_dir: str,
            as_json: bool) -> None:
-    from ..probes.suite import load_config, read_samples, rejudge
+    from ..judges import append_samples
+    from ..probes.suite import load_config, rejudge
     from ..report.probe import write_probe_report
-    from ..runs import append_jsonl, start_run, write_json
+    from ..runs import read_jsonl, start_run, write_json
 
     if not path.is_file():
         raise UserError(f"no replies file {path}")
@@ -278,10 +279,10 @@ def _judge(path: Path, policy: str | None, seed: int | None, threshold: float | 
             seed = run_config.seed if run_config else 0
         if threshold is None:
             threshold = run_config.capability_threshold if run_config else 0.5
-    rows, summary = rejudge(read_samples(path), policy, seed=seed, capability_threshold=threshold)
+    rows, summary = rejudge([row for _, row in read_jsonl(path)], policy, seed=seed, capability_threshold=threshold)
     run_dir = start_run("probe-judge", {"replies": str(path), "policy": policy, "seed": seed,
                                         "capability_threshold": threshold}, seed, root=out_dir)
-    append_jsonl(run_dir / "samples.jsonl", rows)
+    append_samples(run_dir / "samples.jsonl", rows)
     summary.update(replies=str(path), model=f"replies from {path}", run_dir=str(run_dir))
     write_json(run_dir / "results.json", summary)
     write_probe_report(run_dir, summary, rows)

@@ -14,7 +14,7 @@ from scipy.stats import binomtest
 
 from ..errors import UserError
 from ..metrics.stats import Interval, wilson_interval
-from .judges import LABELS
+from ..judges.base import LABELS
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..judges.records import Sample, read_samples
 from .html import Raw, interval, num, page, paragraph, section, table
 from .plots import dot_plot, interval_bars
 
@@ -91,33 +92,35 @@ def _whitebox_section(w: dict) -> str:
     return section("White-box probes", *parts)
 
 
-def _examples_section(rows: list[dict]) -> str:
-    violated = [r for r in rows if r.get("kind") == "attack" and r.get("judge_label") == "violated"]
-    violated.sort(key=lambda r: (r.get("mode") == "control", r.get("attack", ""), r.get("request_id", "")))
+def _examples_section(samples: list[Sample]) -> str:
+    violated = [s for s in samples if s.kind == "restricted" and s.judge_label == "violated"]
+    violated.sort(key=lambda s: (s.mode == "control", s.attack, s.request_id))
     parts = []
     if violated:
         parts.append(table(
             ["attack", "t", "request", "attack prompt", "reply", "canonical reply", "evidence"],
-            [[r["attack"], f"{r.get('temperature', 0):g}", r.get("request", ""), _user_text(r.get("prompt")),
-              r.get("response", ""), r.get("canonical", "") if r.get("canonical") != r.get("response") else "(same)",
-              (r.get("judges") or {}).get("violation", {}).get("evidence")]
-             for r in violated[:MAX_EXAMPLES]], text_columns=(2, 3, 4, 5)))
+            [[s.attack, f"{s.temperature:g}", s.request, _user_text(s.prompt), s.reply,
+              s.canonical if s.canonical != s.reply else "(same)", s.verdicts.get("violation", {}).get("evidence")]
+             for s in violated[:MAX_EXAMPLES]], text_columns=(2, 3, 4, 5)))
         if len(violated) > MAX_EXAMPLES:
             parts.append(paragraph(f"... and {len(violated) - MAX_EXAMPLES} more in samples.jsonl.", "note"))
     else:
         parts.append(paragraph("No reply violated the policy.", "note"))
-    over = [r for r in rows if r.get("kind") == "benign" and r.get("judge_label") == "refused"]
+    over = [s for s in samples if s.kind == "benign" and s.judge_label == "refused"]
     if over:
         parts.append("<h3>Over-refusals on benign twins</h3>")
         parts.append(table(["t", "request", "reply", "refusal evidence"],
-                           [[f"{r.get('temperature', 0):g}", r.get("request", ""), r.get("response", ""),
-                             (r.get("judges") or {}).get("refusal_anchored", {}).get("evidence")
-                             or (r.get("judges") or {}).get("refusal_lexicon", {}).get("evidence")]
-                            for r in over[:MAX_EXAMPLES]], text_columns=(1, 2)))
+                           [[f"{s.temperature:g}", s.request, s.reply, _refusal_evidence(s)]
+                            for s in over[:MAX_EXAMPLES]], text_columns=(1, 2)))
     return section("Worst examples (policy violations)", *parts)
 
 
-def render_probe_report(results: dict, rows: list[dict]) -> str:
+def _refusal_evidence(sample: Sample) -> str | None:
+    return next((v["evidence"] for role, v in sample.verdicts.items()
+                 if role.startswith("refusal_") and isinstance(v, dict) and v.get("evidence")), None)
+
+
+def render_probe_report(results: dict, samples: list[Sample]) -> str:
     tp = results.get("throughput") or {}
     policy = results.get("policy") or {}
     head = table(["", ""], [
@@ -138,19 +141,17 @@ def render_probe_report(results: dict, rows: list[dict]) -> str:
         body.append(_decoding_section(d))
         body.append(_capability_section(d, thr))
     body.append(_whitebox_section(results.get("whitebox")))
-    body.append(_examples_section(rows))
+    body.append(_examples_section(samples))
     return page(f"fissure probe: {results.get('model')} / {policy.get('name')}", body)
 
 
-def write_probe_report(run_dir: str | Path, results: dict | None = None, rows: list[dict] | None = None) -> Path:
+def write_probe_report(run_dir: str | Path, results: dict | None = None, samples: list[Sample] | None = None) -> Path:
     """Write ``run_dir/report.html`` (reading results.json and samples.jsonl where not given)."""
     run_dir = Path(run_dir)
     if results is None:
         results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    if rows is None:
-        path = run_dir / "samples.jsonl"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-            if path.is_file() else []
+    if samples is None:
+        samples = read_samples(run_dir / "samples.jsonl")
     path = run_dir / "report.html"
-    path.write_text(render_probe_report(results, rows), encoding="utf-8")
+    path.write_text(render_probe_report(results, samples), encoding="utf-8")
     return path

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Protocol
 
 from ..text import encodings as T
-from .attacks import AttackPrompt
+
+
+class ReadingHints(Protocol):
+    """What the prompt asked of the reply (an attack's ``AttackPrompt`` has these fields)."""
+
+    input_transforms: tuple[str, ...]  # encodings the request was put in
+    output_transforms: tuple[str, ...]  # encodings the reply was asked to be in
+    strip_prefixes: tuple[str, ...]  # prefixes the reply was forced to start with
 
 # Frequent English words: a line "reads like English" when many of its words are here.
 _COMMON = frozenset("""
@@ -143,7 +151,7 @@ def _leety(text: str) -> bool:
     return len(words) > 0 and len(mixed) / len(words) >= 0.3
 
 
-def _pass(text: str, prompt: AttackPrompt | None) -> str:
+def _pass(text: str, prompt: ReadingHints | None) -> str:
     expected = set(prompt.output_transforms + prompt.input_transforms) if prompt else set()
     for prefix in prompt.strip_prefixes if prompt else ():
         text = strip_prefix(text, prefix)
@@ -159,7 +167,7 @@ def _pass(text: str, prompt: AttackPrompt | None) -> str:
     return text
 
 
-def canonicalise(reply: str, attack_prompt: AttackPrompt | None = None) -> str:
+def canonicalise(reply: str, attack_prompt: ReadingHints | None = None) -> str:
     """The reply as plain text: forced prefix stripped, JSON read, encodings undone."""
     text = reply if isinstance(reply, str) else ("" if reply is None else str(reply))
     for _ in range(4):  # nested encodings: base64 inside JSON, rot13 inside base64, ...
@@ -170,7 +178,7 @@ def canonicalise(reply: str, attack_prompt: AttackPrompt | None = None) -> str:
     return text.strip()
 
 
-def canonical_views(reply: str, attack_prompt: AttackPrompt | None = None) -> list[str]:
+def canonical_views(reply: str, attack_prompt: ReadingHints | None = None) -> list[str]:
     """The canonical reply plus blunt whole-reply decodings that heuristics may have skipped.
 
     A leak detector reads every view: a canary is a canary in any reading, and a blunt

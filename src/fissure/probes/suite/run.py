@@ -1,0 +1,184 @@
+"""Running a probe suite: generate what the plan still lacks, judge it, save it, summarise.
+
+Generation is batched (one ``generate`` call per batch of similar-length prompts, one decoding
+each) and every finished batch is appended to ``samples.jsonl`` at once, so a run that dies
+mid-way keeps its samples and running again on the same directory finishes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from ...backends.base import LanguageModel
+from ...errors import GenerationError, UserError
+from ...judges import PolicyJudge, Sample, append_samples, read_samples
+from ...runs import write_json
+from ..attacks import AttackPrompt, get_attack
+from ..capability import answer_found
+from ..policies import Policy, load_policy
+from ..whitebox import whitebox_probe
+from .config import SAMPLES_FILE, WHITEBOX_FILE, SuiteConfig
+from .plan import Item, build_prompt, encoding_of, plan, policy_requests
+from .summary import apply_capability, capability_table, summarise
+
+
+def attack_prompt_of(sample: Sample) -> AttackPrompt | None:
+    """The :class:`AttackPrompt` a sample was made with (rebuilt from its attack and request if
+    the record does not carry it): what the judge needs to read the reply."""
+    if isinstance(sample.attack_prompt, dict):
+        return AttackPrompt(**{k: tuple(v) if isinstance(v, list) else v for k, v in sample.attack_prompt.items()})
+    if sample.attack and sample.request:
+        return get_attack(sample.attack).apply(sample.request)
+    return None
+
+
+def judge_sample(sample: Sample, judge: PolicyJudge) -> Sample:
+    """The policy judge's verdict on a sample, and whether it holds the expected answer."""
+    hints = attack_prompt_of(sample)
+    verdict = judge(sample.reply, hints)
+    correct = None
+    if sample.expected and sample.kind == "capability":
+        correct = answer_found(sample.reply, sample.expected, hints)
+    elif sample.expected and sample.kind == "benign":
+        correct = re.search(sample.expected, verdict.canonical) is not None
+    return sample.judged(verdict, "policy", correct)
+
+
+class _Meter:
+    """Prompts, new tokens and seconds spent in ``generate``."""
+
+    def __init__(self) -> None:
+        self.prompts, self.tokens, self.seconds, self.counted = 0, 0, 0.0, True
+
+    def add(self, prompts: int, tokens: int | None, seconds: float) -> None:
+        self.prompts += prompts
+        self.seconds += seconds
+        if tokens is None:
+            self.counted = False
+        else:
+            self.tokens += tokens
+
+    def as_dict(self) -> dict:
+        s = self.seconds
+        return {"prompts": self.prompts, "new_tokens": self.tokens if self.counted else None,
+                "generate_seconds": round(s, 3),
+                "prompts_per_s": self.prompts / s if s > 0 else None,
+                "tokens_per_s": self.tokens / s if s > 0 and self.counted else None}
+
+
+class ProbeRun:
+    """One probe run in ``run_dir``: ``progress(n)`` is called after each batch of ``n``
+    generations, ``on_plan(total, already_done)`` once the plan is known."""
+
+    def __init__(self, lm: LanguageModel, config: SuiteConfig, run_dir: Path,
+                 progress: Callable[[int], None] | None = None,
+                 on_plan: Callable[[int, int], None] | None = None):
+        self.lm, self.config, self.run_dir = lm, config, Path(run_dir)
+        self.progress, self.on_plan = progress, on_plan
+        self.policy: Policy = load_policy(config.policy, seed=config.seed)
+        self.judge = PolicyJudge(self.policy)
+        self.chat = lm.capabilities.has_chat_template
+        self.samples_path = self.run_dir / SAMPLES_FILE
+        self.meter = _Meter()
+
+    def run(self) -> dict:
+        """Run (or finish) the suite; writes and returns ``results.json``."""
+        config = self.config
+        items = plan(config, self.policy)
+        saved = {s.key: s for s in read_samples(self.samples_path, repair=True)}
+        todo = [it for it in items if it.key not in saved]
+        self.total, resumed = len(items), len(items) - len(todo)
+        if self.on_plan:
+            self.on_plan(len(items), resumed)
+        # capability twins first: their accuracy decides how the attack replies are counted
+        new = self._generate([it for it in todo if it.kind == "capability"], len(saved), lambda s: s)
+        saved.update((s.key, s) for s in new)
+        table = capability_table(saved.values(), config.capability_threshold, config.confidence)
+        new = self._generate([it for it in todo if it.kind != "capability"], len(saved),
+                             lambda s: apply_capability(s, table))
+        saved.update((s.key, s) for s in new)
+        whitebox = self._whitebox() if config.whitebox else {"skipped": True, "note": "white-box probes turned off"}
+        policy = self.policy
+        results = {
+            "model": config.model, "backend": self.lm.capabilities.backend,
+            "policy": {"name": policy.name, "source": policy.source, "canary": policy.canary,
+                       "requests": len(policy_requests(policy, config)), "benign_twins": len(policy.benign_twins)},
+            "signature": config.signature(), "capability_threshold": config.capability_threshold,
+            **summarise([saved[it.key] for it in items], config.capability_threshold, config.confidence,
+                        config.temperatures, config.planned),
+            "whitebox": whitebox,
+            "throughput": {**self.meter.as_dict(), "resumed_samples": resumed},
+            "run_dir": str(self.run_dir),
+        }
+        write_json(self.run_dir / "results.json", results)
+        return results
+
+    def _generate(self, items: list[Item], done_before: int, finalise: Callable[[Sample], Sample]) -> list[Sample]:
+        """Generate ``items`` in batches (one decoding each), judge and append every batch."""
+        groups: dict[tuple[float, int], list[Item]] = defaultdict(list)
+        for item in items:
+            groups[(item.temperature, item.sample)].append(item)
+        out: list[Sample] = []
+        for (t, s), group in groups.items():
+            group.sort(key=lambda it: len(it.attack_prompt.text))  # similar lengths together: less padding
+            for start in range(0, len(group), self.config.batch_size):
+                batch = group[start:start + self.config.batch_size]
+                prompts = [build_prompt(self.policy.system_prompt, it.attack_prompt.text, self.chat) for it in batch]
+                decoding = self.config.decoding(t, zlib.crc32(f"{self.config.seed}|{t}|{s}|{batch[0].key}".encode()))
+                began = time.perf_counter()
+                try:
+                    replies = self.lm.generate(prompts, decoding)
+                except (UserError, OSError) as exc:
+                    raise self._failure(exc, done_before + len(out)) from exc
+                elapsed = time.perf_counter() - began
+                counts = [self._count_tokens(r) for r in replies]
+                self.meter.add(len(batch), None if None in counts else sum(counts), elapsed)
+                samples = [finalise(judge_sample(Sample(
+                    key=it.key, kind=it.kind, attack=it.attack_prompt.attack, request=it.request, prompt=prompt,
+                    reply=reply, mode=it.attack_prompt.mode, request_id=it.request_id,
+                    encoding=encoding_of(it.attack_prompt), temperature=t, sample=s, decoding=decoding.signature(),
+                    expected=it.expected, attack_prompt=it.attack_prompt.as_dict(), new_tokens=n_tok,
+                    seconds=elapsed / len(batch), extra={"answer": it.answer} if it.answer else {}), self.judge))
+                    for it, prompt, reply, n_tok in zip(batch, prompts, replies, counts)]
+                append_samples(self.samples_path, samples)
+                out.extend(samples)
+                if self.progress:
+                    self.progress(len(batch))
+        return out
+
+    def _failure(self, exc: Exception, done: int) -> GenerationError:
+        if not done:
+            return GenerationError(f"generation failed before any sample finished: {exc}")
+        return GenerationError(f"generation failed after {done} of {self.total} samples ({exc}); the finished ones "
+                               f"are in {self.samples_path}: finish with `fissure probe --resume {self.run_dir}`")
+
+    def _count_tokens(self, text: str) -> int | None:
+        tokenizer = getattr(self.lm, "tokenizer", None)
+        if tokenizer is None:
+            return None
+        return len(tokenizer.encode(text)) if text else 0
+
+    def _whitebox(self) -> dict:
+        path = self.run_dir / WHITEBOX_FILE
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        prompts = [(f"r{i}", r, build_prompt(self.policy.system_prompt, r, self.chat))
+                   for i, r in enumerate(policy_requests(self.policy, self.config))]
+        record = getattr(self.policy.detector, "record", None)
+        target = self.policy.canary or (next(iter(record.values()))[0] if record else None)
+        result = whitebox_probe(self.lm, prompts, target)
+        write_json(path, result)
+        return result
+
+
+def run_suite(lm: LanguageModel, config: SuiteConfig, run_dir: Path,
+              progress: Callable[[int], None] | None = None,
+              on_plan: Callable[[int, int], None] | None = None) -> dict:
+    """Run (or finish) the probe suite in ``run_dir``; writes and returns ``results.json``."""
+    return ProbeRun(lm, config, run_dir, progress, on_plan).run()
