@@ -28,7 +28,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """fissure: build, train, decode and diagnose language models."""
 
 
-from . import evaluate, generate, info, lab, probe, quickstart, train  # noqa: E402,F401  (register commands)
+from . import evaluate, generate, info, lab, models, probe, quickstart, train  # noqa: E402,F401  (register commands)
 
 
 def main() -> None:
