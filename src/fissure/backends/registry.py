@@ -16,6 +16,10 @@ first (ties by name), and the first that matches loads the model. The built-in o
 (``"native"`` or ``"transformers"``) says which choice it belongs to, ``None`` that the choice
 does not apply (names, URLs and checkpoints have one loader each). ``"auto"`` takes the first
 match of any engine, so an HF model without a native implementation falls back to transformers.
+
+The built-in entries are registered beside their loaders (``native.py``, ``http.py``,
+``transformers.py``); importing :mod:`fissure.backends` imports all three. A new backend is one
+``@register_backend(...)`` loader, a new named model one ``@register_model(...)``.
 """
 
 from __future__ import annotations
