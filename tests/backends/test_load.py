@@ -1,13 +1,17 @@
 """fissure.load and the torch backends: native checkpoints, HF Llama directories on our Llama and
-through transformers. The HF model's own forward pass is the independent reference."""
+through transformers. The HF model's own forward pass is the independent reference. The registry
+that picks a backend is tested on specs that need no weights (a config.json, an empty .gguf)."""
 
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import fissure
-from fissure.backends import BackendError, TorchLM
+from fissure.backends import BACKENDS, BackendError, ModelSpec, TorchLM, backends, register_backend, resolve
 from fissure.decode import Decoding
 
 CORPUS = ["the cat sat on the mat", "a dog ran in the park", "paris is the capital of france",
@@ -162,3 +166,110 @@ def test_gguf_through_transformers_equals_native_llama():
     prompts = ["The capital of France is", "def add(a, b):"]
     d = Decoding(max_new_tokens=8)
     assert ours.generate(prompts, d) == theirs.generate(prompts, d)
+
+
+# -- the registry that picks a backend ---------------------------------------------------------
+
+def model_dir(root, name, **config):
+    """A directory whose config.json is ``config``: enough for the registry, no weights."""
+    path = root / name
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def chosen(spec, backend="auto"):
+    return resolve(ModelSpec.parse(spec), backend).name
+
+
+@pytest.fixture
+def specs(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"")
+    return {"checkpoint": model_dir(tmp_path, "ckpt", family="gpt", config={}),
+            "llama": model_dir(tmp_path, "llama", model_type="llama"),
+            "gpt2": model_dir(tmp_path, "gpt2", model_type="gpt2"),
+            "both": model_dir(tmp_path, "both", family="llama", model_type="llama"),
+            "gguf": tmp_path / "m.gguf"}
+
+
+@pytest.mark.parametrize("kind, backend, expected", [
+    ("checkpoint", "auto", "checkpoint"), ("checkpoint", "transformers", "checkpoint"),  # one loader: no choice
+    ("both", "auto", "checkpoint"),  # a fissure family wins over an HF model_type
+    ("llama", "auto", "hf-llama"), ("llama", "native", "hf-llama"), ("llama", "transformers", "transformers"),
+    ("gpt2", "auto", "transformers"), ("gpt2", "transformers", "transformers"),
+    ("gguf", "auto", "gguf-llama"), ("gguf", "native", "gguf-llama"), ("gguf", "transformers", "transformers"),
+])
+def test_registry_resolves_each_kind_of_path(specs, kind, backend, expected):
+    assert chosen(specs[kind], backend) == expected
+
+
+def test_registry_resolves_names_and_urls(tmp_path, monkeypatch):
+    assert chosen("smollm2") == "smollm2"
+    assert chosen("http://127.0.0.1:8000/v1") == chosen("https://example.org") == "http"
+    monkeypatch.chdir(tmp_path)
+    model_dir(tmp_path, "smollm2", model_type="llama")
+    assert chosen("smollm2") == "smollm2"  # a registered name beats a directory of that name
+    assert chosen("./smollm2") == "hf-llama"
+
+
+def test_native_backend_for_a_non_llama_hf_dir_is_a_clear_error(specs):
+    with pytest.raises(BackendError, match="model_type 'gpt2' has no native backend; use --backend transformers"):
+        fissure.load(specs["gpt2"], backend="native")
+
+
+def test_builtin_entries_in_their_documented_order():
+    assert [e.name for e in backends()] == ["smollm2", "http", "checkpoint", "gguf-llama", "hf-llama", "transformers"]
+    assert fissure.backends.registered() == ["smollm2"]
+    with pytest.raises(ValueError, match="registered twice"):
+        register_backend("http", description="", accepts="", matches=lambda spec: True, priority=0)(lambda spec: None)
+
+
+def test_importing_backends_leaves_transformers_unimported():
+    code = "import sys, fissure.backends; assert 'transformers' not in sys.modules, 'imported transformers'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.fixture
+def toy_backend():
+    """A backend registered the way a new one would be (``toy:`` specs, a 1-layer GPT), and
+    unregistered after the test; yields the calls its loader received."""
+    from fissure.models import GPT, GPTConfig
+    from fissure.text.tokenizers import CharTokenizer
+
+    calls = []
+
+    @register_backend("toy", description="a 1-layer GPT for tests", accepts="toy:NAME",
+                      matches=lambda spec: spec.text.startswith("toy:"), priority=95)
+    def load_toy(spec, *, batch_size=8, **options):
+        calls.append((spec.text, batch_size, options))
+        tok = CharTokenizer.from_texts(CORPUS)
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+        return TorchLM(model, tok, name=spec.text, backend="toy", batch_size=batch_size)
+
+    yield calls
+    del BACKENDS["toy"]
+
+
+def test_a_registered_backend_is_picked_up_by_load(toy_backend):
+    lm = fissure.load("toy:one", batch_size=3, dtype="bf16", flavour="x")
+    assert lm.capabilities.backend == "toy" and lm.capabilities.name == "toy:one"
+    assert toy_backend == [("toy:one", 3, {"model": None, "flavour": "x"})]
+    assert next(lm.model.parameters()).dtype == torch.bfloat16  # dtype is still applied after loading
+    assert chosen("toy:two") == "toy" and chosen("http://toy:1") == "http"
+
+
+def test_models_list_json_lists_every_entry(toy_backend):
+    from typer.testing import CliRunner
+
+    from fissure.cli import app
+
+    result = CliRunner().invoke(app, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [b["name"] for b in listed["backends"]] == [e.name for e in backends()]
+    assert {"smollm2", "http", "checkpoint", "gguf-llama", "hf-llama", "transformers", "toy"} <= {
+        b["name"] for b in listed["backends"]}
+    assert all(b["matches"] and b["description"] for b in listed["backends"])
+    assert listed["models"] == ["smollm2"]
+    table = CliRunner().invoke(app, ["models", "list"])
+    assert table.exit_code == 0 and "hf-llama" in table.stdout and "registered models: smollm2" in table.stdout

@@ -75,6 +75,13 @@ def test_missing_checkpoint(tmp_path):
     one_line_error(invoke("generate", tmp_path / "empty", "--prompt", "x"), "is not a model")
 
 
+def test_native_backend_for_a_model_without_one(tmp_path):
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text('{"model_type": "gpt2"}')
+    one_line_error(invoke("generate", tmp_path / "gpt2", "--prompt", "x", "--backend", "native"),
+                   "use --backend transformers or --backend auto")
+
+
 def test_block_size_exceeded_at_generation(tmp_path):
     cfg = write_config(tmp_path, 'builtin = "stdlib-docs"\nmax_bytes = 30000')
     result = invoke("train", cfg, "--json")
@@ -93,7 +100,7 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'nope'}"]
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["train", "--help"]])
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["train", "--help"], ["models", "--help"]])
 def test_help_and_version(args):
     result = invoke(*args)
     assert result.exit_code == 0

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from ..decode.config import Decoding
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
+from .registry import ModelSpec, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -455,3 +456,11 @@ def _retry_after(value: str | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:  # an HTTP date: fall back to our own backoff
         return None
+
+
+@register_backend("http", description="a model behind an OpenAI-compatible server (vLLM, llama.cpp, TGI)",
+                  accepts="an http(s):// URL", matches=lambda spec: spec.text.startswith(("http://", "https://")),
+                  priority=90)
+def load_spec(spec: ModelSpec, *, model: str | None = None, batch_size: int = 8, **options) -> HTTPLanguageModel:
+    """``model`` names the served model; ``batch_size`` does not apply (``concurrency`` does)."""
+    return HTTPLanguageModel(spec.text, model=model, **options)

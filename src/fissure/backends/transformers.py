@@ -15,6 +15,7 @@ import torch
 
 from ..models.attention import positions_from_mask
 from .base import BackendError
+from .registry import ModelSpec, register_backend
 from .tokenizer import HFTokenizer
 from .torch_lm import TorchLM
 
@@ -86,3 +87,11 @@ def load_transformers(path: str | Path, *, name: str | None = None, dtype: torch
     tokenizer = HFTokenizer(tok)
     return TorchLM(HFCausalModel(hf), tokenizer, name=name or str(path), backend="transformers",
                    batch_size=batch_size, chat_template=tokenizer.chat_template_fn())
+
+
+@register_backend("transformers", description="any HF causal LM through transformers' AutoModelForCausalLM",
+                  accepts="an HF directory (config.json with model_type) or a .gguf file",
+                  matches=lambda spec: spec.is_gguf or (spec.config is not None and "model_type" in spec.config),
+                  priority=10, engine="transformers")
+def load_spec(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
+    return load_transformers(spec.path, batch_size=batch_size)

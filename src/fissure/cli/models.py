@@ -1,0 +1,37 @@
+"""``fissure models``: what ``fissure.load`` accepts, read from the backend registry itself, so the
+list cannot drift from the code that picks a backend."""
+
+from __future__ import annotations
+
+import typer
+
+from .app import app
+from .common import guard, out, print_json
+
+models_app = typer.Typer(help="The model backends and named models that a MODEL argument can be.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+@guard
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.")) -> None:
+    """The registered backends in the order they are tried, and the registered model names."""
+    from ..backends import backends, registered
+
+    entries = [{"name": e.name, "matches": e.accepts, "description": e.description, "priority": e.priority,
+                "backend": e.engine} for e in backends()]
+    if as_json:
+        print_json({"backends": entries, "models": registered()})
+        return
+    from rich.table import Table
+
+    t = Table(title="fissure backends (tried top to bottom; --backend picks native or transformers)")
+    t.add_column("name", no_wrap=True)
+    t.add_column("matches", overflow="fold")
+    t.add_column("--backend", no_wrap=True)
+    t.add_column("description", overflow="fold")
+    for e in entries:
+        t.add_row(e["name"], e["matches"], e["backend"] or "", e["description"])
+    out.print(t)
+    out.print(f"registered models: {', '.join(registered())}", highlight=False)
