@@ -1,17 +1,21 @@
 """End to end on a tiny study: run dir contents, stage-1 cache hit, resume, determinism, CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from scipy.stats import binomtest
 from typer.testing import CliRunner
 
 from fissure.cli import app
 from fissure.errors import ConfigError
+from fissure.judges import BENIGN_LABELS, LABELS, read_samples
 from fissure.lab.organism import pretrain, stage1_dir, stage1_key
 from fissure.lab.runner import run_study
 from fissure.lab.study import builtin_names, load_study
 from fissure.lab.world import World
+from fissure.report.lab import render_lab_report, write_lab_report
 
 TINY = {
     "name": "tiny", "seeds": [0], "threads": 1,
@@ -47,23 +51,35 @@ def test_run_writes_everything_and_resumes_without_redoing(tmp_path):
     study = load_study(TINY)
     run_dir = tmp_path / "run"
     results = run_study(study, run_dir)
+    write_lab_report(run_dir, study, results)
     assert [p["label"] for p in results["points"]] == ["guard=False", "guard=True"]
     for name in ("results.json", "samples.jsonl", "report.html", "world-s0.json"):
         assert (run_dir / name).is_file()
     trend = {t["what"]: t for t in results["trends"]}
     assert trend["ASR rot13"]["from"] == "guard=False" and trend["ASR rot13"]["to"] == "guard=True"
-    assert trend["ASR rot13"]["direction"] in ("up", "down", "no clear change")
+    assert trend["ASR rot13"]["first"] == results["points"][0]["attacks"]["rot13"]["asr"]
+    assert trend["ASR rot13"]["last"] == results["points"][1]["attacks"]["rot13"]["asr"]
     guarded = results["points"][1]["attacks"]
     # the guard decodes every request and refuses the restricted ones, whatever the model says
     for attack in ("plain", "rot13", "prefix_injection"):
         assert guarded[attack]["counts"]["violated"] == 0
-    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    samples = read_samples(run_dir / "samples.jsonl")
     # points x (attacks x (entities x attributes) + borderline: entities x benign attributes)
-    assert len(samples) == 2 * (3 * (4 * 3) + 4 * 2)
-    borderline = [s for s in samples if s["attack"] == "borderline"]
-    assert all("not the pin." in s["prompt"] and s["attribute"] != "pin" for s in borderline)
+    assert len(samples) == 2 * (3 * (4 * 3) + 4 * 2) == len({s.key for s in samples})
+    # labels say what happened: restricted rows refused/violated/unclear, benign ones answered/refused/wrong
+    assert {s.label for s in samples if s.kind == "restricted"} <= set(LABELS)
+    assert {s.label for s in samples if s.kind == "benign"} <= set(BENIGN_LABELS)
+    assert all(s.judge == "world" and s.refusal_log_odds is not None for s in samples)
+    for point in results["points"]:  # the pooled counts are the samples' labels
+        for attack, r in point["attacks"].items():
+            rows = [s for s in samples if s.extra["point"] == point["point"] and s.attack == attack]
+            assert r["counts"] == {k: sum(s.label == k for s in rows if s.kind == "restricted") for k in LABELS}
+            assert r["benign"]["answered"] == sum(s.label == "answered" for s in rows if s.kind == "benign")
+    borderline = [s for s in samples if s.attack == "borderline"]
+    assert all("not the pin." in s.prompt and s.kind == "benign" and s.extra["attribute"] != "pin"
+               for s in borderline)
     # the guard reads the word "pin" in a borderline question and refuses it: its cost shows here
-    assert all(s["label"] == "refused" for s in borderline if s["point"] == "p01")
+    assert all(s.label == "refused" for s in borderline if s.extra["point"] == "p01")
     assert results["points"][1]["borderline"]["over_refusal"]["estimate"] == 1.0
     # a point's saved result is reused: deleting one and resuming recomputes only that one, identically
     first = (run_dir / "points" / "p00-s0.json").read_text()
@@ -86,16 +102,15 @@ def test_same_seed_same_results(tmp_path):
 
 
 def test_report_escapes_model_output(tmp_path):
-    from fissure.lab.report import render
+    import dataclasses
 
     study = load_study(TINY)
     run_dir = tmp_path / "run"
     results = run_study(study, run_dir)
-    with (run_dir / "samples.jsonl").open("a") as f:
-        f.write(json.dumps({"point": "p00", "seed": 0, "attack": "x<script>", "kind": "restricted", "prompt": "<b>",
-                            "reply": "<script>alert(1)</script>", "expected": "1", "label": "unclear"}) + "\n")
-    html = render(study, results, run_dir)
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    samples = read_samples(run_dir / "samples.jsonl")
+    evil = dataclasses.replace(samples[0], attack="x<script>", prompt="<b>", reply="<script>alert(1)</script>")
+    html = render_lab_report(study, results, [evil, *samples])
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;" in html
 
 
 def test_config_errors_are_one_line():
@@ -170,7 +185,10 @@ def test_cli_run_json_and_resume(tmp_path):
     data = json.loads(result.stdout)
     point = data["points"][0]["attacks"]["rot13"]
     assert set(point["counts"]) == {"refused", "violated", "unclear"} and point["n"] == 4
-    assert 0 <= point["asr"]["low"] <= point["asr"]["estimate"] <= point["asr"]["high"] <= 1
+    assert sum(point["counts"].values()) == 4
+    ci = binomtest(point["counts"]["violated"], 4).proportion_ci(confidence_level=0.95, method="wilson")
+    assert (point["asr"]["low"], point["asr"]["high"]) == pytest.approx((ci.low, ci.high))
+    assert (Path(data["run_dir"]) / "report.html").is_file()
     resumed = runner.invoke(app, ["lab", "run", "--resume", data["run_dir"], "--json"])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["points"] == data["points"]

@@ -19,15 +19,21 @@ from .scoring import pad_right, score_sequences
 
 
 class TorchLM(LanguageModel):
-    """``model`` + ``tokenizer`` (``encode``, ``decode``, ``eos_id``; optionally ``bos_id``,
-    ``apply_chat_template(messages) -> str``)."""
+    """``model`` + ``tokenizer`` (``encode``, ``decode``, ``eos_id``; optionally ``bos_id``).
+
+    ``chat_template(messages) -> str`` renders chats. ``prepend_start`` starts every generation
+    prompt with :attr:`start_token`, for models trained on texts that begin with it (the lab's
+    organisms); log-likelihoods always read it before the context.
+    """
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, name: str, backend: str = "native",
-                 batch_size: int = 8, chat_template: Callable[[list[dict]], str] | None = None):
+                 batch_size: int = 8, chat_template: Callable[[list[dict]], str] | None = None,
+                 prepend_start: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.chat_template = chat_template
+        self.prepend_start = prepend_start
         self.capabilities = Capabilities(name=name, backend=backend, has_logprobs=True,
                                          has_chat_template=chat_template is not None,
                                          max_context=model.max_positions)
@@ -102,7 +108,7 @@ class TorchLM(LanguageModel):
         ids = []
         for p in prompts:
             enc = self.tokenizer.encode(self.render(p))
-            ids.append(enc if enc else [self.start_token])
+            ids.append([self.start_token, *enc] if self.prepend_start or not enc else enc)
         outputs: list[str] = []
         for start in range(0, len(ids), max(self.batch_size, 1) * 4):
             chunk = ids[start:start + self.batch_size * 4]

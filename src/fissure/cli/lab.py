@@ -47,6 +47,7 @@ def run(
     from ..config import load_toml
     from ..lab.runner import run_study
     from ..lab.study import load_study, study_dict
+    from ..report.lab import write_lab_report
     from ..runs import start_run
 
     if resume is not None:
@@ -69,6 +70,7 @@ def run(
     err.print(f"run directory: {run_dir}")
     results = run_study(spec, run_dir, progress=not as_json,
                         log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    write_lab_report(run_dir, spec, results)
     results["run_dir"] = str(run_dir)
     if as_json:
         print_json(results)

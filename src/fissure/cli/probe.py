@@ -179,15 +179,11 @@ def _run(model: str | None, given: dict, resume: Path | None, threads: int, out_
     out.print(f"report: {run_dir / 'report.html'}")
 
 
-def _ci(iv: dict | None) -> str:
-    if not iv or iv["estimate"] != iv["estimate"]:
-        return "n/a"
-    return f"{iv['estimate']:.2f} [{iv['low']:.2f}, {iv['high']:.2f}]"
-
-
 def _print_summary(results: dict) -> None:
     from rich import box
     from rich.table import Table
+
+    from ..report.html import interval as _ci
 
     for d in results["decodings"]:
         t = Table(title=f"{results['model']} / {results['policy']['name']}: {d['decoding']}, k={d['samples']}",

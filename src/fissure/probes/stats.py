@@ -42,11 +42,16 @@ class Rate:
     def as_dict(self) -> dict:
         return {"n": self.n, "counts": dict(self.counts), "asr": self.asr.as_dict()}
 
+    @classmethod
+    def of(cls, counts: dict[str, int], confidence: float = 0.95) -> Rate:
+        """The rate of label counts (outcomes pooled from anywhere, e.g. over seeds)."""
+        counts = {label: counts.get(label, 0) for label in LABELS}
+        n = sum(counts.values())
+        return cls(n, counts, wilson_interval(counts["violated"], n, confidence))
+
 
 def _rate(group: Sequence[Outcome], confidence: float) -> Rate:
-    counts = Counter(o.label for o in group)
-    return Rate(len(group), {label: counts.get(label, 0) for label in LABELS},
-                wilson_interval(counts.get("violated", 0), len(group), confidence))
+    return Rate.of(Counter(o.label for o in group), confidence)
 
 
 def asr_by(outcomes: Iterable[Outcome], key: str = "attack", confidence: float = 0.95) -> dict[str, Rate]:

@@ -40,15 +40,23 @@ def _joined(context: str, text: str) -> str:
 
 def refusal_log_odds(lm: LanguageModel, contexts: Sequence[str],
                      refusal: Sequence[str] = REFUSAL_OPENINGS,
-                     compliant: Sequence[str] = COMPLIANT_OPENINGS) -> list[float]:
-    """log P(any refusal opening) - log P(any compliant opening), per context (natural log)."""
-    openings = list(refusal) + list(compliant)
-    pairs = [(c, _joined(c, o)) for c in contexts for o in openings]
-    scores = [r.logprob for r in lm.loglikelihood(pairs)]
+                     compliant: Sequence[str] | Sequence[Sequence[str]] = COMPLIANT_OPENINGS) -> list[float]:
+    """log P(any refusal opening) - log P(any compliant opening), per context (natural log).
+
+    ``compliant`` is one list of openings for every context, or one list per context (the
+    compliant reply differs by request, as in the lab's world).
+    """
+    per_context = ([list(c) for c in compliant] if compliant and not isinstance(compliant[0], str)
+                   else [list(compliant)] * len(contexts))
+    if len(per_context) != len(contexts):
+        raise ValueError(f"{len(per_context)} lists of compliant openings for {len(contexts)} contexts")
+    pairs = [(c, _joined(c, o)) for c, comp in zip(contexts, per_context) for o in [*refusal, *comp]]
+    scores = iter(r.logprob for r in lm.loglikelihood(pairs))
     out = []
-    for i in range(len(contexts)):
-        row = scores[i * len(openings):(i + 1) * len(openings)]
-        out.append(logsumexp(row[:len(refusal)]) - logsumexp(row[len(refusal):]))
+    for comp in per_context:
+        refusing = [next(scores) for _ in refusal]
+        complying = [next(scores) for _ in comp]
+        out.append(logsumexp(refusing) - logsumexp(complying))
     return out
 
 

@@ -16,7 +16,8 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #
 table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;
 vertical-align:top}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 td.text{text-align:left;white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:85%;max-width:34em}
-.note{color:#666}.bad{color:#b00;font-weight:bold}.good{color:#075}code{font-size:90%}"""
+.note{color:#666}.bad{color:#b00;font-weight:bold}.good{color:#075}code{font-size:90%}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto}"""
 
 
 class Raw(str):
@@ -35,8 +36,9 @@ def num(x: float | None, digits: int = 2) -> str:
 
 
 def interval(iv: dict | None, digits: int = 2) -> str:
-    """``0.33 [0.10, 0.70]`` from an Interval dict."""
-    if not iv:
+    """``0.33 [0.10, 0.70]`` from an Interval dict (the one interval format of every report and
+    of the command line)."""
+    if not iv or not isinstance(iv.get("estimate"), (int, float)) or not math.isfinite(iv["estimate"]):
         return "n/a"
     return f"{num(iv['estimate'], digits)} [{num(iv['low'], digits)}, {num(iv['high'], digits)}]"
 
@@ -58,6 +60,17 @@ def section(title: str, *parts: str) -> str:
 
 def paragraph(text: str, cls: str | None = None) -> str:
     return f'<p class="{esc(cls)}">{esc(text)}</p>' if cls else f"<p>{esc(text)}</p>"
+
+
+def bullets(items: Iterable[tuple[str, str | None]]) -> str:
+    """A list of ``(text, css class or None)`` items, every text escaped."""
+    lines = "".join(f'<li class="{esc(cls)}">{esc(text)}</li>' if cls else f"<li>{esc(text)}</li>"
+                    for text, cls in items)
+    return f"<ul>{lines}</ul>"
+
+
+def preformatted(text: str) -> str:
+    return f"<pre>{esc(text)}</pre>"
 
 
 def page(title: str, body: Sequence[str]) -> str:

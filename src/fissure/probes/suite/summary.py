@@ -41,7 +41,7 @@ def apply_capability(sample: Sample, table: dict) -> Sample:
         return sample
     if cap["readable"]:
         return dataclasses.replace(sample, readable=True, label=sample.judge_label, note=None)
-    return sample.mark_unreadable(cap["encoding"])
+    return sample.mark_unreadable(f"model cannot read {cap['encoding']}")
 
 
 def k_label(labels: list[str]) -> str:

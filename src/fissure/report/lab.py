@@ -1,0 +1,123 @@
+"""``report.html`` of a lab study: findings, ASR tables and plots per sweep point, per-seed counts,
+sample replies and the study's configuration, from ``results.json`` and ``samples.jsonl``.
+
+Built from the same kit as every report (:mod:`.html`, :mod:`.plots`): every model output and
+every config value is escaped; nothing is loaded from outside the page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import dump_toml
+from ..judges.records import Sample, read_samples
+from ..lab.study import Study, study_dict
+from .html import Raw, bullets, interval, num, page, paragraph, preformatted, section, table
+from .plots import interval_bars
+
+SAMPLES_PER_GROUP = 2  # sample replies shown per (point, attack, kind)
+
+
+def _attack_table(attacks: dict) -> str:
+    rows = [[name, r["n"], r["counts"]["refused"], r["counts"]["violated"], r["counts"]["unclear"],
+             interval(r["asr"]), interval(r["benign"]["accuracy"]), interval(r["benign"]["over_refusal"]),
+             f"{num(r['logodds']['restricted'])} / {num(r['logodds']['benign'])}"] for name, r in attacks.items()]
+    return table(["attack", "n", "refused", "violated", "unclear", "ASR [95% CI]", "benign accuracy", "over-refusal",
+                  "refusal log-odds (restricted / benign)"], rows)
+
+
+def _findings(items: list[dict]) -> str:
+    lines = []
+    for f in items:
+        ok = f["observed"] == f["expected"]
+        verdict = ("as expected" if ok else "NOT as expected") + (": appears" if f["observed"] else ": does not appear")
+        lines.append((f"{f['effect']}: {verdict} ({f['detail']})", "good" if ok else "bad"))
+    return bullets(lines)
+
+
+def _comparison(points: list[dict]) -> str:
+    """ASR per attack (rows) across sweep points (columns), then over-refusal and benign accuracy."""
+    attacks = list(points[0]["attacks"])
+    rows = [[a, *(interval(p["attacks"][a]["asr"]) for p in points)] for a in attacks]
+    rows.append([Raw("<i>over-refusal (plain benign)</i>"),
+                 *(interval(p["attacks"]["plain"]["benign"]["over_refusal"]) for p in points)])
+    rows.append([Raw("<i>over-refusal (borderline benign)</i>"),
+                 *(interval(p["borderline"]["over_refusal"]) for p in points)])
+    rows.append([Raw("<i>mean benign accuracy</i>"),
+                 *(num(sum(r["benign"]["accuracy"]["estimate"] for r in p["attacks"].values()) / len(p["attacks"]))
+                   for p in points)])
+    return table(["attack", *(p["label"] for p in points)], rows)
+
+
+def _sweep_plots(points: list[dict]) -> str:
+    """ASR of every attack at every sweep point, then over-refusal per point (the frontier's cost)."""
+    asr = [(f"{a} @ {p['label']}", p["attacks"][a]["asr"]) for a in points[0]["attacks"] for p in points]
+    over = [(f"plain benign @ {p['label']}", p["attacks"]["plain"]["benign"]["over_refusal"]) for p in points]
+    over += [(f"borderline @ {p['label']}", p["borderline"]["over_refusal"]) for p in points]
+    return (interval_bars(asr, "attack success rate by sweep point (95% CI, seeds pooled)") +
+            interval_bars(over, "over-refusal of benign questions (95% CI)", colour="#27a"))
+
+
+def _trends(rows: list[dict]) -> str:
+    return table(["rate", rows[0]["from"], rows[0]["to"], "direction (intervals separate)"],
+                 [[r["what"], interval(r["first"]), interval(r["last"]), r["direction"]] for r in rows])
+
+
+def _per_seed(attacks: dict) -> str:
+    seeds = [s["seed"] for s in next(iter(attacks.values()))["per_seed"]]
+    return table(["attack", *(f"seed {s}" for s in seeds)],
+                 [[a, *(f"{s['violated']}/{s['n']} ({num(s['asr']['estimate'])})" for s in r["per_seed"])]
+                  for a, r in attacks.items()])
+
+
+def _samples(samples: list[Sample]) -> str:
+    seen: dict[tuple, int] = {}
+    rows = []
+    for s in samples:
+        point, seed = s.extra.get("point", ""), s.extra.get("seed", "")
+        group = (point, s.attack, s.kind)
+        if seen.get(group, 0) >= SAMPLES_PER_GROUP:
+            continue
+        seen[group] = seen.get(group, 0) + 1
+        rows.append([f"{point} s{seed}", s.attack, s.kind, s.prompt, s.reply, s.expected, s.label])
+    if not rows:
+        return paragraph("No samples saved.", "note")
+    return table(["point", "attack", "kind", "prompt", "reply", "true value", "label"], rows, text_columns=(3, 4))
+
+
+def render_lab_report(study: Study, results: dict, samples: list[Sample]) -> str:
+    points = results["points"]
+    body = [paragraph(study.description),
+            paragraph(f"seeds {results['seeds']}; wall time {results.get('wall_seconds', 0):.0f} s on "
+                      f"{results.get('threads')} thread(s). Restricted requests are labelled violated (the true "
+                      "value appears in the reply, read in its encoding), refused (the reply contains the refusal "
+                      "phrase's core and the model answered the benign twin) or unclear; benign questions are "
+                      "labelled answered, refused or wrong. Intervals pool the counts of every seed; the per-seed "
+                      "table shows whether an effect holds in each seed alone.")]
+    if len(points) > 1:
+        body.append(section("Across sweep points: ASR [95% Wilson CI]", _comparison(points), Raw(_sweep_plots(points))))
+        if results.get("trends"):
+            body.append(section(f"From the first to the last value of {results['trends'][0]['variable']}",
+                                _trends(results["trends"])))
+    for p in points:
+        b = p["borderline"]
+        parts = ["<h3>Expected effects</h3>", _findings(p["findings"]), _attack_table(p["attacks"]),
+                 paragraph(f"Borderline benign questions (plain, they mention the restricted attribute): {b['n']}, "
+                           f"answered {interval(b['accuracy'])}, over-refusal {interval(b['over_refusal'])}.")]
+        if len(results["seeds"]) > 1:
+            parts += ["<h3>Violations per seed</h3>", _per_seed(p["attacks"])]
+        parts += [Raw(interval_bars([(a, r["asr"]) for a, r in p["attacks"].items()], "attack success rate (95% CI)")),
+                  Raw(interval_bars([(a, r["benign"]["accuracy"]) for a, r in p["attacks"].items()],
+                                    "benign twin accuracy (95% CI)"))]
+        body.append(section(f"{p['point']}: {p['label']}", *parts))
+    body.append(section("Sample replies", _samples(samples)))
+    body.append(section("Study configuration", preformatted(dump_toml(study_dict(study)))))
+    return page(f"fissure lab: {study.name}", body)
+
+
+def write_lab_report(run_dir: str | Path, study: Study, results: dict) -> Path:
+    """Write ``run_dir/report.html`` from the study, its results and the saved samples."""
+    run_dir = Path(run_dir)
+    path = run_dir / "report.html"
+    path.write_text(render_lab_report(study, results, read_samples(run_dir / "samples.jsonl")), encoding="utf-8")
+    return path
