@@ -46,6 +46,26 @@ def test_list_json():
     assert all(a["description"] for a in attacks)
     text = invoke(["--list"])
     assert text.exit_code == 0 and "refusal_suppression_inv" in text.stdout
+    assert last_json(invoke(["list", "--json"])) == last_json(result)  # the sub-command, same listing
+
+
+def test_sub_commands_and_the_model_first_form_are_one_command(monkeypatch, tmp_path):
+    use_model(monkeypatch, fakes.ScriptedLM())
+    short = last_json(invoke(["scripted", *SMALL, "--out-dir", str(tmp_path / "a"), "--json"]))
+    use_model(monkeypatch, fakes.ScriptedLM())
+    long = last_json(invoke(["run", "scripted", *SMALL, "--out-dir", str(tmp_path / "b"), "--json"]))
+    assert short["attacks"] == long["attacks"] and short["signature"] == long["signature"]
+    helped = invoke(["run", "--help"])
+    assert helped.exit_code == 0 and "int8" in helped.stdout  # the shared --dtype option, not a stale copy
+    assert invoke(["run", "scripted", "--twins", "x"]).exit_code == 2
+
+
+def test_judge_list_shows_every_registered_judge():
+    result = runner.invoke(app, ["judge", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    kinds = {j["name"]: j["kind"] for j in last_json(result)["judges"]}
+    assert kinds["policy"] == kinds["world"] == "judge"
+    assert kinds["anchored"] == kinds["lexicon"] == "refusal" and kinds["canary"] == "violation"
 
 
 def test_run_json_files_and_summary(monkeypatch, tmp_path):

@@ -18,6 +18,9 @@ DtypeOption = Annotated[str, typer.Option(
     help="Weights of local models: fp32 | bf16 | int8 (faster decoding, slightly different numbers).")]
 ThreadsOption = Annotated[int, typer.Option(help="Torch threads (0 = free cores).")]
 OutDirOption = Annotated[str, typer.Option(help="Where the run directory goes.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ModelArgument = Annotated[str, typer.Argument(
+    help="Model spec: registered name, checkpoint dir, HF dir, .gguf file, or URL (see `fissure models list`).")]
 
 # Human-readable output goes to stdout unless --json is given; progress and logs to stderr.
 out = Console()

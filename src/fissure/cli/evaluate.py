@@ -8,15 +8,15 @@ import typer
 
 from ..runs import append_jsonl, run_directory, write_json
 from .app import app
-from .common import (BackendOption, DtypeOption, OutDirOption, ServedModelOption, ThreadsOption, err, guard, out,
-                     print_json)
+from .common import (BackendOption, DtypeOption, JsonOption, ModelArgument, OutDirOption, ServedModelOption,
+                     ThreadsOption, err, guard, out, print_json)
 
 
 @app.command("eval", epilog="Examples: fissure eval runs/train-.../checkpoint --text data/val.txt --window 256 --stride 128\n\n"
              "fissure eval smollm2 --text notes.txt --json")
 @guard
 def evaluate(
-    model: str = typer.Argument(..., help="Model spec: checkpoint dir, HF dir, .gguf file, registered name, or URL."),
+    model: ModelArgument,
     text: list[Path] = typer.Option(..., "--text", help="Text file(s) or folder(s) (.txt, .jsonl) to score."),
     window: int = typer.Option(None, help="Tokens per window (default: the model's context)."),
     stride: int = typer.Option(None, help="Tokens scored per window (default: = window, disjoint windows)."),
@@ -26,7 +26,7 @@ def evaluate(
     dtype: DtypeOption = "fp32",
     threads: ThreadsOption = 0,
     out_dir: OutDirOption = "runs",
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    as_json: JsonOption = False,
 ) -> None:
     """Score text: token cross-entropy, perplexity and tokenizer-independent bits per byte."""
     from tqdm import tqdm

@@ -6,15 +6,15 @@ import typer
 
 from ..runs import append_jsonl, run_directory, write_json
 from .app import app
-from .common import (BackendOption, DtypeOption, OutDirOption, ServedModelOption, ThreadsOption, err, guard, out,
-                     print_json)
+from .common import (BackendOption, DtypeOption, ModelArgument, OutDirOption, ServedModelOption, ThreadsOption, err,
+                     guard, out, print_json)
 
 
 @app.command(epilog='Examples: fissure generate runs/train-.../checkpoint --prompt "The" --top-p 0.9 --temperature 0.8\n\n'
              'fissure generate smollm2 --chat "What is the capital of France?"')
 @guard
 def generate(
-    model: str = typer.Argument(..., help="Model spec: checkpoint dir, HF dir, .gguf file, registered name, or URL."),
+    model: ModelArgument,
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (repeatable: one generation each)."),
     chat: list[str] = typer.Option(None, "--chat", help="A user message, rendered with the model's chat template (repeatable)."),
     system: str = typer.Option(None, help="System message for --chat prompts."),

@@ -8,14 +8,14 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import guard, out, print_json
+from .common import JsonOption, guard, out, print_json
 
 
 @app.command(epilog="Example: fissure info runs/train-.../checkpoint")
 @guard
 def info(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    as_json: JsonOption = False,
 ) -> None:
     """Show a checkpoint's model config, size, tokenizer and training state."""
     from ..text.tokenizers import load_tokenizer

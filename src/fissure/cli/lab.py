@@ -8,7 +8,7 @@ import typer
 
 from ..errors import UserError
 from .app import app
-from .common import err, guard, out, print_json
+from .common import JsonOption, err, guard, out, print_json
 
 lab_app = typer.Typer(help="Model organisms of jailbreaks: train, attack and report in minutes on a CPU.",
                       no_args_is_help=True)
@@ -17,7 +17,7 @@ app.add_typer(lab_app, name="lab")
 
 @lab_app.command("list")
 @guard
-def list_studies(as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.")) -> None:
+def list_studies(as_json: JsonOption = False) -> None:
     """The built-in studies and what each shows."""
     from ..lab.study import builtin_names, load_study
 
@@ -41,7 +41,7 @@ def run(
     resume: Path = typer.Option(None, "--resume", help="Finish an interrupted run directory (its config is reused)."),
     out_dir: str = typer.Option("runs", help="Where run directories go."),
     threads: int = typer.Option(None, help="Torch threads (default: the study's)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    as_json: JsonOption = False,
 ) -> None:
     """Train the organisms of a study, attack them, and write results.json and report.html."""
     from ..config import load_toml

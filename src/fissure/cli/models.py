@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from .app import app
-from .common import guard, out, print_json
+from .common import JsonOption, guard, out, print_json
 
 models_app = typer.Typer(help="The model backends and named models that a MODEL argument can be.",
                          no_args_is_help=True)
@@ -15,7 +15,7 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 @guard
-def list_models(as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.")) -> None:
+def list_models(as_json: JsonOption = False) -> None:
     """The registered backends in the order they are tried, and the registered model names."""
     from ..backends import backends, registered
 

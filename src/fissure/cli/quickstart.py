@@ -10,7 +10,7 @@ import typer
 from ..config import apply_overrides, to_dict
 from ..runs import append_jsonl, run_directory, write_json
 from .app import app
-from .common import err, guard, out, print_json
+from .common import JsonOption, err, guard, out, print_json
 
 PROMPTS = ["def ", "import os\n", "class "]
 
@@ -20,7 +20,7 @@ PROMPTS = ["def ", "import os\n", "class "]
 def quickstart(
     set_: list[str] = typer.Option(None, "--set", help="Override a field of the built-in config (repeatable)."),
     out_dir: str = typer.Option("runs", help="Where the run directory goes."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    as_json: JsonOption = False,
 ) -> None:
     """Train a small GPT on Python's own standard library, then sample from it (a few minutes on a CPU)."""
     import tomllib

@@ -9,7 +9,7 @@ import typer
 from ..config import apply_overrides, load_toml, to_dict
 from ..runs import run_directory
 from .app import app
-from .common import err, guard, out, print_json
+from .common import JsonOption, err, guard, out, print_json
 
 
 @app.command(epilog="Example: fissure train examples/tiny-gpt.toml --set train.max_steps=200 --set train.lr=3e-4")
@@ -19,7 +19,7 @@ def train(
     set_: list[str] = typer.Option(None, "--set", help="Override a config field, e.g. train.lr=3e-4 (repeatable)."),
     resume: Path = typer.Option(None, help="Continue from a checkpoint written by an earlier run."),
     out_dir: str = typer.Option(None, help="Where run directories go (default: the config's out_dir)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    as_json: JsonOption = False,
 ) -> None:
     """Train a model from a TOML config; the run directory gets the checkpoint and results."""
     from ..train.pipeline import load_run_config, train_from_config
