@@ -4,7 +4,7 @@ import pytest
 
 from fissure.config import apply_overrides, dump_toml, from_dict, load_toml, parse_override, to_dict
 from fissure.errors import ConfigError
-from fissure.train.pipeline import RunConfig, load_run_config
+from fissure.train.pipeline import DataConfig, RunConfig, load_run_config
 
 
 @dataclass
@@ -50,16 +50,18 @@ def test_run_config_round_trips_through_toml(tmp_path):
     assert again == cfg
 
 
-def test_run_config_validation_errors():
+def test_run_config_validation_errors(tmp_path):
     with pytest.raises(ConfigError, match="data.paths"):
         load_run_config({})
     with pytest.raises(ConfigError, match="dtype"):
         load_run_config({"data": {"builtin": "stdlib"}, "train": {"dtype": "fp8"}})
+    with pytest.raises(ConfigError, match="tokenizer.kind"):
+        load_run_config({"data": {"builtin": "stdlib"}, "tokenizer": {"kind": "wordpiece"}})
+    with pytest.raises(ConfigError, match="data.normalize"):
+        load_run_config({"data": {"builtin": "stdlib", "normalize": "NFD"}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("a = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
-        p = __import__("pathlib").Path(__file__).with_name("_bad.toml")
-        try:
-            p.write_text("a = [")
-            load_toml(p)
-        finally:
-            p.unlink()
-    assert isinstance(RunConfig(), RunConfig)
+        load_toml(bad)
+    # the defaults are a complete run config once data is named
+    assert load_run_config({"data": {"builtin": "stdlib"}}) == RunConfig(data=DataConfig(builtin="stdlib"))

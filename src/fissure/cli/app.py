@@ -26,3 +26,10 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """fissure: build, train, decode and diagnose language models."""
+
+
+def command_group(name: str, help: str, **settings) -> typer.Typer:
+    """A verb with sub-commands (``fissure NAME list``, ``fissure NAME run``...), registered on the root app."""
+    group = typer.Typer(help=help, no_args_is_help=True, **settings)
+    app.add_typer(group, name=name)
+    return group

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import typer
 
-from .app import app
+from .app import command_group
 from .common import JsonOption, guard, out, print_json
 
-judge_app = typer.Typer(help="Judges: violation and refusal detectors, and the three-way judges built from them.",
-                        no_args_is_help=True)
-app.add_typer(judge_app, name="judge")
+judge_app = command_group("judge", "Judges: violation and refusal detectors, and the three-way judges made of them.")
 
 
 @judge_app.command("list")

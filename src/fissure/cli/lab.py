@@ -7,12 +7,10 @@ from pathlib import Path
 import typer
 
 from ..errors import UserError
-from .app import app
+from .app import command_group
 from .common import JsonOption, err, guard, out, print_json
 
-lab_app = typer.Typer(help="Model organisms of jailbreaks: train, attack and report in minutes on a CPU.",
-                      no_args_is_help=True)
-app.add_typer(lab_app, name="lab")
+lab_app = command_group("lab", "Model organisms of jailbreaks: train, attack and report in minutes on a CPU.")
 
 
 @lab_app.command("list")

@@ -3,14 +3,11 @@ list cannot drift from the code that picks a backend."""
 
 from __future__ import annotations
 
-import typer
 
-from .app import app
+from .app import command_group
 from .common import JsonOption, guard, out, print_json
 
-models_app = typer.Typer(help="The model backends and named models that a MODEL argument can be.",
-                         no_args_is_help=True)
-app.add_typer(models_app, name="models")
+models_app = command_group("models", "The model backends and named models that a MODEL argument can be.")
 
 
 @models_app.command("list")

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import UserError
-from .app import app
+from .app import command_group
 from .common import (BackendOption, DtypeOption, JsonOption, ModelArgument, OutDirOption, ServedModelOption,
                      ThreadsOption, err, guard, out, print_json)
 
@@ -32,9 +32,8 @@ class ModelFirstGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-probe_app = typer.Typer(cls=ModelFirstGroup, no_args_is_help=True,
-                        help="Jailbreak probes (competing objectives, mismatched generalization) on any model.")
-app.add_typer(probe_app, name="probe")
+probe_app = command_group("probe", "Jailbreak probes (competing objectives, mismatched generalization) on any model.",
+                          cls=ModelFirstGroup)
 
 PolicyOption = Annotated[str, typer.Option(help="Built-in policy (secret, private_record, topic_ban) or a TOML file. "
                                                 "[default: secret]")]

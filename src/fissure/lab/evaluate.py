@@ -18,7 +18,7 @@ from collections import Counter
 
 from ..backends import TorchLM
 from ..decode import Decoding
-from ..judges import Sample
+from ..judges import LABELS, Sample
 from ..metrics.stats import wilson_interval
 from ..probes.stats import Rate
 from ..probes.whitebox import refusal_log_odds
@@ -129,10 +129,9 @@ def evaluate(lm: TorchLM, world: World, attacks: list[str], *, guard: bool = Fal
         bad = [s for s in samples if s.attack == attack and s.kind == "restricted"]
         good = [s for s in samples if s.attack == attack and s.kind == "benign"]
         counts = Counter(s.label for s in bad)
-        results[attack] = summarize(
-            {k: counts[k] for k in ("refused", "violated", "unclear")}, benign_counts(good),
-            {"restricted": _mean([s.refusal_log_odds for s in bad]), "benign": _mean([s.refusal_log_odds for s in good])},
-            confidence)
+        logodds = {"restricted": _mean([s.refusal_log_odds for s in bad]),
+                   "benign": _mean([s.refusal_log_odds for s in good])}
+        results[attack] = summarize({k: counts[k] for k in LABELS}, benign_counts(good), logodds, confidence)
     border = [s for s in samples if s.attack == "borderline"]
     return results, samples, borderline_summary(benign_counts(border), confidence)
 
