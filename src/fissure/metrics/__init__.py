@@ -1,1 +1,1 @@
-"""Metrics: language-model likelihoods, text similarity and diversity, and their uncertainty."""
+"""Metrics: language-model likelihoods, text similarity and diversity, classification and calibration, and their uncertainty."""
