@@ -17,6 +17,7 @@ LAYERS = [
     ("train",),  # objectives, Trainer, checkpoints
     ("backends",),  # LanguageModel and everything that runs a model to score or generate
     ("metrics",),  # computed from scores and texts only
+    ("tune",),  # fine-tuning runs: a base loaded through backends, adapted, trained, saved
     ("judges",),  # verdicts on replies, sample records
     ("probes",),  # attacks, policies, the probe suite
     ("lab",),  # model organisms: a client of probes and backends

@@ -218,7 +218,8 @@ def test_native_backend_for_a_non_llama_hf_dir_is_a_clear_error(specs):
 
 
 def test_builtin_entries_in_their_documented_order():
-    assert [e.name for e in backends()] == ["smollm2", "http", "checkpoint", "gguf-llama", "hf-llama", "transformers"]
+    assert [e.name for e in backends()] == ["smollm2", "http", "adapter", "checkpoint", "gguf-llama", "hf-llama",
+                                           "transformers"]
     assert fissure.backends.registered() == ["smollm2"]
     with pytest.raises(ValueError, match="registered twice"):
         register_backend("http", description="", accepts="", matches=lambda spec: True, priority=0)(lambda spec: None)

@@ -121,7 +121,10 @@ def test_hf_dir_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         load_hf_llama_dir(tmp_path)
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
+    with pytest.raises(CheckpointError, match="no model\\*.safetensors"):
+        load_hf_llama_dir(tmp_path)
+    (tmp_path / "optimizer.safetensors").write_bytes(b"")  # a training run's file is not a weight file
+    with pytest.raises(CheckpointError, match="no model\\*.safetensors"):
         load_hf_llama_dir(tmp_path)
 
 

@@ -4,47 +4,11 @@ OpenAI-compatible servers. :func:`load` picks the backend for a spec through the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import http, native, transformers  # noqa: F401  (register their backends)
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, RollingLoglikelihood
+from .loading import DTYPES, load
 from .registry import BACKENDS, BackendEntry, ModelSpec, backends, register_backend, register_model, registered, resolve
 from .torch_lm import TorchLM
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8 weights, bf16 activations"}
-
-
-def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, batch_size: int = 8,
-         dtype: str = "fp32", **kwargs) -> LanguageModel:
-    """A language model from a spec:
-
-    - a registered name (``"smollm2"``),
-    - an ``http(s)://`` URL of an OpenAI-compatible server (``model`` names the served model),
-    - a fissure checkpoint directory,
-    - an HF model directory (Llama architectures run on the native Llama unless
-      ``backend="transformers"``; others run through transformers, and ``backend="native"``
-      is an error for them),
-    - a ``.gguf`` file (likewise).
-
-    ``dtype="bf16"`` runs a local model's weights in bfloat16, ``dtype="int8"`` quantises its linear
-    layers to int8 (weight-only, per channel): decoding is memory-bound, so fewer bytes per weight
-    decode faster; results differ slightly from fp32.
-    """
-    if dtype not in DTYPES:
-        raise BackendError(f"unknown dtype '{dtype}' ({', '.join(DTYPES)})")
-    parsed = ModelSpec.parse(spec)
-    lm = resolve(parsed, backend).load(parsed, model=model, batch_size=batch_size, **kwargs)
-    if dtype != "fp32" and isinstance(lm, TorchLM):
-        import torch
-
-        if dtype == "int8":
-            from ..models.quantize import quantize_int8
-
-            quantize_int8(lm.model)
-        else:
-            lm.model.to(torch.bfloat16)
-    return lm
-
 
 __all__ = ["BACKENDS", "BackendEntry", "BackendError", "Capabilities", "LanguageModel", "LoglikelihoodResult",
            "ModelSpec", "RollingLoglikelihood", "TorchLM", "backends", "load", "register_backend", "register_model",

@@ -52,7 +52,7 @@ class TorchLM(LanguageModel):
             raise BackendError(f"{self.capabilities.name} has no chat template; give plain-text prompts")
         return self.chat_template(prompt)
 
-    def _split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Tokens of context and continuation, as lm-eval splits them: encode the whole string, so
         the continuation's first token is the one the model would really see after the context."""
         ctx = self.tokenizer.encode(context)
@@ -69,7 +69,7 @@ class TorchLM(LanguageModel):
         limit = self.model.max_positions
         requests = []
         for context, continuation in pairs:
-            ctx, cont = self._split_pair(context, continuation)
+            ctx, cont = self.split_pair(context, continuation)
             if not cont:
                 raise BackendError("loglikelihood needs a non-empty continuation")
             seq = (ctx + cont)[-(limit + 1):]  # keep the end: the continuation must fit

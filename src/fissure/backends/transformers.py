@@ -41,8 +41,19 @@ class HFCausalModel(torch.nn.Module):
         super().__init__()
         self.hf = hf_model.eval()
         cfg = hf_model.config
-        self.config = SimpleNamespace(vocab_size=hf_model.get_output_embeddings().weight.shape[0])
+        self.config = SimpleNamespace(vocab_size=hf_model.get_output_embeddings().weight.shape[0],
+                                      n_embd=getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None))
         self.max_positions = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+        """The last layer's hidden states (after the final norm), ``(B, T, hidden)``."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, input_ids.shape[1])
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      output_hidden_states=True, use_cache=False)
+        return out.hidden_states[-1]
 
     def new_kv_cache(self, batch: int, max_len: int | None = None) -> _HFCache:
         return _HFCache()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from .._version import __version__
 
@@ -33,3 +34,15 @@ def command_group(name: str, help: str, **settings) -> typer.Typer:
     group = typer.Typer(help=help, no_args_is_help=True, **settings)
     app.add_typer(group, name=name)
     return group
+
+
+class ModelFirstGroup(TyperGroup):
+    """A verb whose default sub-command is ``run``: ``fissure probe MODEL ...`` runs ``fissure probe
+    run MODEL ...`` (and ``--list`` is ``list``), so the short forms the README shows keep working."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] == "--list":
+            args = ["list", *args[1:]]
+        elif args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)

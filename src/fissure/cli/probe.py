@@ -12,24 +12,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from ..errors import UserError
-from .app import command_group
+from .app import ModelFirstGroup, command_group
 from .common import (BackendOption, DtypeOption, JsonOption, ModelArgument, OutDirOption, ServedModelOption,
                      ThreadsOption, err, guard, out, print_json)
-
-
-class ModelFirstGroup(TyperGroup):
-    """``fissure probe MODEL ...`` runs ``fissure probe run MODEL ...``, and ``fissure probe --list``
-    is ``fissure probe list``: the forms the README has always shown keep working."""
-
-    def parse_args(self, ctx, args: list[str]) -> list[str]:
-        if args and args[0] == "--list":
-            args = ["list", *args[1:]]
-        elif args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
 
 
 probe_app = command_group("probe", "Jailbreak probes (competing objectives, mismatched generalization) on any model.",

@@ -45,6 +45,16 @@ def hf_to_native_name(name: str) -> str | None:
     return None
 
 
+def native_to_hf_name(name: str) -> str:
+    """HF's name for one of our Llama's parameter names (the reverse of :func:`hf_to_native_name`)."""
+    top = {v: k for k, v in _TOP_NAMES.items()}
+    if name in top:
+        return top[name]
+    layer, rest = name.removeprefix("blocks.").split(".", 1)
+    hf = {v: k for k, v in _LAYER_NAMES.items()}[rest.removesuffix(".weight")]
+    return f"model.layers.{layer}.{hf}.weight"
+
+
 def config_from_hf(hf_config: Mapping[str, Any] | Any) -> LlamaConfig:
     """A :class:`LlamaConfig` from an HF ``LlamaConfig`` or its ``config.json`` dict.
 
@@ -151,9 +161,9 @@ def load_hf_llama_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> L
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} is not an HF model directory: no config.json")
-    weight_files = sorted(path.glob("*.safetensors"))
+    weight_files = sorted(path.glob("model*.safetensors"))  # not a training run's optimizer/rng files
     if not weight_files:
-        raise CheckpointError(f"{path} has no *.safetensors weights (pickled .bin files are not loaded)")
+        raise CheckpointError(f"{path} has no model*.safetensors weights (pickled .bin files are not loaded)")
     try:
         hf_config = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
@@ -162,3 +172,19 @@ def load_hf_llama_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> L
     for f in weight_files:
         state_dict.update(load_file(f))
     return llama_from_hf_state_dict(hf_config, state_dict, dtype=dtype)
+
+
+def save_hf_llama_dir(model: Llama, path: str | Path) -> None:
+    """Write ``config.json`` and ``model.safetensors`` in HF's ``LlamaForCausalLM`` layout, so
+    ``transformers`` loads the directory with ``from_pretrained`` (and so does fissure)."""
+    from safetensors.torch import save_file
+
+    if any(getattr(block.attn, "fused_qkv", False) or hasattr(block.mlp, "gate_up") for block in model.blocks):
+        raise CheckpointError("save the model before fusing its projections (fused layers have no HF names)")
+    path = Path(path)
+    state = {native_to_hf_name(name): tensor.detach().contiguous()
+             for name, tensor in model.state_dict().items()}
+    if model.config.tie_weights:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n")

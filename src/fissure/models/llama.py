@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
 from .attention import CausalSelfAttention, KVCache, RotaryEmbedding, attention_mask_4d, resolve_positions
@@ -53,6 +54,7 @@ class LlamaConfig:
 
 class Llama(nn.Module):
     family = "llama"
+    gradient_checkpointing = False  # set True to trade compute for activation memory in training
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -109,6 +111,11 @@ class Llama(nn.Module):
         ``attention_mask`` ``(B, past + T)`` marks real tokens (1) and padding (0);
         ``kv_cache`` holds past positions and is advanced by ``T``.
         """
+        return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, kv_cache))
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """The final (normed) hidden states ``(B, T, n_embd)``: what the head reads."""
         B, T = input_ids.shape
         past, position_ids = resolve_positions(input_ids, attention_mask, position_ids, kv_cache,
                                                self.config.block_size, "block_size")
@@ -116,7 +123,10 @@ class Llama(nn.Module):
         mask = attention_mask_4d(attention_mask, T, past, B, input_ids.device)
         x = self.tok_emb(input_ids)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, layer=i, kv_cache=kv_cache, rotary=rotary)
+            if self.gradient_checkpointing and self.training:  # recompute in backward: less memory
+                x = checkpoint(block, x, mask=mask, layer=i, rotary=rotary, use_reentrant=False)
+            else:
+                x = block(x, mask=mask, layer=i, kv_cache=kv_cache, rotary=rotary)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.lm_head(self.norm_f(x))
+        return self.norm_f(x)

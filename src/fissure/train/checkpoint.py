@@ -6,15 +6,23 @@
 - ``trainer_state.json``  step, history, best validation loss, training config (optional)
 - ``optimizer.safetensors`` / ``rng_state.safetensors`` optimizer moments and RNG states (optional)
 
+A fine-tuned model writes its weights in the form its base came in (a ``writer`` replaces the
+first three files): an HF-layout directory for a Llama, or an *adapter checkpoint* that holds
+only the LoRA weights (``adapter_model.safetensors``, peft's ``adapter_config.json``) and, in
+``fissure.json``, the base model's spec and the SHA-256 of its weights, so a base that changed
+is caught when the adapter is loaded.
+
 A crash while saving never leaves half a checkpoint: everything is written to a temporary
 sibling directory which then replaces the target with ``os.replace``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,17 +59,20 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer, *, trainer_state: dict | None = None,
+def save_checkpoint(path: str | Path, model: torch.nn.Module | None = None, tokenizer=None, *,
+                    writer: Callable[[Path], None] | None = None, trainer_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None,
                     rng_states: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint directory atomically: the model (a fissure model and its tokenizer, or
+    whatever ``writer(directory)`` writes) and, with ``trainer_state``, what resuming needs."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    config = {"family": model.family, "config": asdict(model.config), "fissure_version": __version__}
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    tokenizer.save(tmp)
+    if writer is not None:
+        writer(tmp)
+    else:
+        write_fissure_model(tmp, model, tokenizer)
     if trainer_state is not None:
         state = dict(trainer_state)
         if optimizer is not None:
@@ -76,6 +87,14 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, tokenizer, *, trai
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def write_fissure_model(directory: Path, model: torch.nn.Module, tokenizer) -> None:
+    """``model.safetensors``, ``config.json`` (family and config) and the tokenizer of a fissure model."""
+    save_model(model, str(directory / "model.safetensors"))
+    config = {"family": model.family, "config": asdict(model.config), "fissure_version": __version__}
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer.save(directory)
 
 
 def _check_dir(path: Path) -> None:
@@ -134,3 +153,63 @@ def load_trainer_state(path: str | Path, optimizer: torch.optim.Optimizer | None
     except (json.JSONDecodeError, SafetensorError, OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: trainer state is corrupted ({exc})") from None
     return state, rng
+
+
+# --- fine-tuned models: provenance and adapters -----------------------------------------------
+
+TUNED_META = "fissure.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's weights (names, dtypes, shapes and bytes, in name order): a base
+    model's identity that does not depend on the file format it came in."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_tuned_meta(directory: Path, meta: dict) -> None:
+    (directory / TUNED_META).write_text(json.dumps({**meta, "fissure_version": __version__}, indent=2) + "\n")
+
+
+def read_tuned_meta(path: str | Path) -> dict | None:
+    """``fissure.json`` of a fine-tuned checkpoint (``None`` if there is none)."""
+    file = Path(path) / TUNED_META
+    if not file.is_file():
+        return None
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{file} is corrupted ({exc.__class__.__name__})") from None
+    if not isinstance(meta, dict) or meta.get("kind") not in ("adapter", "full"):
+        raise CheckpointError(f"{file} is not a fissure fine-tuning record (no kind 'adapter' or 'full')")
+    return meta
+
+
+def write_adapter(directory: Path, model: torch.nn.Module) -> None:
+    """The LoRA weights of ``model`` and peft's config of them (peft's file names)."""
+    from .lora import adapter_state, peft_config
+
+    save_file(adapter_state(model), str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(peft_config(model), indent=2, default=str) + "\n")
+
+
+def read_adapter(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(fissure.json, adapter weights)`` of an adapter checkpoint."""
+    path = Path(path)
+    meta = read_tuned_meta(path)
+    if meta is None or meta["kind"] != "adapter":
+        raise CheckpointError(f"{path} is not an adapter checkpoint (no {TUNED_META} of kind 'adapter')")
+    for key in ("base", "base_sha256", "lora"):
+        if key not in meta:
+            raise CheckpointError(f"{path / TUNED_META} lacks '{key}'")
+    try:
+        state = load_file(str(path / ADAPTER_WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path / ADAPTER_WEIGHTS} is missing, corrupted or truncated: {exc}") from None
+    return meta, state

@@ -1,7 +1,12 @@
 """Training objectives. An objective samples a batch from its data and returns a scalar loss.
 
-Only the causal-LM objective exists now; masked LM, seq2seq, classification and weighted
-multi-task mixes register here under their own names.
+Registered by name (``train.objective``):
+
+- ``causal_lm``: next-token cross-entropy; targets marked ``IGNORE`` carry no loss, so the same
+  objective trains on windows of text (continued pretraining) and on supervised examples;
+- ``sft``: the same loss, named for supervised fine-tuning (loss on completions / assistant turns);
+- ``dpo``: Direct Preference Optimization (Rafailov et al. 2023), as the paper writes it;
+- ``classify``: cross-entropy of a sequence classifier's logits.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+from .batches import IGNORE
 
 
 class Objective(Protocol):
@@ -25,7 +32,7 @@ class Objective(Protocol):
 
 
 class CausalLM:
-    """Next-token prediction: cross-entropy of ``y[t]`` given ``x[:t+1]``."""
+    """Next-token prediction: cross-entropy of ``y[t]`` given ``x[:t+1]`` (``IGNORE`` targets skipped)."""
 
     name = "causal_lm"
 
@@ -39,12 +46,72 @@ class CausalLM:
             yield batch
 
     def loss(self, model, batch):
-        x, y = batch
+        x, y = batch[0], batch[1]
         logits = model(x)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE)
 
     def tokens_in(self, batch):
         return batch[0].numel()
 
 
-OBJECTIVES: dict[str, type] = {"causal_lm": CausalLM}
+class SFT(CausalLM):
+    """Supervised fine-tuning: next-token loss on the completion (or assistant) tokens only."""
+
+    name = "sft"
+
+
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of each row's non-``IGNORE`` targets, in float32."""
+    logprobs = logits.float().log_softmax(-1)
+    keep = targets != IGNORE
+    picked = logprobs.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return (picked * keep).sum(-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
+    """The DPO loss, -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), averaged over pairs, and
+    the implicit rewards beta * (pi - ref) of chosen and rejected completions."""
+    chosen_reward = beta * (policy_chosen - reference_chosen)
+    rejected_reward = beta * (policy_rejected - reference_rejected)
+    loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+    margin = (chosen_reward - rejected_reward).detach()
+    return loss, {"reward_chosen": chosen_reward.detach().mean().item(),
+                  "reward_rejected": rejected_reward.detach().mean().item(),
+                  "reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item()}
+
+
+class DPO(CausalLM):
+    """DPO on :class:`~fissure.train.batches.PreferencePairs` whose reference log-probabilities
+    (the model before tuning) were computed first: no second model is held in memory."""
+
+    name = "dpo"
+
+    def __init__(self, beta: float = 0.1):
+        if beta <= 0:
+            raise ValueError(f"dpo beta must be positive, not {beta}")
+        self.beta = beta
+        self.last: dict = {}
+
+    def loss(self, model, batch):
+        x, y, reference = batch
+        if reference is None:
+            raise RuntimeError("DPO needs the reference log-probabilities: compute them before training")
+        logps = sequence_logprobs(model(x), y)
+        n = x.shape[0] // 2
+        ref = reference.to(logps.dtype)
+        loss, self.last = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], self.beta)
+        return loss
+
+
+class Classify(CausalLM):
+    """Cross-entropy of a sequence classifier's logits (``model(ids, attention_mask) -> (B, classes)``)."""
+
+    name = "classify"
+
+    def loss(self, model, batch):
+        ids, mask, labels = batch
+        return F.cross_entropy(model(ids, attention_mask=mask).float(), labels)
+
+
+OBJECTIVES: dict[str, type] = {cls.name: cls for cls in (CausalLM, SFT, DPO, Classify)}

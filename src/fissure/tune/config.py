@@ -1,0 +1,85 @@
+"""What a fine-tuning run does: the ``[tune]`` section of a TOML config, or the same fields as flags.
+
+```toml
+[tune]
+model = "smollm2"          # any model spec fissure.load takes
+data = "notes.txt"         # a text file or folder, JSONL (messages / prompt+completion /
+                           # prompt+chosen+rejected / text+label) or CSV
+method = "lora"            # lora | full
+objective = "auto"         # auto (from the data) | causal_lm | sft | dpo | classify
+
+[tune.lora]
+rank = 16
+
+[tune.train]
+max_steps = 300
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import from_dict, to_dict
+from ..errors import ConfigError
+from ..models.classifier import POOLINGS
+from ..train import TrainConfig
+from ..train.lora import LoraSpec
+from ..train.objectives import OBJECTIVES
+
+METHODS = ("lora", "full")
+
+
+def _train_defaults() -> TrainConfig:
+    """Fine-tuning, not pretraining: few steps, a small learning rate, no weight decay, bf16 where
+    the CPU has it."""
+    return TrainConfig(max_steps=200, batch_size=8, lr=2e-4, min_lr=2e-5, warmup_steps=10, weight_decay=0.0,
+                       eval_every=50, eval_batches=10, dtype="auto")
+
+
+@dataclass
+class TuneConfig:
+    model: str = "smollm2"
+    data: str = ""
+    method: str = "lora"
+    objective: str = "auto"
+    backend: str = "auto"  # auto | native | transformers
+    seed: int = 0
+    val_fraction: float = 0.1  # share of documents / rows held out (seeded)
+    max_length: int = 256  # tokens per example (per window of text); longer examples are truncated
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] = field(default_factory=list)  # the label set; empty: every label found, sorted
+    pooling: str = "last"  # classification: the last real token's state, or the mean
+    beta: float = 0.1  # DPO: how far from the reference the policy may move
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    train: TrainConfig = field(default_factory=_train_defaults)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not '{self.method}'")
+        if self.objective != "auto" and self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be auto or one of {', '.join(OBJECTIVES)}, not '{self.objective}'")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), not {self.val_fraction}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, not {self.max_length}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not '{self.pooling}'")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, not {self.beta}")
+
+    def as_dict(self) -> dict:
+        return to_dict(self)
+
+
+def load_tune_config(raw: dict) -> TuneConfig:
+    """A :class:`TuneConfig` from a config dict: its ``[tune]`` table, or the whole dict."""
+    section = raw.get("tune", raw)
+    if not isinstance(section, dict):
+        raise ConfigError("[tune] must be a table")
+    train = {**to_dict(_train_defaults()), **section.get("train", {})}
+    config = from_dict(TuneConfig, {**section, "train": train}, prefix="tune.")
+    if not config.data:
+        raise ConfigError("tune.data is empty: give --data FILE (text, JSONL or CSV) or a folder")
+    return config

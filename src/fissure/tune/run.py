@@ -1,0 +1,255 @@
+"""A fine-tuning run: load the base through the backends, adapt it (LoRA or full), train it with
+the one Trainer, and write a checkpoint every verb can load.
+
+What is written where:
+
+- LoRA: an *adapter checkpoint* (``adapter_model.safetensors``, ``adapter_config.json`` and
+  ``fissure.json`` with the base spec and the SHA-256 of its weights); ``fissure.load`` on it
+  loads the base, checks the hash, and merges the adapter;
+- full fine-tuning of a Llama (SmolLM2 included): an HF ``LlamaForCausalLM`` directory that
+  ``transformers`` loads with ``from_pretrained``; of our GPT: a fissure checkpoint; of a model
+  run through transformers: ``save_pretrained``;
+- a classifier also writes its head (``head.safetensors``) and its label set;
+- every checkpoint carries what resuming needs (optimizer, RNG, step), so ``--resume`` continues
+  exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..backends import TorchLM, load
+from ..errors import ConfigError, DataError
+from ..metrics.classify import classification_report
+from ..models.classifier import SequenceClassifier
+from ..runs import write_json
+from ..train import Trainer
+from ..train.batches import LabelledSequences, PreferencePairs, SupervisedExamples
+from ..train.checkpoint import (read_adapter, read_tuned_meta, weights_sha256, write_adapter, write_fissure_model,
+                                write_tuned_meta)
+from ..train.lora import LoraSpec, apply_lora, load_adapter_state, resolve_targets
+from ..train.objectives import DPO, OBJECTIVES, sequence_logprobs
+from ..train.trainer import resolve_dtype
+from ..utils import seed_everything, set_threads
+from .config import TuneConfig
+from .data import KIND_OBJECTIVE, TuningData, split
+from .examples import build_examples, labelled_rows
+
+Log = Callable[[str], None]
+# which objectives each kind of data can train
+FITS = {"text": ("causal_lm",), "chat": ("sft", "causal_lm"), "pairs": ("sft", "causal_lm"),
+        "preferences": ("dpo",), "labelled": ("classify",)}
+
+
+def objective_for(config: TuneConfig, data: TuningData) -> str:
+    name = KIND_OBJECTIVE[data.kind] if config.objective == "auto" else config.objective
+    if name not in FITS[data.kind]:
+        raise ConfigError(f"objective '{name}' does not fit {data.kind} data ({data.source}); "
+                          f"it fits: {', '.join(FITS[data.kind])}")
+    return name
+
+
+def base_spec(spec: str) -> str:
+    """The spec to store in a checkpoint: registered names as they are, paths made absolute."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def load_base(config: TuneConfig) -> TorchLM:
+    lm = load(config.model, backend=config.backend, batch_size=config.train.batch_size, fuse=False)
+    if not isinstance(lm, TorchLM):
+        raise ConfigError(f"{config.model} is served by the {lm.capabilities.backend} backend: only local "
+                          "models can be fine-tuned")
+    return lm
+
+
+def _hidden_size(model: torch.nn.Module) -> int:
+    size = getattr(model.config, "n_embd", None)
+    if not size:
+        raise ConfigError(f"{type(model).__name__} does not say its hidden size: it cannot carry a classifier")
+    return size
+
+
+def prepare_model(lm: TorchLM, config: TuneConfig, objective: str, data: TuningData) -> torch.nn.Module:
+    """The module to train: the base with LoRA or all weights trainable, under a classifier head if asked."""
+    base = lm.model
+    if config.method == "lora":
+        config.lora.targets = resolve_targets(base, config.lora.targets)
+        apply_lora(base, config.lora)
+    else:
+        for p in base.parameters():
+            p.requires_grad_(True)
+    if objective == "classify":
+        return SequenceClassifier(base, len(data.labels), _hidden_size(base), pooling=config.pooling)
+    return base
+
+
+def build_datasets(lm: TorchLM, config: TuneConfig, data: TuningData, work_dir: Path, log: Log):
+    """Training and validation data in the Trainer's batch protocol, split by document or row."""
+    pad = lm.tokenizer.eos_id
+    if data.kind == "text":
+        from ..text.dataset import TokenFile, write_tokens
+
+        train_docs, val_docs = split(data.documents, config.val_fraction, config.seed)
+        out = []
+        for name, docs in (("train", train_docs), ("val", val_docs)):
+            tokens = write_tokens(docs, lm.tokenizer, work_dir / "data" / f"{name}.bin")
+            if len(tokens) <= config.max_length:
+                raise DataError(f"the {name} split has {len(tokens)} tokens; it needs more than max_length="
+                                f"{config.max_length} (add text, or lower --max-length)")
+            out.append(TokenFile(tokens.path, label=f"{name} split"))
+        return out[0], out[1]
+    train_rows, val_rows = split(data.rows, config.val_fraction, config.seed)
+    sets = []
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        if data.kind == "labelled":
+            encoded, note = labelled_rows(lm, rows, config.text_column, config.label_column, data.labels,
+                                          config.max_length)
+            sets.append(LabelledSequences(encoded, pad, label=f"{name} split"))
+        else:
+            examples, note = build_examples(lm, data.kind, rows, config.max_length)
+            cls = PreferencePairs if data.kind == "preferences" else SupervisedExamples
+            sets.append(cls(examples, pad, label=f"{name} split"))
+        if note:
+            log(f"{name} split: {note}")
+    return sets[0], sets[1]
+
+
+@torch.no_grad()
+def reference_logprobs(model: torch.nn.Module, pairs: PreferencePairs, batch_size: int) -> None:
+    """Log-probabilities of every chosen and rejected completion under the model before tuning (the
+    DPO reference: the base, as a LoRA adapter starts at zero)."""
+    model.eval()
+    reference = []
+    for start in range(0, len(pairs), batch_size):
+        index = range(start, min(start + batch_size, len(pairs)))
+        x, y, _ = pairs.batch(index)
+        logps = sequence_logprobs(model(x), y).double()
+        n = len(index)
+        reference += list(zip(logps[:n].tolist(), logps[n:].tolist()))
+    pairs.reference = reference
+    model.train()
+
+
+def writer_for(lm: TorchLM, model: torch.nn.Module, config: TuneConfig, meta: dict) -> Callable[[Path], None]:
+    """What goes into every checkpoint of this run (see the module docstring)."""
+    from safetensors.torch import save_file
+
+    def write(directory: Path) -> None:
+        base = lm.model
+        if config.method == "lora":
+            write_adapter(directory, base)
+        elif getattr(base, "family", None) == "llama":
+            from ..models.hf_llama import save_hf_llama_dir
+
+            save_hf_llama_dir(base, directory)
+            lm.tokenizer.save(directory)
+        elif getattr(base, "family", None) == "transformers":
+            base.hf.save_pretrained(directory, safe_serialization=True)
+            lm.tokenizer.save(directory)
+        else:
+            write_fissure_model(directory, base, lm.tokenizer)
+        if isinstance(model, SequenceClassifier):
+            save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(directory / "head.safetensors"))
+        write_tuned_meta(directory, meta)
+
+    return write
+
+
+def _resume_weights(lm: TorchLM, model: torch.nn.Module, config: TuneConfig, checkpoint: Path, base_sha: str) -> None:
+    meta = read_tuned_meta(checkpoint)
+    if meta is None:
+        raise ConfigError(f"{checkpoint} is not a checkpoint of fissure tune (no fissure.json)")
+    if meta.get("base_sha256") != base_sha or meta.get("method") != config.method:
+        raise ConfigError(f"{checkpoint} was tuned from another base or with another method: resume it with "
+                          "its own config")
+    if config.method == "lora":
+        load_adapter_state(lm.model, read_adapter(checkpoint)[1])
+    else:
+        weights = load(str(checkpoint), fuse=False).model.state_dict()
+        lm.model.load_state_dict(weights)
+    if isinstance(model, SequenceClassifier):
+        from safetensors.torch import load_file
+
+        model.head.load_state_dict(load_file(str(checkpoint / "head.safetensors")))
+
+
+@torch.no_grad()
+def classifier_metrics(model: SequenceClassifier, data: LabelledSequences, labels: list[str],
+                       batch_size: int) -> dict:
+    model.eval()
+    probs, gold = [], []
+    for ids, mask, y in data.iter_batches(batch_size, 0):
+        probs.append(model(ids, attention_mask=mask).float().softmax(-1))
+        gold += y.tolist()
+    model.train()
+    return classification_report(gold, torch.cat(probs).double().numpy(), labels)
+
+
+def run_tune(config: TuneConfig, data: TuningData, run_dir: Path, *, resume: Path | None = None,
+             progress: bool = True, log: Log = lambda m: None) -> dict:
+    """Fine-tune ``config.model`` on ``data``; the checkpoint lands in ``run_dir/checkpoint``."""
+    threads = set_threads(config.train.threads)
+    seed_everything(config.seed)
+    objective = objective_for(config, data)
+    config.train.objective = objective
+    lm = load_base(config)
+    base_sha = weights_sha256(lm.model)
+    model = prepare_model(lm, config, objective, data)
+    train_data, val_data = build_datasets(lm, config, data, run_dir, log)
+    loss = DPO(config.beta) if objective == "dpo" else OBJECTIVES[objective]()
+    if objective == "dpo":
+        for pairs in (train_data, val_data):
+            reference_logprobs(model, pairs, config.train.batch_size)
+    meta = {"kind": "adapter" if config.method == "lora" else "full", "base": base_spec(config.model),
+            "base_sha256": base_sha, "method": config.method, "objective": objective,
+            "lora": asdict(config.lora) if config.method == "lora" else None,
+            "classes": data.labels or None, "pooling": config.pooling if objective == "classify" else None}
+    trainer = Trainer(model, config.train, train_data, val_data, block_size=config.max_length, seed=config.seed,
+                      checkpoint_dir=run_dir / "checkpoint", objective=loss,
+                      writer=writer_for(lm, model, config, meta))
+    if resume is not None:
+        _resume_weights(lm, model, config, Path(resume), base_sha)
+        trainer.resume(resume)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"{objective} on {data.kind} data ({len(train_data)} train, {len(val_data)} val), {config.method}: "
+        f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train; "
+        f"dtype {resolve_dtype(config.train.dtype)}")
+    before = trainer.evaluate()
+    result = trainer.train()
+    summary = {
+        "model": config.model, "base_sha256": base_sha, "method": config.method, "objective": objective,
+        "data": {"source": data.source, "kind": data.kind, "train": len(train_data), "val": len(val_data),
+                 "unit": "tokens" if data.kind == "text" else "examples", "labels": data.labels or None},
+        "trainable_parameters": trainable, "dtype": resolve_dtype(config.train.dtype), "threads": threads,
+        "steps": result.steps, "train_loss": result.train_loss, "val_loss_before": before,
+        "val_loss": result.val_loss, "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+        "tokens_per_second": result.tokens_per_second, "checkpoint": str(run_dir / "checkpoint"),
+        "history": result.history,
+    }
+    if objective == "classify":
+        summary["classification"] = classifier_metrics(model, val_data, data.labels, config.train.batch_size)
+    if objective == "dpo":
+        trainer.model.eval()
+        with torch.no_grad():
+            summary["dpo"] = {"val": _dpo_val(model, val_data, loss, config.train.batch_size)}
+    if result.val_loss is not None and math.isfinite(result.val_loss) and objective in ("causal_lm", "sft"):
+        summary["val_perplexity"] = math.exp(min(result.val_loss, 50))
+    write_json(run_dir / "results.json", summary)
+    return summary
+
+
+def _dpo_val(model, pairs: PreferencePairs, objective: DPO, batch_size: int) -> dict:
+    totals: dict[str, float] = {}
+    batches = 0
+    for batch in pairs.iter_batches(batch_size, 0):
+        objective.loss(model, batch)
+        for k, v in objective.last.items():
+            totals[k] = totals.get(k, 0.0) + v
+        batches += 1
+    return {k: v / batches for k, v in totals.items()}
