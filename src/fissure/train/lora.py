@@ -23,6 +23,7 @@ GROUPS = {
     "attention": ("q_proj", "k_proj", "v_proj", "qkv", "out", "o_proj", "c_attn", "c_proj"),
     "mlp": ("gate", "up", "down", "gate_up", "fc", "proj", "gate_proj", "up_proj", "down_proj", "c_fc"),
 }
+HF_NAMES = {"o_proj": "out", "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}  # HF Llama -> ours
 
 
 @dataclass
@@ -58,7 +59,7 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> list[str]:
     found = _projections(model)
     chosen: list[str] = []
     for target in targets:
-        names = GROUPS.get(target, (target,))
+        names = GROUPS.get(target, tuple(dict.fromkeys((target, HF_NAMES.get(target, target)))))
         hits = [n for n in names if n in found]
         if not hits:
             raise ConfigError(f"LoRA target '{target}' matches no Linear module; the model has: "
@@ -69,7 +70,10 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> list[str]:
 
 def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     """Wrap ``spec``'s target projections in LoRA layers (in place); only the adapter trains."""
-    from peft import LoraConfig, inject_adapter_in_model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ConfigError("LoRA needs peft: pip install 'fissure[hf]' (or --method full)") from None
 
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=resolve_targets(model, spec.targets), bias="none")

@@ -1,0 +1,223 @@
+"""fissure tune end to end on a tiny Llama: adapter checkpoints, merge, HF interop, resume, bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import fissure
+from fissure.backends import BackendError
+from fissure.errors import ConfigError, DataError
+from fissure.train import Trainer
+from fissure.train.checkpoint import read_adapter, save_checkpoint, weights_sha256, write_adapter, write_tuned_meta
+from fissure.train.lora import LoraSpec, apply_lora, resolve_targets
+from fissure.tune import load_tune_config, read_tuning_data, run_tune
+from fissure.tune.examples import build_examples
+from fissure.tune.merge import merge_adapter
+
+WORDS = ["cat", "dog", "park", "mat", "hello", "world", "paris", "france", "one", "two", "three", "four"]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def chats(path: Path) -> Path:
+    return write_jsonl(path, [{"messages": [{"role": "user", "content": f"say {w}"},
+                                            {"role": "assistant", "content": f"{w} {w} {w}"}]} for w in WORDS])
+
+
+def config(model, data, **train):
+    base = {"max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 2, "progress": False, "dtype": "fp32",
+            "threads": 1}
+    return load_tune_config({"model": str(model), "data": str(data), "max_length": 48, "lora": {"rank": 4},
+                             "train": {**base, **train}})
+
+
+def tune(tmp_path, cfg, **kw):
+    data = read_tuning_data(cfg.data, cfg.text_column, cfg.label_column, cfg.labels)
+    run_dir = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
+    run_dir.mkdir()
+    return run_tune(cfg, data, run_dir, **kw), run_dir
+
+
+@pytest.fixture
+def base_copy(tiny_llama, tmp_path):
+    path = tmp_path / "base"
+    shutil.copytree(tiny_llama[0], path)
+    return path
+
+
+def adapted(base, seed=0):
+    """The base with a LoRA adapter whose B is random (so it changes the output), unmerged."""
+    lm = fissure.load(str(base), fuse=False)
+    sha = weights_sha256(lm.model)
+    torch.manual_seed(seed)
+    spec = LoraSpec(rank=4, alpha=8, dropout=0.0, targets=resolve_targets(lm.model, ["attention", "mlp"]))
+    apply_lora(lm.model, spec)
+    with torch.no_grad():
+        for n, p in lm.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    return lm, spec, sha
+
+
+def save_adapter(lm, spec, sha, base, path):
+    from dataclasses import asdict
+
+    def write(directory):
+        write_adapter(directory, lm.model)
+        write_tuned_meta(directory, {"kind": "adapter", "base": str(base), "base_sha256": sha, "method": "lora",
+                                     "lora": asdict(spec)})
+    return save_checkpoint(path, writer=write)
+
+
+def test_adapter_reload_merge_and_transformers_give_the_same_logits(base_copy, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    lm, spec, sha = adapted(base_copy)
+    x = torch.randint(0, lm.model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = lm.model(x)
+        base_logits = fissure.load(str(base_copy)).model(x)
+    assert (want - base_logits).abs().max() > 1e-3  # the adapter matters
+    ckpt = save_adapter(lm, spec, sha, base_copy, tmp_path / "adapter")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                      "fissure.json"]
+    with torch.no_grad():
+        reloaded = fissure.load(str(ckpt)).model(x)  # base + adapter, merged and fused for decoding
+    assert (reloaded - want).abs().max() < 1e-5
+    merged = merge_adapter(ckpt, tmp_path / "merged")
+    with torch.no_grad():
+        hf_logits = LlamaForCausalLM.from_pretrained(merged).eval()(input_ids=x).logits
+        ours = fissure.load(str(merged)).model(x)
+    assert (hf_logits - want).abs().max() < 1e-5 and (ours - want).abs().max() < 1e-5
+    assert json.loads((merged / "fissure.json").read_text())["merged_from"] == str(ckpt)
+
+
+def test_adapter_on_a_changed_or_missing_base_is_a_clear_error(base_copy, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    lm, spec, sha = adapted(base_copy)
+    ckpt = save_adapter(lm, spec, sha, base_copy, tmp_path / "adapter")
+    weights = load_file(str(base_copy / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"] * 1.01
+    save_file(weights, str(base_copy / "model.safetensors"))
+    with pytest.raises(BackendError, match="trained on a base .* with other weights"):
+        fissure.load(str(ckpt))
+    shutil.rmtree(base_copy)
+    with pytest.raises(BackendError, match="unknown model"):
+        fissure.load(str(ckpt))
+
+
+def test_lora_sft_run_writes_an_adapter_every_verb_loads(tiny_llama, tmp_path):
+    cfg = config(tiny_llama[0], chats(tmp_path / "chats.jsonl"), max_steps=8, lr=1e-2)
+    summary, run_dir = tune(tmp_path, cfg)
+    assert summary["objective"] == "sft" and summary["data"]["kind"] == "chat"
+    assert summary["val_loss"] < summary["val_loss_before"]  # it learned the assistant turns
+    meta, state = read_adapter(summary["checkpoint"])
+    assert meta["base"] == str(Path(tiny_llama[0]).resolve()) and len(meta["base_sha256"]) == 64
+    assert set(meta["lora"]["targets"]) == {"q_proj", "k_proj", "v_proj", "out", "gate", "up", "down"}
+    assert summary["trainable_parameters"] == sum(t.numel() for t in state.values())
+    tuned, base = fissure.load(summary["checkpoint"]), fissure.load(str(tiny_llama[0]))
+    prompt = tuned.render([{"role": "user", "content": "say cat"}])
+    (after,), (before,) = (m.loglikelihood([(prompt, "cat cat cat<|im_end|>")]) for m in (tuned, base))
+    assert after.logprob > before.logprob + 1.0  # the adapter, loaded back, says what it was taught
+
+
+def test_resumed_lora_run_equals_an_uninterrupted_one(tiny_llama, tmp_path, monkeypatch):
+    data = chats(tmp_path / "chats.jsonl")
+    straight, _ = tune(tmp_path, config(tiny_llama[0], data, max_steps=6, lr=1e-2))
+    train = Trainer.train
+    monkeypatch.setattr(Trainer, "train", lambda self, until=None: train(self, until=3))  # "killed" after step 3
+    first, _ = tune(tmp_path, config(tiny_llama[0], data, max_steps=6, lr=1e-2))
+    monkeypatch.setattr(Trainer, "train", train)
+    assert first["steps"] == 3
+    resumed, _ = tune(tmp_path, config(tiny_llama[0], data, max_steps=6, lr=1e-2), resume=Path(first["checkpoint"]))
+    assert resumed["steps"] == 6
+    a, b = read_adapter(straight["checkpoint"])[1], read_adapter(resumed["checkpoint"])[1]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["val_loss"] == straight["val_loss"]
+
+
+def test_full_tuning_of_a_llama_writes_a_directory_transformers_loads(tiny_llama, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(f"the {w} sat on the mat and the dog ran in the park" for w in WORDS * 20))
+    summary, _ = tune(tmp_path, load_tune_config({
+        "model": str(tiny_llama[0]), "data": str(text), "method": "full", "max_length": 16,
+        "train": {"max_steps": 3, "batch_size": 2, "eval_every": 3, "eval_batches": 1, "progress": False,
+                  "dtype": "fp32", "lr": 1e-3}}))
+    ckpt = Path(summary["checkpoint"])
+    assert summary["objective"] == "causal_lm" and summary["method"] == "full"
+    hf = LlamaForCausalLM.from_pretrained(ckpt).eval()
+    x = torch.randint(0, hf.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = fissure.load(str(ckpt)).model(x)
+        assert (hf(input_ids=x).logits - ours).abs().max() < 1e-5
+        assert (tiny_llama[1](input_ids=x).logits - ours).abs().max() > 1e-4  # the weights moved
+    assert json.loads((ckpt / "fissure.json").read_text())["kind"] == "full"
+
+
+def test_classification_reports_metrics_on_held_out_rows(tiny_llama, tmp_path):
+    rows = [{"text": "the cat sat on the mat" if i % 2 else "a dog ran in the park", "label": "cat" if i % 2 else "dog"}
+            for i in range(40)]
+    data = write_jsonl(tmp_path / "labelled.jsonl", rows)
+    summary, _ = tune(tmp_path, config(tiny_llama[0], data, max_steps=15, lr=1e-2, batch_size=8))
+    report = summary["classification"]
+    assert summary["objective"] == "classify" and report["classes"] == ["cat", "dog"] and report["n"] == 4
+    assert report["accuracy"]["estimate"] == 1.0  # two texts, one per class: trivially separable
+    assert sum(map(sum, report["confusion_matrix"])) == 4
+
+
+def test_dpo_run_moves_the_reward_margin_up(tiny_llama, tmp_path):
+    rows = [{"prompt": f"the {w}", "chosen": " sat on the mat", "rejected": " ran in the park"} for w in WORDS]
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    summary, _ = tune(tmp_path, config(tiny_llama[0], data, max_steps=10, lr=1e-2))
+    assert summary["objective"] == "dpo"
+    assert summary["dpo"]["val"]["reward_margin"] > 0 and summary["val_loss"] < summary["val_loss_before"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"text": "a", "label": "x"}, {"label": "b"}], "row 2 has no 'text'"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], "no assistant turn"),
+    ([{"prompt": "p", "chosen": "same", "rejected": "same"}], "identical"),
+    ([{"question": "q", "answer": "a"}], "found columns question, answer"),
+    ([{"messages": [{"role": "robot", "content": "hi"}]}], "role"),
+])
+def test_bad_rows_are_one_line_errors(tmp_path, rows, message):
+    with pytest.raises(DataError, match=message):
+        read_tuning_data(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+
+
+def test_bad_files_are_one_line_errors(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="empty"):
+        read_tuning_data(str(tmp_path / "empty.jsonl"))
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_tuning_data(str(tmp_path / "latin1.csv"))
+    (tmp_path / "labels.csv").write_text("text,label\nx,good\ny,bad\nz,meh\n")
+    with pytest.raises(DataError, match="label 'meh' is not in the label set"):
+        read_tuning_data(str(tmp_path / "labels.csv"), labels=["bad", "good"])
+    with pytest.raises(DataError, match="no data at"):
+        read_tuning_data(str(tmp_path / "nope.jsonl"))
+
+
+def test_lora_targets_that_match_nothing_list_the_modules(tiny_llama):
+    lm = fissure.load(str(tiny_llama[0]), fuse=False)
+    with pytest.raises(ConfigError, match="matches no Linear module; the model has: down, gate, k_proj, out"):
+        resolve_targets(lm.model, ["c_attn_x"])
+    assert resolve_targets(lm.model, ["o_proj", "q_proj"]) == ["out", "q_proj"]  # HF names work too
+
+
+def test_too_long_examples_are_cut_and_counted(tiny_llama, tmp_path):
+    lm = fissure.load(str(tiny_llama[0]), fuse=False)
+    rows = [{"prompt": "the cat " * n, "completion": " sat"} for n in (1, 2, 30, 60)]
+    examples, note = build_examples(lm, "pairs", rows, max_length=24)
+    assert note.startswith("2 of 4 examples were longer than max_length=24") and "2 dropped" in note
+    assert len(examples) == 2 and all(len(e.ids) <= 24 for e in examples)
