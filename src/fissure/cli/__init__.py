@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import evaluate, generate, info, judge, lab, models, probe, quickstart, train, tune  # noqa: F401  (register commands)
+from . import data, evaluate, generate, info, judge, lab, models, probe, quickstart, train, tune  # noqa: F401  (register)
 from .app import app
 
 
