@@ -221,3 +221,13 @@ def test_too_long_examples_are_cut_and_counted(tiny_llama, tmp_path):
     examples, note = build_examples(lm, "pairs", rows, max_length=24)
     assert note.startswith("2 of 4 examples were longer than max_length=24") and "2 dropped" in note
     assert len(examples) == 2 and all(len(e.ids) <= 24 for e in examples)
+
+
+def test_catalogue_domains_are_tuning_data():
+    topics = read_tuning_data("topics")
+    assert topics.kind == "labelled" and topics.labels == ["business", "entertainment", "politics", "sports", "tech"]
+    assert {r["label"] for r in topics.rows} == set(topics.labels) and all(r["text"] for r in topics.rows)
+    legal = read_tuning_data("legal")
+    assert legal.kind == "text" and len(legal) >= 10 and legal.source == "data:legal"
+    with pytest.raises(DataError, match="a domain of `fissure data list`"):
+        read_tuning_data("leagl")

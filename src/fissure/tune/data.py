@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from ..text.catalogue import DOMAINS, get_domain, load_domain
 from ..text.corpus import Document, read_documents
 
 KIND_OBJECTIVE = {"text": "causal_lm", "chat": "sft", "pairs": "sft", "preferences": "dpo", "labelled": "classify"}
 ROLES = ("system", "user", "assistant")
 MIN_DOCUMENTS = 10  # fewer text documents than this are cut into passages before the split
 PASSAGE_CHARS = 2000
+CATALOGUE_DOCUMENTS = 2000  # at most this many documents of a catalogue domain (a deterministic sample)
 
 
 @dataclass
@@ -132,10 +134,14 @@ def _labels(path: Path, rows: list[dict], label_column: str, given: list[str]) -
 
 def read_tuning_data(source: str, text_column: str = "text", label_column: str = "label",
                      labels: list[str] | None = None) -> TuningData:
-    """The data at ``source`` (a text file or folder, a JSONL or a CSV file), checked."""
+    """The data at ``source`` (a text file or folder, a JSONL or a CSV file, or the name of a domain
+    in the offline catalogue, e.g. ``legal`` or ``topics``), checked."""
     path = Path(source).expanduser()
+    if not path.exists() and source in DOMAINS:
+        return from_catalogue(source, text_column, label_column, labels)
     if not path.exists():
-        raise DataError(f"no data at {source}: give a text file or folder, a JSONL or a CSV file")
+        raise DataError(f"no data at {source}: give a text file or folder, a JSONL or a CSV file, or a domain "
+                        f"of `fissure data list` ({', '.join(DOMAINS)})")
     if path.is_dir() or path.suffix.lower() not in (".jsonl", ".csv", ".tsv"):
         documents = read_documents([path])
         if len(documents) < MIN_DOCUMENTS:  # a few long files: hold out whole passages instead
@@ -153,6 +159,17 @@ def read_tuning_data(source: str, text_column: str = "text", label_column: str =
     if kind == "labelled":
         data.labels = _labels(path, rows, label_column, labels or [])
     return data
+
+
+def from_catalogue(name: str, text_column: str, label_column: str, labels: list[str] | None,
+                   max_documents: int = CATALOGUE_DOCUMENTS) -> TuningData:
+    """A named offline domain: its documents (text), or its texts and labels (labelled)."""
+    documents = load_domain(name, max_documents=max_documents)
+    if get_domain(name).kind == "text":
+        return TuningData("text", f"data:{name}", documents=documents)
+    rows = [{text_column: d.text, label_column: d.label} for d in documents]
+    return TuningData("labelled", f"data:{name}", rows=rows,
+                      labels=_labels(Path(name), rows, label_column, labels or []))
 
 
 def passages(document: Document, size: int = PASSAGE_CHARS) -> list[Document]:
