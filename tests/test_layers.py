@@ -20,6 +20,7 @@ LAYERS = [
     ("tune",),  # fine-tuning runs: a base loaded through backends, adapted, trained, saved
     ("judges",),  # verdicts on replies, sample records
     ("probes",),  # attacks, policies, the probe suite
+    ("diagnose",),  # adapt a model and measure the cost: specialisation against forgetting
     ("lab",),  # model organisms: a client of probes and backends
     ("report",),  # HTML pages from results and samples
     ("cli", "__init__", "__main__"),  # the command line and the package's public face

@@ -131,3 +131,27 @@ class LabelledSequences:
     def iter_batches(self, batch_size: int, block_size: int):
         for start in range(0, len(self), batch_size):
             yield self.batch(range(start, min(start + batch_size, len(self))))
+
+
+class Mixture:
+    """Rows drawn from several sources by weight (each row's source drawn from the generator):
+    domain text with a share of general text replayed, say. The sources yield ``(x, y)`` rows of
+    the same width (windows of text)."""
+
+    def __init__(self, sources: Sequence, weights: Sequence[float]):
+        if len(sources) != len(weights) or not sources or min(weights) < 0 or sum(weights) <= 0:
+            raise DataError("a mixture needs one non-negative weight per source, not all zero")
+        self.sources = list(sources)
+        self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources)
+
+    def sample_batch(self, batch_size: int, block_size: int, generator: torch.Generator):
+        picks = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator).tolist()
+        rows = [self.sources[i].sample_batch(1, block_size, generator) for i in picks]
+        return tuple(torch.cat(parts) for parts in zip(*rows))
+
+    def iter_batches(self, batch_size: int, block_size: int):
+        """Evaluation batches of the first source (the one being learned)."""
+        yield from self.sources[0].iter_batches(batch_size, block_size)
