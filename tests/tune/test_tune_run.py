@@ -231,3 +231,33 @@ def test_catalogue_domains_are_tuning_data():
     assert legal.kind == "text" and len(legal) >= 10 and legal.source == "data:legal"
     with pytest.raises(DataError, match="a domain of `fissure data list`"):
         read_tuning_data("leagl")
+
+
+def test_multitask_mixture_logs_task_losses_and_gradient_cosines(tiny_llama, tmp_path):
+    data = chats(tmp_path / "chats.jsonl")
+    copy = tmp_path / "same.jsonl"
+    copy.write_text(data.read_text())
+    rows = [{"text": "the cat sat" if i % 2 else "a dog ran", "label": "cat" if i % 2 else "dog"} for i in range(20)]
+    labelled = write_jsonl(tmp_path / "labelled.jsonl", rows)
+    cfg = load_tune_config({"model": str(tiny_llama[0]), "data": str(data), "extra_data": [str(copy), str(labelled)],
+                            "weights": [0.4, 0.4, 0.2], "max_length": 48, "lora": {"rank": 4, "dropout": 0.0},
+                            "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2, "eval_batches": 1,
+                                      "progress": False, "dtype": "fp32"}})
+    datas = [read_tuning_data(s) for s in (cfg.data, *cfg.extra_data)]
+    run_dir = tmp_path / "multi"
+    run_dir.mkdir()
+    summary = run_tune(cfg, datas, run_dir)
+    assert summary["objective"] == "multitask"
+    assert [(t["name"], t["objective"]) for t in summary["tasks"]] == [("chats", "sft"), ("same", "sft"),
+                                                                      ("labelled", "classify")]
+    last = summary["history"][-1]
+    assert set(last["task_val_loss"]) == {"chats", "same", "labelled"}
+    cos = last["gradient_cosine"]
+    assert set(cos) == {"chats|same", "chats|labelled", "same|labelled"}
+    assert cos["chats|same"] > 0.999  # the same task twice (same batch): the same direction
+    assert cos["chats|labelled"] < 0.9
+    assert all(-1 - 1e-5 <= c <= 1 + 1e-5 for c in cos.values())
+    assert (Path(summary["checkpoint"]) / "head-labelled.safetensors").is_file()
+    assert "classification_labelled" in summary
+    with pytest.raises(ConfigError, match="one non-negative weight per data source"):
+        load_tune_config({"data": "x", "extra_data": ["y"], "weights": [1.0]})

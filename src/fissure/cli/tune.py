@@ -23,8 +23,11 @@ tune_app = command_group("tune", "Fine-tune a model (LoRA or full) and write a c
 def run(
     ctx: typer.Context,
     model: ModelArgument = None,
-    data: Annotated[str, typer.Option(help="Text file or folder, JSONL (messages / prompt+completion / "
-                                           "prompt+chosen+rejected / text+label) or CSV.")] = None,
+    data: Annotated[list[str], typer.Option(help="Text file or folder, JSONL (messages / prompt+completion / "
+                                                 "prompt+chosen+rejected / text+label), CSV, or a domain of "
+                                                 "`fissure data list`. Repeat for a multi-task mixture.")] = None,
+    weights: Annotated[str, typer.Option(help="Comma list of task weights, one per --data. [default: equal]")]
+    = None,
     method: Annotated[str, typer.Option(help="lora | full. [default: lora]")] = None,
     objective: Annotated[str, typer.Option(help="auto (from the data) | causal_lm | sft | dpo | classify. "
                                                 "[default: auto]")] = None,
@@ -53,21 +56,24 @@ def run(
 
     raw = load_toml(config) if config else {}
     section = dict(raw.get("tune", raw))
-    flags = {"model": model, "data": data, "method": method, "objective": objective, "text_column": text_column,
-             "label_column": label_column, "max_length": max_length, "seed": seed, "backend": backend}
+    flags = {"model": model, "data": data[0] if data else None, "extra_data": data[1:] if data else None,
+             "weights": [float(w) for w in weights.split(",")] if weights else None, "method": method,
+             "objective": objective, "text_column": text_column, "label_column": label_column,
+             "max_length": max_length, "seed": seed, "backend": backend}
     section.update({k: v for k, v in flags.items() if v is not None})
     lora = {"rank": rank, "alpha": alpha, "targets": [t.strip() for t in targets.split(",")] if targets else None}
     section["lora"] = {**section.get("lora", {}), **{k: v for k, v in lora.items() if v is not None}}
     if threads is not None:
         section["train"] = {**section.get("train", {}), "threads": threads}
     cfg = load_tune_config(apply_overrides(section, set_ or []))
-    tuning_data = read_tuning_data(cfg.data, cfg.text_column, cfg.label_column, cfg.labels)  # checked first
+    tuning_data = [read_tuning_data(source, cfg.text_column, cfg.label_column, cfg.labels)  # checked first
+                   for source in [cfg.data, *cfg.extra_data]]
     if resume is not None and not resume.is_dir():
         raise UserError(f"--resume: no checkpoint directory {resume}")
     with run_directory("tune", {"tune": cfg.as_dict()}, cfg.seed, root=out_dir, threads=cfg.train.threads) as run_dir:
         err.print(f"run directory: {run_dir}")
         cfg.train.progress = not as_json
-        summary = run_tune(cfg, tuning_data, run_dir, resume=resume,
+        summary = run_tune(cfg, tuning_data if len(tuning_data) > 1 else tuning_data[0], run_dir, resume=resume,
                            log=lambda m: err.print(m, highlight=False, markup=False))
     summary["run_dir"] = str(run_dir)
     if as_json:

@@ -6,11 +6,13 @@ Registered by name (``train.objective``):
   objective trains on windows of text (continued pretraining) and on supervised examples;
 - ``sft``: the same loss, named for supervised fine-tuning (loss on completions / assistant turns);
 - ``dpo``: Direct Preference Optimization (Rafailov et al. 2023), as the paper writes it;
-- ``classify``: cross-entropy of a sequence classifier's logits.
+- ``classify``: cross-entropy of a sequence classifier's logits;
+- ``multitask``: a weighted mixture of the above over shared weights (:class:`MultiTask`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -114,4 +116,74 @@ class Classify(CausalLM):
         return F.cross_entropy(model(ids, attention_mask=mask).float(), labels)
 
 
-OBJECTIVES: dict[str, type] = {cls.name: cls for cls in (CausalLM, SFT, DPO, Classify)}
+
+
+@dataclass
+class Task:
+    """One task of a multi-task run: its objective, the module its loss runs (the shared base, or a
+    classifier over it) and its share of the batches."""
+
+    name: str
+    objective: CausalLM
+    module: torch.nn.Module
+    weight: float
+
+
+class MultiTask:
+    """A weighted mixture of tasks over shared weights: each step's batch comes from one task, drawn
+    by weight. Every evaluation also logs each task's validation loss and the cosine between the
+    tasks' gradients (negative: the tasks pull the shared weights apart, conflicting objectives)."""
+
+    name = "multitask"
+
+    def __init__(self, tasks: list[Task]):
+        if len(tasks) < 2 or min(t.weight for t in tasks) < 0 or sum(t.weight for t in tasks) <= 0:
+            raise ValueError("a multi-task run needs two or more tasks with non-negative weights, not all zero")
+        self.tasks = tasks
+        self.weights = torch.tensor([t.weight for t in tasks], dtype=torch.float64)
+
+    def sample_batch(self, data, batch_size, block_size, generator):
+        i = int(torch.multinomial(self.weights, 1, generator=generator))
+        return i, self.tasks[i].objective.sample_batch(data[i], batch_size, block_size, generator)
+
+    def eval_batches(self, data, batch_size, block_size, max_batches):
+        for i, task in enumerate(self.tasks):
+            for batch in task.objective.eval_batches(data[i], batch_size, block_size, max_batches):
+                yield i, batch
+
+    def loss(self, model, batch):
+        i, inner = batch
+        return self.tasks[i].objective.loss(self.tasks[i].module, inner)
+
+    def tokens_in(self, batch):
+        return self.tasks[batch[0]].objective.tokens_in(batch[1])
+
+    def diagnostics(self, trainer) -> dict:
+        """Per-task validation loss and pairwise cosines of the tasks' gradients (on one training batch
+        each, drawn from a generator seeded by the step alone, so training draws the same batches
+        either way and two tasks with the same data get the same batch)."""
+        cfg = trainer.cfg
+        val = {}
+        trainer.model.eval()
+        with torch.no_grad(), trainer._autocast():
+            for i, task in enumerate(self.tasks):
+                losses = [task.objective.loss(task.module, b).item() for b in
+                          task.objective.eval_batches(trainer.val_data[i], cfg.batch_size, trainer.block_size,
+                                                      cfg.eval_batches)]
+                val[task.name] = sum(losses) / len(losses)
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+        grads = []
+        with trainer._autocast():
+            for i, task in enumerate(self.tasks):
+                batch = task.objective.sample_batch(trainer.train_data[i], cfg.batch_size, trainer.block_size,
+                                                    torch.Generator().manual_seed(trainer.step))
+                g = torch.autograd.grad(task.objective.loss(task.module, batch), params, allow_unused=True)
+                grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float()
+                                        for x, p in zip(g, params)]))
+        trainer.model.train()
+        cosines = {f"{a.name}|{b.name}": float(F.cosine_similarity(grads[i], grads[j], dim=0))
+                   for i, a in enumerate(self.tasks) for j, b in enumerate(self.tasks) if i < j}
+        return {"task_val_loss": val, "gradient_cosine": cosines}
+
+
+OBJECTIVES: dict[str, type] = {cls.name: cls for cls in (CausalLM, SFT, DPO, Classify, MultiTask)}

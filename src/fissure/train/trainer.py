@@ -215,10 +215,13 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            record = {"step": self.step, "lr": lr, "train_loss": loss_value}
+            record = {"step": self.step, "lr": lr, "train_loss": loss_value,
+                      **{f"train_{k}": v for k, v in getattr(self.objective, "last", {}).items()}}  # e.g. DPO rewards
             if self.val_data is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
                 val_loss = self.evaluate()
                 record.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50)))
+                if hasattr(self.objective, "diagnostics"):  # per-task losses, gradient cosines
+                    record.update(self.objective.diagnostics(self))
                 if self.best_val_loss is None or val_loss < self.best_val_loss:
                     self.best_val_loss, self.bad_evals = val_loss, 0
                 else:

@@ -52,6 +52,8 @@ class TuneConfig:
     labels: list[str] = field(default_factory=list)  # the label set; empty: every label found, sorted
     pooling: str = "last"  # classification: the last real token's state, or the mean
     beta: float = 0.1  # DPO: how far from the reference the policy may move
+    extra_data: list[str] = field(default_factory=list)  # more tasks: each a data source, trained as a mixture
+    weights: list[float] = field(default_factory=list)  # one per task (data first, then extra_data); default equal
     lora: LoraSpec = field(default_factory=LoraSpec)
     train: TrainConfig = field(default_factory=_train_defaults)
 
@@ -68,6 +70,9 @@ class TuneConfig:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not '{self.pooling}'")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, not {self.beta}")
+        if self.weights and (len(self.weights) != 1 + len(self.extra_data) or min(self.weights) < 0):
+            raise ValueError(f"weights: give one non-negative weight per data source ({1 + len(self.extra_data)}), "
+                             f"not {self.weights}")
 
     def as_dict(self) -> dict:
         return to_dict(self)

@@ -17,8 +17,9 @@ What is written where:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from ..train.batches import LabelledSequences, PreferencePairs, SupervisedExampl
 from ..train.checkpoint import (read_adapter, read_tuned_meta, weights_sha256, write_adapter, write_fissure_model,
                                 write_tuned_meta)
 from ..train.lora import LoraSpec, apply_lora, load_adapter_state, resolve_targets
-from ..train.objectives import DPO, OBJECTIVES, sequence_logprobs
+from ..train.objectives import DPO, OBJECTIVES, MultiTask, Task, sequence_logprobs
 from ..train.trainer import resolve_dtype
 from ..utils import seed_everything, set_threads
 from .config import TuneConfig
@@ -46,8 +47,8 @@ FITS = {"text": ("causal_lm",), "chat": ("sft", "causal_lm"), "pairs": ("sft", "
         "preferences": ("dpo",), "labelled": ("classify",)}
 
 
-def objective_for(config: TuneConfig, data: TuningData) -> str:
-    name = KIND_OBJECTIVE[data.kind] if config.objective == "auto" else config.objective
+def objective_for(requested: str, data: TuningData) -> str:
+    name = KIND_OBJECTIVE[data.kind] if requested == "auto" else requested
     if name not in FITS[data.kind]:
         raise ConfigError(f"objective '{name}' does not fit {data.kind} data ({data.source}); "
                           f"it fits: {', '.join(FITS[data.kind])}")
@@ -75,8 +76,8 @@ def _hidden_size(model: torch.nn.Module) -> int:
     return size
 
 
-def prepare_model(lm: TorchLM, config: TuneConfig, objective: str, data: TuningData) -> torch.nn.Module:
-    """The module to train: the base with LoRA or all weights trainable, under a classifier head if asked."""
+def adapt_base(lm: TorchLM, config: TuneConfig) -> None:
+    """LoRA on the base's projections (only the adapter trains), or every weight trainable."""
     base = lm.model
     if config.method == "lora":
         config.lora.targets = resolve_targets(base, config.lora.targets)
@@ -84,9 +85,23 @@ def prepare_model(lm: TorchLM, config: TuneConfig, objective: str, data: TuningD
     else:
         for p in base.parameters():
             p.requires_grad_(True)
-    if objective == "classify":
-        return SequenceClassifier(base, len(data.labels), _hidden_size(base), pooling=config.pooling)
-    return base
+
+
+@dataclass
+class TaskRun:
+    """One task of the run: its data, objective, the module its loss runs, and its splits."""
+
+    name: str
+    data: TuningData
+    objective: str
+    module: torch.nn.Module
+    weight: float = 1.0
+    train: object = None
+    val: object = None
+
+    @property
+    def classifier(self) -> SequenceClassifier | None:
+        return self.module if isinstance(self.module, SequenceClassifier) else None
 
 
 def build_datasets(lm: TorchLM, config: TuneConfig, data: TuningData, work_dir: Path, log: Log):
@@ -136,7 +151,7 @@ def reference_logprobs(model: torch.nn.Module, pairs: PreferencePairs, batch_siz
     model.train()
 
 
-def writer_for(lm: TorchLM, model: torch.nn.Module, config: TuneConfig, meta: dict) -> Callable[[Path], None]:
+def writer_for(lm: TorchLM, tasks: list[TaskRun], config: TuneConfig, meta: dict) -> Callable[[Path], None]:
     """What goes into every checkpoint of this run (see the module docstring)."""
     from safetensors.torch import save_file
 
@@ -154,14 +169,20 @@ def writer_for(lm: TorchLM, model: torch.nn.Module, config: TuneConfig, meta: di
             lm.tokenizer.save(directory)
         else:
             write_fissure_model(directory, base, lm.tokenizer)
-        if isinstance(model, SequenceClassifier):
-            save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(directory / "head.safetensors"))
+        for task in tasks:
+            if task.classifier is not None:
+                save_file({k: v.contiguous() for k, v in task.classifier.head.state_dict().items()},
+                          str(directory / _head_file(task, tasks)))
         write_tuned_meta(directory, meta)
 
     return write
 
 
-def _resume_weights(lm: TorchLM, model: torch.nn.Module, config: TuneConfig, checkpoint: Path, base_sha: str) -> None:
+def _head_file(task: TaskRun, tasks: list[TaskRun]) -> str:
+    return "head.safetensors" if len(tasks) == 1 else f"head-{task.name}.safetensors"
+
+
+def _resume_weights(lm: TorchLM, tasks: list[TaskRun], config: TuneConfig, checkpoint: Path, base_sha: str) -> None:
     meta = read_tuned_meta(checkpoint)
     if meta is None:
         raise ConfigError(f"{checkpoint} is not a checkpoint of fissure tune (no fissure.json)")
@@ -173,10 +194,11 @@ def _resume_weights(lm: TorchLM, model: torch.nn.Module, config: TuneConfig, che
     else:
         weights = load(str(checkpoint), fuse=False).model.state_dict()
         lm.model.load_state_dict(weights)
-    if isinstance(model, SequenceClassifier):
-        from safetensors.torch import load_file
+    for task in tasks:
+        if task.classifier is not None:
+            from safetensors.torch import load_file
 
-        model.head.load_state_dict(load_file(str(checkpoint / "head.safetensors")))
+            task.classifier.head.load_state_dict(load_file(str(checkpoint / _head_file(task, tasks))))
 
 
 @torch.no_grad()
@@ -191,60 +213,104 @@ def classifier_metrics(model: SequenceClassifier, data: LabelledSequences, label
     return classification_report(gold, torch.cat(probs).double().numpy(), labels)
 
 
-def run_tune(config: TuneConfig, data: TuningData, run_dir: Path, *, resume: Path | None = None,
-             progress: bool = True, log: Log = lambda m: None) -> dict:
-    """Fine-tune ``config.model`` on ``data``; the checkpoint lands in ``run_dir/checkpoint``."""
+def _task_name(data: TuningData, taken: set[str]) -> str:
+    name = re.sub(r"\W+", "-", Path(data.source.removeprefix("data:")).stem).strip("-") or "task"
+    while name in taken:
+        name += "-2"
+    return name
+
+
+def run_tune(config: TuneConfig, data: TuningData | list[TuningData], run_dir: Path, *,
+             resume: Path | None = None, log: Log = lambda m: None) -> dict:
+    """Fine-tune ``config.model`` on ``data`` (one task, or several as a weighted mixture: weights from
+    ``config.weights``); the checkpoint lands in ``run_dir/checkpoint``."""
     threads = set_threads(config.train.threads)
     seed_everything(config.seed)
-    objective = objective_for(config, data)
-    config.train.objective = objective
+    datas = data if isinstance(data, list) else [data]
+    weights = config.weights or [1.0] * len(datas)
+    if len(weights) != len(datas):
+        raise ConfigError(f"{len(weights)} weights for {len(datas)} data sources")
+    objectives = [objective_for(config.objective if len(datas) == 1 else "auto", d) for d in datas]
+    config.train.objective = objectives[0] if len(datas) == 1 else "multitask"
     lm = load_base(config)
     base_sha = weights_sha256(lm.model)
-    model = prepare_model(lm, config, objective, data)
-    train_data, val_data = build_datasets(lm, config, data, run_dir, log)
-    loss = DPO(config.beta) if objective == "dpo" else OBJECTIVES[objective]()
-    if objective == "dpo":
-        for pairs in (train_data, val_data):
-            reference_logprobs(model, pairs, config.train.batch_size)
+    adapt_base(lm, config)
+    tasks, taken = [], set()
+    for d, objective, weight in zip(datas, objectives, weights):
+        module = (SequenceClassifier(lm.model, len(d.labels), _hidden_size(lm.model), pooling=config.pooling)
+                  if objective == "classify" else lm.model)
+        task = TaskRun(_task_name(d, taken), d, objective, module, weight)
+        taken.add(task.name)
+        work = run_dir if len(datas) == 1 else run_dir / "tasks" / task.name
+        task.train, task.val = build_datasets(lm, config, d, work, log)
+        if objective == "dpo":
+            for pairs in (task.train, task.val):
+                reference_logprobs(lm.model, pairs, config.train.batch_size)
+        tasks.append(task)
+
+    def loss_of(task: TaskRun):
+        return DPO(config.beta) if task.objective == "dpo" else OBJECTIVES[task.objective]()
+
+    if len(tasks) == 1:
+        model, loss = tasks[0].module, loss_of(tasks[0])
+        train_data, val_data = tasks[0].train, tasks[0].val
+    else:
+        model = torch.nn.ModuleList([lm.model, *(t.classifier for t in tasks if t.classifier is not None)])
+        loss = MultiTask([Task(t.name, loss_of(t), t.module, t.weight) for t in tasks])
+        train_data, val_data = [t.train for t in tasks], [t.val for t in tasks]
     meta = {"kind": "adapter" if config.method == "lora" else "full", "base": base_spec(config.model),
-            "base_sha256": base_sha, "method": config.method, "objective": objective,
+            "base_sha256": base_sha, "method": config.method, "objective": config.train.objective,
             "lora": asdict(config.lora) if config.method == "lora" else None,
-            "classes": data.labels or None, "pooling": config.pooling if objective == "classify" else None}
+            "tasks": [{"name": t.name, "objective": t.objective, "weight": t.weight, "source": t.data.source,
+                       "classes": t.data.labels or None, "head": _head_file(t, tasks) if t.classifier else None}
+                      for t in tasks],
+            "pooling": config.pooling if "classify" in objectives else None}
     trainer = Trainer(model, config.train, train_data, val_data, block_size=config.max_length, seed=config.seed,
-                      checkpoint_dir=run_dir / "checkpoint", objective=loss,
-                      writer=writer_for(lm, model, config, meta))
+                      checkpoint_dir=run_dir / "checkpoint", objective=loss, writer=writer_for(lm, tasks, config, meta))
     if resume is not None:
-        _resume_weights(lm, model, config, Path(resume), base_sha)
+        _resume_weights(lm, tasks, config, Path(resume), base_sha)
         trainer.resume(resume)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"{objective} on {data.kind} data ({len(train_data)} train, {len(val_data)} val), {config.method}: "
-        f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train; "
+    for t in tasks:
+        log(f"{t.name}: {t.objective} on {t.data.kind} data ({len(t.train)} train, {len(t.val)} val), weight "
+            f"{t.weight:g}")
+    log(f"{config.method}: {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train; "
         f"dtype {resolve_dtype(config.train.dtype)}")
     before = trainer.evaluate()
     result = trainer.train()
     summary = {
-        "model": config.model, "base_sha256": base_sha, "method": config.method, "objective": objective,
-        "data": {"source": data.source, "kind": data.kind, "train": len(train_data), "val": len(val_data),
-                 "unit": "tokens" if data.kind == "text" else "examples", "labels": data.labels or None},
+        "model": config.model, "base_sha256": base_sha, "method": config.method,
+        "objective": config.train.objective,
+        "data": _data_summary(tasks[0]) if len(tasks) == 1 else None,
+        "tasks": [{"name": t.name, "weight": t.weight, "objective": t.objective, **_data_summary(t)} for t in tasks],
         "trainable_parameters": trainable, "dtype": resolve_dtype(config.train.dtype), "threads": threads,
         "steps": result.steps, "train_loss": result.train_loss, "val_loss_before": before,
         "val_loss": result.val_loss, "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
         "tokens_per_second": result.tokens_per_second, "checkpoint": str(run_dir / "checkpoint"),
         "history": result.history,
     }
-    if objective == "classify":
-        summary["classification"] = classifier_metrics(model, val_data, data.labels, config.train.batch_size)
-    if objective == "dpo":
-        trainer.model.eval()
-        with torch.no_grad():
-            summary["dpo"] = {"val": _dpo_val(model, val_data, loss, config.train.batch_size)}
-    if result.val_loss is not None and math.isfinite(result.val_loss) and objective in ("causal_lm", "sft"):
+    for t in tasks:
+        if t.classifier is not None:
+            report = classifier_metrics(t.classifier, t.val, t.data.labels, config.train.batch_size)
+            summary["classification" if len(tasks) == 1 else f"classification_{t.name}"] = report
+        if t.objective == "dpo":
+            summary["dpo" if len(tasks) == 1 else f"dpo_{t.name}"] = {
+                "val": _dpo_val(lm.model, t.val, DPO(config.beta), config.train.batch_size)}
+    if len(tasks) == 1 and result.val_loss is not None and math.isfinite(result.val_loss) \
+            and tasks[0].objective in ("causal_lm", "sft"):
         summary["val_perplexity"] = math.exp(min(result.val_loss, 50))
     write_json(run_dir / "results.json", summary)
     return summary
 
 
+def _data_summary(task: TaskRun) -> dict:
+    return {"source": task.data.source, "kind": task.data.kind, "train": len(task.train), "val": len(task.val),
+            "unit": "tokens" if task.data.kind == "text" else "examples", "labels": task.data.labels or None}
+
+
+@torch.no_grad()
 def _dpo_val(model, pairs: PreferencePairs, objective: DPO, batch_size: int) -> dict:
+    model.eval()
     totals: dict[str, float] = {}
     batches = 0
     for batch in pairs.iter_batches(batch_size, 0):
@@ -252,4 +318,5 @@ def _dpo_val(model, pairs: PreferencePairs, objective: DPO, batch_size: int) -> 
         for k, v in objective.last.items():
             totals[k] = totals.get(k, 0.0) + v
         batches += 1
+    model.train()
     return {k: v / batches for k, v in totals.items()}
