@@ -261,3 +261,67 @@ def test_multitask_mixture_logs_task_losses_and_gradient_cosines(tiny_llama, tmp
     assert "classification_labelled" in summary
     with pytest.raises(ConfigError, match="one non-negative weight per data source"):
         load_tune_config({"data": "x", "extra_data": ["y"], "weights": [1.0]})
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_hf_models_train_through_transformers(tiny_llama, tmp_path, method):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama[0])
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2))
+    path = tmp_path / "gpt2"
+    hf.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(f"the {w} sat on the mat and the dog ran in the park" for w in WORDS * 20))
+    cfg = load_tune_config({"model": str(path), "data": str(text), "method": method, "max_length": 24,
+                            "train": {"max_steps": 3, "batch_size": 2, "eval_every": 3, "eval_batches": 1,
+                                      "progress": False, "dtype": "fp32", "lr": 1e-3}})
+    summary, _ = tune(tmp_path, cfg)
+    lm = fissure.load(summary["checkpoint"])
+    assert lm.capabilities.backend == "transformers"
+    if method == "lora":
+        assert set(read_adapter(summary["checkpoint"])[0]["lora"]["targets"]) == {"c_attn", "c_proj", "c_fc"}
+    x = torch.randint(0, len(tok), (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (lm.model(x) - hf(input_ids=x).logits).abs().max() > 1e-4  # tuned: not the base any more
+
+
+def test_lora_on_our_gpt_targets_its_fused_projections(tmp_path):
+    from fissure.models import GPT, GPTConfig
+    from fissure.text.tokenizers import CharTokenizer
+    from fissure.train.checkpoint import save_checkpoint as save
+
+    text = "\n\n".join(f"the {w} sat on the mat" for w in WORDS * 20)
+    tok = CharTokenizer.from_texts([text])
+    torch.manual_seed(0)
+    ckpt = save(tmp_path / "gpt", GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2,
+                                                 n_embd=32)), tok)
+    (tmp_path / "notes.txt").write_text(text)
+    cfg = load_tune_config({"model": str(ckpt), "data": str(tmp_path / "notes.txt"), "max_length": 32,
+                            "train": {"max_steps": 2, "batch_size": 2, "eval_every": 2, "eval_batches": 1,
+                                      "progress": False, "dtype": "fp32"}})
+    summary, _ = tune(tmp_path, cfg)
+    assert set(read_adapter(summary["checkpoint"])[0]["lora"]["targets"]) == {"qkv", "out", "fc", "proj"}
+    assert fissure.load(summary["checkpoint"]).capabilities.backend == "native"
+    with pytest.raises(ConfigError, match="exceeds the model's context of 64"):
+        tune(tmp_path, load_tune_config({"model": str(ckpt), "data": str(tmp_path / "notes.txt"),
+                                         "max_length": 100}))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
+    from fissure.models.hf_llama import load_hf_llama_dir
+    from fissure.train.trainer import set_gradient_checkpointing
+
+    x = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        model = load_hf_llama_dir(tiny_llama[0]).train()
+        if checkpointing:
+            set_gradient_checkpointing(model)
+        model(x).float().logsumexp(-1).mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert model.gradient_checkpointing
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name

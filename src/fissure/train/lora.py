@@ -44,12 +44,17 @@ class LoraSpec:
             raise ValueError("lora.targets must name at least one group (attention, mlp) or module")
 
 
+def _is_projection(module: nn.Module) -> bool:
+    # transformers' Conv1D (GPT-2's fused c_attn, c_proj, c_fc) is a Linear with transposed weights; peft adapts it
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
 def _projections(model: nn.Module) -> dict[str, list[str]]:
     """Leaf name -> full names of the model's Linear layers that LoRA may adapt (not the output head)."""
     out: dict[str, list[str]] = {}
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.Linear) and leaf not in ("lm_head", "head", "score"):
+        if _is_projection(module) and leaf not in ("lm_head", "head", "score"):
             out.setdefault(leaf, []).append(name)
     return out
 

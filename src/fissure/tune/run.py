@@ -66,6 +66,9 @@ def load_base(config: TuneConfig) -> TorchLM:
     if not isinstance(lm, TorchLM):
         raise ConfigError(f"{config.model} is served by the {lm.capabilities.backend} backend: only local "
                           "models can be fine-tuned")
+    if config.max_length > lm.model.max_positions:
+        raise ConfigError(f"max_length {config.max_length} exceeds the model's context of {lm.model.max_positions} "
+                          "tokens: lower --max-length")
     return lm
 
 
