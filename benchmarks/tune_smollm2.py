@@ -120,10 +120,22 @@ def main() -> None:
         print(f"{method:5s} dtype {dtype}: fissure {ours['tokens_per_second']:.0f} tok/s, peak {ours['peak_rss_mib']:.0f} "
               f"MiB; HF+peft {theirs['tokens_per_second']:.0f} tok/s, peak {theirs['peak_rss_mib']:.0f} MiB; "
               f"{ratio:.2f}x; first loss {ours['first_loss']:.4f} vs {theirs['first_loss']:.4f}")
-    from common import save
+    import torch
 
+    from common import matmul_peak, save
+
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    flops = 6 * 134.5e6  # per token, full fine-tuning (forward + backward with weight gradients)
+    for method in args.methods.split(","):
+        per_token = flops if method == "full" else 4 * 134.5e6  # LoRA: no gradients for the frozen weights
+        for name in ("fissure", "hf+peft"):
+            entry = summary[f"{name} {method}"]
+            entry["mfu"] = entry["tokens_per_second"] * per_token / (peak * 1e9)
+    print(f"matmul peak {peak:.0f} GFLOP/s ({dtype}); MFU fissure lora {summary.get('fissure lora', {}).get('mfu', 0):.2f}, "
+          f"full {summary.get('fissure full', {}).get('mfu', 0):.2f}")
     path = save("tune_smollm2", {"dtype": dtype, "batch": args.batch, "seq": args.seq, "steps": args.steps,
-                                 "results": summary}, seed=0, threads=args.threads)
+                                 "matmul_peak_gflops": peak, "results": summary}, seed=0, threads=args.threads)
     print(f"wrote {path}")
 
 
