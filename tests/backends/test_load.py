@@ -19,29 +19,9 @@ CORPUS = ["the cat sat on the mat", "a dog ran in the park", "paris is the capit
 
 
 @pytest.fixture(scope="module")
-def hf_llama_dir(tmp_path_factory):
-    """A tiny random HF Llama with a real (trained) BPE tokenizer, saved as an HF directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=hf_tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    path = tmp_path_factory.mktemp("hf-llama")
-    model.save_pretrained(path, safe_serialization=True)
-    hf_tok.save_pretrained(path)
-    return path, model, hf_tok
+def hf_llama_dir(tiny_llama):
+    """A tiny random HF Llama with a real (trained) BPE tokenizer (the shared ``tiny_llama``)."""
+    return tiny_llama
 
 
 def hf_continuation_logprob(model, tok, context, continuation):
@@ -127,8 +107,8 @@ def test_prompt_longer_than_context_is_a_clear_error(hf_llama_dir):
     from fissure.errors import GenerationError
 
     path, _, _ = hf_llama_dir
-    with pytest.raises(GenerationError, match="context of 128"):
-        fissure.load(path).generate(["the cat " * 100], Decoding(max_new_tokens=4))
+    with pytest.raises(GenerationError, match="context of 512"):
+        fissure.load(path).generate(["the cat " * 300], Decoding(max_new_tokens=4))
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ from typer.testing import CliRunner
 
 from fissure.cli import app
 from fissure.diagnose.specialise import SpecialiseConfig, paired_change, pareto, summarise_sweep
-from fissure.errors import ConfigError
 
 
 def test_paired_change_is_the_fall_in_bits_per_byte_on_the_same_documents():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fissure.models.hf_gpt2 import gpt_from_hf_gpt2
 from fissure.models.hf_llama import hf_to_native_name, load_hf_llama_dir
 from fissure.train import TrainConfig, Trainer
-from fissure.train.batches import IGNORE, Example, shifted
+from fissure.train.batches import IGNORE, shifted
 from fissure.train.lora import LoraSpec, apply_lora
 from fissure.train.objectives import dpo_loss, sequence_logprobs
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from . import http, native, transformers  # noqa: F401  (register their backends)
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, RollingLoglikelihood
-from .loading import DTYPES, load
+from .loading import load
 from .registry import BACKENDS, BackendEntry, ModelSpec, backends, register_backend, register_model, registered, resolve
 from .torch_lm import TorchLM
 

@@ -79,7 +79,18 @@ class Pair:
     rejected: Example
 
 
-class PreferencePairs:
+class _ByIndex:
+    """Batches built by ``self.batch(indices)``: random rows for training, in order for evaluation."""
+
+    def sample_batch(self, batch_size: int, block_size: int, generator: torch.Generator):
+        return self.batch(_draw(len(self), batch_size, generator))
+
+    def iter_batches(self, batch_size: int, block_size: int):
+        for start in range(0, len(self), batch_size):
+            yield self.batch(range(start, min(start + batch_size, len(self))))
+
+
+class PreferencePairs(_ByIndex):
     """Batches ``(x, y)`` of chosen rows then rejected rows, and the reference log-probabilities
     of each (``reference``: one (chosen, rejected) pair of floats per pair, set before training)."""
 
@@ -100,15 +111,8 @@ class PreferencePairs:
         ref = torch.tensor([self.reference[i] for i in index], dtype=torch.float64)
         return x, y, torch.cat([ref[:, 0], ref[:, 1]])
 
-    def sample_batch(self, batch_size: int, block_size: int, generator: torch.Generator):
-        return self.batch(_draw(len(self), batch_size, generator))
 
-    def iter_batches(self, batch_size: int, block_size: int):
-        for start in range(0, len(self), batch_size):
-            yield self.batch(range(start, min(start + batch_size, len(self))))
-
-
-class LabelledSequences:
+class LabelledSequences(_ByIndex):
     """Batches ``(ids, attention_mask, labels)`` for sequence classification."""
 
     def __init__(self, rows: Sequence[tuple[list[int], int]], pad_id: int, label: str = "labelled texts"):
@@ -124,13 +128,6 @@ class LabelledSequences:
         ids = _pad([r[0] for r in rows], self.pad_id)
         mask = _pad([[1] * len(r[0]) for r in rows], 0)
         return ids, mask, torch.tensor([r[1] for r in rows], dtype=torch.long)
-
-    def sample_batch(self, batch_size: int, block_size: int, generator: torch.Generator):
-        return self.batch(_draw(len(self), batch_size, generator))
-
-    def iter_batches(self, batch_size: int, block_size: int):
-        for start in range(0, len(self), batch_size):
-            yield self.batch(range(start, min(start + batch_size, len(self))))
 
 
 class Mixture:

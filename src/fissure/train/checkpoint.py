@@ -97,6 +97,23 @@ def write_fissure_model(directory: Path, model: torch.nn.Module, tokenizer) -> N
     tokenizer.save(directory)
 
 
+def write_model_files(directory: Path, model: torch.nn.Module, tokenizer) -> None:
+    """A whole model in the form its family loads from: an HF ``LlamaForCausalLM`` directory for a
+    Llama (``transformers`` loads it too), ``save_pretrained`` for a model run through transformers,
+    a fissure checkpoint for the rest."""
+    family = getattr(model, "family", None)
+    if family == "llama":
+        from ..models.hf_llama import save_hf_llama_dir
+
+        save_hf_llama_dir(model, directory)
+        tokenizer.save(directory)
+    elif family == "transformers":
+        model.hf.save_pretrained(directory, safe_serialization=True)
+        tokenizer.save(directory)
+    else:
+        write_fissure_model(directory, model, tokenizer)
+
+
 def _check_dir(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")

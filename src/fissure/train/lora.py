@@ -5,12 +5,11 @@ peft's low-level API (``inject_adapter_in_model``) wraps the chosen ``nn.Linear`
 Llama (separate or fused q/k/v and gate/up projections) and HF models. This module adds what a
 fine-tuning run needs around it: targets named by group or name and checked against the model
 (a target that matches nothing lists the projections that exist), the adapter's weights in and
-out, switching the adapter off (DPO's reference model is the base), and merging it into the base.
+out, and merging it into the base.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -122,19 +121,6 @@ def _lora_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
 
     return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
             if isinstance(child, LoraLayer)]
-
-
-@contextlib.contextmanager
-def adapter_disabled(model: nn.Module):
-    """The base model's function while inside (DPO's reference): every LoRA layer switched off."""
-    layers = [layer for _, _, layer in _lora_layers(model)]
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
-        yield model
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..backends import load
 from ..errors import CheckpointError
-from ..train.checkpoint import read_adapter, save_checkpoint, write_fissure_model, write_tuned_meta
+from ..train.checkpoint import read_adapter, save_checkpoint, write_model_files, write_tuned_meta
 
 
 def merge_adapter(checkpoint: Path, out: Path) -> Path:
@@ -19,16 +19,7 @@ def merge_adapter(checkpoint: Path, out: Path) -> Path:
     model = lm.model
 
     def write(directory: Path) -> None:
-        if getattr(model, "family", None) == "llama":
-            from ..models.hf_llama import save_hf_llama_dir
-
-            save_hf_llama_dir(model, directory)
-            lm.tokenizer.save(directory)
-        elif getattr(model, "family", None) == "transformers":
-            model.hf.save_pretrained(directory, safe_serialization=True)
-            lm.tokenizer.save(directory)
-        else:
-            write_fissure_model(directory, model, lm.tokenizer)
+        write_model_files(directory, model, lm.tokenizer)
         write_tuned_meta(directory, {**{k: v for k, v in meta.items() if k != "fissure_version"},
                                      "kind": "full", "method": "lora-merged", "merged_from": str(checkpoint)})
 

@@ -31,9 +31,9 @@ from ..models.classifier import SequenceClassifier
 from ..runs import write_json
 from ..train import Trainer
 from ..train.batches import LabelledSequences, PreferencePairs, SupervisedExamples
-from ..train.checkpoint import (read_adapter, read_tuned_meta, weights_sha256, write_adapter, write_fissure_model,
+from ..train.checkpoint import (read_adapter, read_tuned_meta, weights_sha256, write_adapter, write_model_files,
                                 write_tuned_meta)
-from ..train.lora import LoraSpec, apply_lora, load_adapter_state, resolve_targets
+from ..train.lora import apply_lora, load_adapter_state, resolve_targets
 from ..train.objectives import DPO, OBJECTIVES, MultiTask, Task, sequence_logprobs
 from ..train.trainer import resolve_dtype
 from ..utils import seed_everything, set_threads
@@ -159,19 +159,10 @@ def writer_for(lm: TorchLM, tasks: list[TaskRun], config: TuneConfig, meta: dict
     from safetensors.torch import save_file
 
     def write(directory: Path) -> None:
-        base = lm.model
         if config.method == "lora":
-            write_adapter(directory, base)
-        elif getattr(base, "family", None) == "llama":
-            from ..models.hf_llama import save_hf_llama_dir
-
-            save_hf_llama_dir(base, directory)
-            lm.tokenizer.save(directory)
-        elif getattr(base, "family", None) == "transformers":
-            base.hf.save_pretrained(directory, safe_serialization=True)
-            lm.tokenizer.save(directory)
+            write_adapter(directory, lm.model)
         else:
-            write_fissure_model(directory, base, lm.tokenizer)
+            write_model_files(directory, lm.model, lm.tokenizer)
         for task in tasks:
             if task.classifier is not None:
                 save_file({k: v.contiguous() for k, v in task.classifier.head.state_dict().items()},
