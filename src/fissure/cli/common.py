@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import UserError
 
@@ -22,13 +23,20 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 ModelArgument = Annotated[str, typer.Argument(
     help="Model spec: registered name, checkpoint dir, HF dir, .gguf file, or URL (see `fissure models list`).")]
 
-# Human-readable output goes to stdout unless --json is given; progress and logs to stderr.
-out = Console()
-err = Console(stderr=True)
+# Human-readable output goes to stdout unless --json is given; progress and logs to stderr. Neither
+# console reads markup: user text ("nope[/].toml", a prompt) is printed as it is; styles come only
+# from :func:`styled`.
+out = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line from plain strings and ``(text, style)`` pairs; no text is parsed as markup."""
+    return Text.assemble(*parts)
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    err.print(styled(("error:", "bold red"), " ", str(message)), soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from .app import command_group
-from .common import JsonOption, guard, out, print_json
+from .common import JsonOption, guard, out, print_json, styled
 
 data_app = command_group("data", "Named offline text domains (code, docs, legal, news, reviews, topics, chat).")
 
@@ -81,10 +81,9 @@ def show(name: str = typer.Argument(help="A domain name (see `fissure data list`
     if as_json:
         print_json(entry)
         return
-    from rich.markup import escape
 
     def p(label: str, text: str) -> None:
-        out.print(f"[bold]{label}[/] {escape(text)}", highlight=False, soft_wrap=True)
+        out.print(styled((label, "bold"), " ", text), soft_wrap=True)
 
     p(f"{domain.name} ({domain.kind}):", domain.description)
     p("source:  ", domain.source)

@@ -7,7 +7,7 @@ import typer
 from ..runs import append_jsonl, run_directory, write_json
 from .app import app
 from .common import (BackendOption, DtypeOption, ModelArgument, OutDirOption, ServedModelOption, ThreadsOption, err,
-                     guard, out, print_json)
+                     guard, out, print_json, styled)
 
 
 @app.command(epilog='Examples: fissure generate runs/train-.../checkpoint --prompt "The" --top-p 0.9 --temperature 0.8\n\n'
@@ -89,6 +89,6 @@ def generate(
         out.print()
     else:
         for p, t in zip(prompts, texts):
-            out.print(f"[bold]{p if isinstance(p, str) else p[-1]['content']}[/]", highlight=False)
+            out.print(styled((p if isinstance(p, str) else p[-1]["content"], "bold")))
             out.print(t, highlight=False, markup=False)
     err.print(f"run directory: {run_dir}")

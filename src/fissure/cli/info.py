@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import JsonOption, guard, out, print_json
+from .common import JsonOption, guard, out, print_json, styled
 
 
 @app.command(epilog="Example: fissure info runs/train-.../checkpoint")
@@ -34,7 +34,7 @@ def info(
     if as_json:
         print_json(summary)
         return
-    out.print(f"[bold]{checkpoint}[/]: {summary['family']} with {summary['parameters']:,} parameters")
+    out.print(styled((str(checkpoint), "bold"), f": {summary['family']} with {summary['parameters']:,} parameters"))
     for k, v in summary["config"].items():
         out.print(f"  {k} = {v}")
     out.print(f"tokenizer: {tok.name}, {tok.vocab_size} tokens")

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import UserError
 from .app import command_group
-from .common import JsonOption, err, guard, out, print_json
+from .common import JsonOption, err, guard, out, print_json, styled
 
 lab_app = command_group("lab", "Model organisms of jailbreaks: train, attack and report in minutes on a CPU.")
 
@@ -25,7 +25,7 @@ def list_studies(as_json: JsonOption = False) -> None:
         return
     for name, s in studies.items():
         n = len(s.points())
-        out.print(f"[bold]{name}[/] ({n} point{'s' if n != 1 else ''} x {len(s.seeds)} seeds): {s.shows}",
+        out.print(styled((name, "bold"), f" ({n} point{'s' if n != 1 else ''} x {len(s.seeds)} seeds): {s.shows}"),
                   highlight=False)
 
 
@@ -74,7 +74,7 @@ def run(
         print_json(results)
         return
     for p in results["points"]:
-        out.print(f"\n[bold]{p['label']}[/]", highlight=False)
+        out.print(styled("\n", (p["label"], "bold")))
         for attack, r in p["attacks"].items():
             a, b = r["asr"], r["benign"]["accuracy"]
             out.print(f"  {attack:32s} ASR {a['estimate']:.2f} [{a['low']:.2f}, {a['high']:.2f}]  "
@@ -82,5 +82,5 @@ def run(
                       f"{r['counts']['refused']}/{r['counts']['violated']}/{r['counts']['unclear']}", highlight=False)
         missed = [f for f in p["findings"] if f["observed"] != f["expected"]]
         for f in missed:
-            out.print(f"  [red]not as expected:[/] {f['effect']} ({f['detail']})", highlight=False)
+            out.print(styled("  ", ("not as expected:", "red"), f" {f['effect']} ({f['detail']})"))
     out.print(f"\nreport: {run_dir / 'report.html'}")

@@ -16,7 +16,7 @@ import typer
 from ..errors import UserError
 from .app import ModelFirstGroup, command_group
 from .common import (BackendOption, DtypeOption, JsonOption, ModelArgument, OutDirOption, ServedModelOption,
-                     ThreadsOption, err, guard, out, print_json)
+                     ThreadsOption, err, guard, out, print_json, styled)
 
 
 probe_app = command_group("probe", "Jailbreak probes (competing objectives, mismatched generalization) on any model.",
@@ -253,7 +253,7 @@ def compare(
     t.add_row("all", "", str(o["n_pairs"]), "", "", str(o["a_only"]), str(o["b_only"]), f"{o['p_value']:.3g}")
     out.print(t)
     for note in result["notes"]:
-        out.print(f"[yellow]note:[/] {note}")
+        out.print(styled(("note:", "yellow"), f" {note}"))
     err.print(f"run directory: {run_dir}")
 
 

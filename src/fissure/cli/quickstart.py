@@ -10,7 +10,7 @@ import typer
 from ..config import apply_overrides, to_dict
 from ..runs import append_jsonl, run_directory, write_json
 from .app import app
-from .common import JsonOption, err, guard, out, print_json
+from .common import JsonOption, err, guard, out, print_json, styled
 
 PROMPTS = ["def ", "import os\n", "class "]
 
@@ -57,10 +57,10 @@ def quickstart(
     if as_json:
         print_json(summary)
         return
-    out.print(f"\nvalidation perplexity: {summary['val_perplexity_before']:.1f} before -> "
-              f"[bold]{summary['val_perplexity_after']:.1f}[/] after {summary['steps']} steps "
-              f"({summary['tokens_per_second']:,.0f} tokens/s, {summary['threads']} threads)")
+    out.print(styled(f"\nvalidation perplexity: {summary['val_perplexity_before']:.1f} before -> ",
+                     (f"{summary['val_perplexity_after']:.1f}", "bold"), f" after {summary['steps']} steps "
+                     f"({summary['tokens_per_second']:,.0f} tokens/s, {summary['threads']} threads)"))
     for s in samples:
-        out.print(f"\n[cyan]{s['decoding']}[/] [dim]{s['signature']}[/]")
+        out.print(styled("\n", (s["decoding"], "cyan"), " ", (s["signature"], "dim")))
         out.print(s["prompt"] + s["text"], highlight=False, markup=False)
     out.print(f"\nrun directory: {run_dir}")
