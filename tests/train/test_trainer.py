@@ -1,9 +1,10 @@
+import json
 import math
 
 import pytest
 import torch
 
-from fissure.errors import CheckpointError
+from fissure.errors import CheckpointError, ConfigError
 from fissure.models import GPT, GPTConfig
 from fissure.text.dataset import TokenFile, write_tokens
 from fissure.text.tokenizers import CharTokenizer
@@ -93,7 +94,84 @@ def test_crash_while_saving_keeps_previous_checkpoint(data, tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint(path, model, Exploding())
     assert (path / "model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in path.iterdir()) == [".complete", "config.json", "model.safetensors",
+                                                      "tokenizer.json"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ckpt.tmp-")]  # the failed write's leftover
+    load_model_from_checkpoint(path)  # a reader recovers: the complete checkpoint stays, the leftover goes
+    assert sorted(p.name for p in tmp_path.iterdir() if "ckpt" in p.name) == ["ckpt"]
+
+
+def test_a_kill_between_the_two_renames_is_recovered(data, tmp_path):
+    """The moments a kill can hit: old moved aside but new not in place, or only temporaries left;
+    the newest complete version comes back, incomplete ones are ignored."""
+    import shutil
+
+    from fissure.train.checkpoint import recover_checkpoint
+
+    tok, train, val = data
+    trainer = Trainer(small_model(tok.vocab_size), cfg(max_steps=8, eval_every=8), train, val, tokenizer=tok,
+                      checkpoint_dir=tmp_path / "ckpt")
+    trainer.train(until=2)
+    trainer.save()
+    trainer.train(until=4)
+    trainer.save()  # step 4 at ckpt
+    path = tmp_path / "ckpt"
+    shutil.move(path, tmp_path / ".ckpt.old-1")  # killed after moving the old one aside...
+    shutil.copytree(tmp_path / ".ckpt.old-1", tmp_path / ".ckpt.tmp-2")  # ...with a newer, complete temp beside it
+    state = json.loads((tmp_path / ".ckpt.tmp-2" / "trainer_state.json").read_text())
+    (tmp_path / ".ckpt.tmp-2" / "trainer_state.json").write_text(json.dumps({**state, "step": 6}))
+    shutil.copytree(tmp_path / ".ckpt.old-1", tmp_path / ".ckpt.tmp-3")
+    (tmp_path / ".ckpt.tmp-3" / ".complete").unlink()  # an unfinished write, even "newer", never wins
+    (tmp_path / ".ckpt.tmp-3" / "trainer_state.json").write_text(json.dumps({**state, "step": 7}))
+    recover_checkpoint(path)
+    assert json.loads((path / "trainer_state.json").read_text())["step"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ckpt")) == []
+    resumed = Trainer(small_model(tok.vocab_size), cfg(max_steps=8, eval_every=8), train, val, tokenizer=tok)
+    resumed.model.load_state_dict(load_model_from_checkpoint(path).state_dict())
+    resumed.resume(path)
+    assert resumed.step == 6
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("shape", "has shape"), ("nan", "NaN or infinity"), ("extra", "unexpected optimizer tensor"),
+    ("rng", "RNG state 'torch'"), ("step", "step must be a non-negative integer"),
+    ("best", "best_val_loss must be a finite number"),
+])
+def test_corrupt_trainer_state_is_refused_before_use(data, tmp_path, damage, message):
+    from safetensors.torch import load_file, save_file
+
+    tok, train, val = data
+    trainer = Trainer(small_model(tok.vocab_size), cfg(max_steps=6, eval_every=6), train, val, tokenizer=tok,
+                      checkpoint_dir=tmp_path / "ckpt")
+    trainer.train(until=2)
+    path = trainer.save()
+    opt = load_file(str(path / "optimizer.safetensors"))
+    state = json.loads((path / "trainer_state.json").read_text())
+    if damage == "shape":
+        opt["0.exp_avg"] = opt["0.exp_avg"][:-1].contiguous()  # fused AdamW read past the end of this before
+    elif damage == "nan":
+        opt["1.exp_avg_sq"] = torch.full_like(opt["1.exp_avg_sq"], float("nan"))
+    elif damage == "extra":
+        opt["99.exp_avg"] = torch.zeros(3)
+    elif damage == "rng":
+        save_file({"torch": torch.zeros(7, dtype=torch.uint8)}, str(path / "rng_state.safetensors"))
+    else:
+        state["step" if damage == "step" else "best_val_loss"] = "64" if damage == "step" else float("nan")
+        (path / "trainer_state.json").write_text(json.dumps(state))
+    save_file(opt, str(path / "optimizer.safetensors"))
+    fresh = Trainer(small_model(tok.vocab_size), cfg(max_steps=6, eval_every=6), train, val, tokenizer=tok)
+    with pytest.raises(CheckpointError, match=message):
+        fresh.resume(path)
+
+
+def test_resuming_a_finished_run_is_a_clear_error(data, tmp_path):
+    tok, train, val = data
+    trainer = Trainer(small_model(tok.vocab_size), cfg(max_steps=2, eval_every=2), train, val, tokenizer=tok,
+                      checkpoint_dir=tmp_path / "ckpt")
+    trainer.train()
+    again = Trainer(small_model(tok.vocab_size), cfg(max_steps=2, eval_every=2), train, val, tokenizer=tok)
+    with pytest.raises(ConfigError, match="finished all 2 steps"):
+        again.resume(tmp_path / "ckpt")
 
 
 def test_checkpoint_round_trip_keeps_tied_weights_and_logits(data, tmp_path):

@@ -85,8 +85,8 @@ def test_adapter_reload_merge_and_transformers_give_the_same_logits(base_copy, t
         base_logits = fissure.load(str(base_copy)).model(x)
     assert (want - base_logits).abs().max() > 1e-3  # the adapter matters
     ckpt = save_adapter(lm, spec, sha, base_copy, tmp_path / "adapter")
-    assert sorted(p.name for p in ckpt.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
-                                                      "fissure.json"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [".complete", "adapter_config.json",
+                                                      "adapter_model.safetensors", "fissure.json"]
     with torch.no_grad():
         reloaded = fissure.load(str(ckpt)).model(x)  # base + adapter, merged and fused for decoding
     assert (reloaded - want).abs().max() < 1e-5

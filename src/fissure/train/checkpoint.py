@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .._version import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
 from ..models import MODEL_FAMILIES
 
 REQUIRED = ("model.safetensors", "config.json", "tokenizer.json")
@@ -52,20 +53,90 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Put saved moments back, after checking every name, shape and dtype against the parameters:
+    a wrong shape would otherwise corrupt memory inside fused AdamW (measured: NaN, or a segfault)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups = meta.get("param_groups")
+    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups if isinstance(g, dict)] != \
+            [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError("its parameter groups do not match this model's")
     state: dict[int, dict[str, Any]] = {}
-    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for name, value in tensors.items():
+        idx, _, key = name.partition(".")
+        if not idx.isdigit() or int(idx) >= len(params) or key not in ("exp_avg", "exp_avg_sq", "step"):
+            raise ValueError(f"unexpected optimizer tensor '{name}'")
+        expected = () if key == "step" else tuple(params[int(idx)].shape)
+        if tuple(value.shape) != expected or not value.is_floating_point():
+            raise ValueError(f"optimizer tensor '{name}' has shape {tuple(value.shape)} and dtype {value.dtype}, "
+                             f"the model needs shape {expected} (float)")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"optimizer tensor '{name}' holds NaN or infinity")
+        state.setdefault(int(idx), {})[key] = value.to(params[int(idx)].dtype) if key != "step" else value
+    for idx, entry in state.items():
+        if set(entry) != {"exp_avg", "exp_avg_sq", "step"}:
+            raise ValueError(f"optimizer state of parameter {idx} is incomplete ({', '.join(sorted(entry))})")
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# --- writing a checkpoint so that a kill at any moment leaves a complete one -----------------------
+
+COMPLETE = ".complete"  # written last, after every other file is on disk: marks a finished directory
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _siblings(path: Path) -> list[Path]:
+    """Temporary and previous versions of ``path`` that writers killed mid-swap may have left."""
+    return sorted(path.parent.glob(f".{path.name}.tmp-*")) + sorted(path.parent.glob(f".{path.name}.old-*"))
+
+
+def _step(path: Path) -> int:
+    try:
+        return int(json.loads((path / "trainer_state.json").read_text()).get("step", -1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return -1
+
+
+def recover_checkpoint(path: str | Path) -> Path:
+    """``path`` as a complete checkpoint: when a kill interrupted a save (``path`` missing or not
+    marked complete) the newest complete version left beside it is moved into place; then the
+    leftovers of killed writers are removed. Checkpoints written before the marker existed count
+    as complete when nothing is left beside them."""
+    path = Path(path)
+    leftovers = _siblings(path)
+    if leftovers and not (path / COMPLETE).is_file():
+        complete = [p for p in leftovers if (p / COMPLETE).is_file()]
+        if complete:
+            best = max(complete, key=lambda p: (_step(p), p.stat().st_mtime))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(best, path)
+            _fsync(path.parent)
+    if path.is_dir():
+        for leftover in _siblings(path):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return path
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module | None = None, tokenizer=None, *,
                     writer: Callable[[Path], None] | None = None, trainer_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None,
                     rng_states: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a checkpoint directory atomically: the model (a fissure model and its tokenizer, or
-    whatever ``writer(directory)`` writes) and, with ``trainer_state``, what resuming needs."""
+    """Write a checkpoint directory: the model (a fissure model and its tokenizer, or whatever
+    ``writer(directory)`` writes) and, with ``trainer_state``, what resuming needs.
+
+    Everything goes into a temporary sibling and is fsynced, the :data:`COMPLETE` marker last; then
+    the old checkpoint is moved aside and the new one into place. A kill at any moment leaves a
+    complete checkpoint at ``path`` or beside it, which :func:`recover_checkpoint` (run by every
+    reader and by the next save) puts back."""
     path = Path(path)
+    recover_checkpoint(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -81,10 +152,17 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module | None = None, toke
         if rng_states:
             save_file({k: v.contiguous() for k, v in rng_states.items()}, str(tmp / "rng_state.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str) + "\n")
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            _fsync(file)
+    (tmp / COMPLETE).write_text(f"{__version__}\n")
+    _fsync(tmp / COMPLETE)
+    _fsync(tmp)
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
+    _fsync(path.parent)
     shutil.rmtree(old, ignore_errors=True)
     return path
 
@@ -125,26 +203,29 @@ def _check_dir(path: Path) -> None:
 
 
 def read_model_config(path: str | Path) -> dict:
-    path = Path(path)
+    path = recover_checkpoint(path)
     _check_dir(path)
     try:
         data = json.loads((path / "config.json").read_text())
-        family, cfg = data["family"], data["config"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path / 'config.json'} is corrupted ({exc.__class__.__name__})") from None
-    if family not in MODEL_FAMILIES:
-        raise CheckpointError(f"{path}: unknown model family '{family}' (known: {', '.join(MODEL_FAMILIES)})")
+    if not isinstance(data, dict) or not isinstance(data.get("family"), str) or not isinstance(data.get("config"), dict):
+        raise CheckpointError(f"{path / 'config.json'} is corrupted: it needs a 'family' name and a 'config' table")
+    if data["family"] not in MODEL_FAMILIES:
+        raise CheckpointError(f"{path}: unknown model family '{data['family']}' (known: {', '.join(MODEL_FAMILIES)})")
     return data
 
 
 def load_model_from_checkpoint(path: str | Path) -> torch.nn.Module:
     """The model stored in a checkpoint directory, in eval mode. Corruption is a :class:`CheckpointError`."""
+    from ..config import from_dict
+
     path = Path(path)
     data = read_model_config(path)
     model_cls, config_cls = MODEL_FAMILIES[data["family"]]
     try:
-        model = model_cls(config_cls(**data["config"]))
-    except (TypeError, ValueError) as exc:
+        model = model_cls(from_dict(config_cls, data["config"], prefix="config."))
+    except (UserError, TypeError, ValueError, ZeroDivisionError, OverflowError, MemoryError) as exc:
         raise CheckpointError(f"{path / 'config.json'} has an invalid model config: {exc}") from None
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
@@ -156,18 +237,47 @@ def load_model_from_checkpoint(path: str | Path) -> torch.nn.Module:
     return model.eval()
 
 
+def _check_state(state: object) -> dict:
+    """The trainer state's fields, type-checked (a wrong type is corruption, not a crash later)."""
+    if not isinstance(state, dict):
+        raise ValueError("it is not a JSON object")
+    step, best = state.get("step"), state.get("best_val_loss")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, not {step!r}")
+    if best is not None and (not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best)):
+        raise ValueError(f"best_val_loss must be a finite number or null, not {best!r}")
+    if not isinstance(state.get("history", []), list) or not isinstance(state.get("bad_evals", 0), int):
+        raise ValueError("history must be a list and bad_evals an integer")
+    return state
+
+
+def _check_rng(rng: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """RNG states must be byte vectors of the size torch's own generator state has."""
+    size = torch.get_rng_state().numel()
+    for name, tensor in rng.items():
+        if name not in ("batch", "torch") or tensor.dtype != torch.uint8 or tuple(tensor.shape) != (size,):
+            raise ValueError(f"RNG state '{name}' is not a byte vector of {size} (dtype {tensor.dtype}, "
+                             f"shape {tuple(tensor.shape)})")
+    return rng
+
+
 def load_trainer_state(path: str | Path, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
-    """Trainer state JSON and RNG state tensors; restores ``optimizer`` in place when given."""
-    path = Path(path)
+    """Trainer state JSON and RNG state tensors (every field and tensor checked); restores
+    ``optimizer`` in place when given."""
+    path = recover_checkpoint(path)
     state_file = path / "trainer_state.json"
     if not state_file.is_file():
         raise CheckpointError(f"{path} has no trainer_state.json: it cannot be resumed (only used for inference)")
     try:
-        state = json.loads(state_file.read_text())
-        rng = load_file(str(path / "rng_state.safetensors")) if (path / "rng_state.safetensors").exists() else {}
+        state = _check_state(json.loads(state_file.read_text()))
+        rng = _check_rng(load_file(str(path / "rng_state.safetensors"))) \
+            if (path / "rng_state.safetensors").exists() else {}
         if optimizer is not None and "optimizer" in state:
+            if not isinstance(state["optimizer"], dict):
+                raise ValueError("optimizer must be a table")
             _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-    except (json.JSONDecodeError, SafetensorError, OSError, KeyError, ValueError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, SafetensorError, OSError, KeyError,
+            ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: trainer state is corrupted ({exc})") from None
     return state, rng
 
@@ -196,7 +306,7 @@ def write_tuned_meta(directory: Path, meta: dict) -> None:
 
 def read_tuned_meta(path: str | Path) -> dict | None:
     """``fissure.json`` of a fine-tuned checkpoint (``None`` if there is none)."""
-    file = Path(path) / TUNED_META
+    file = recover_checkpoint(path) / TUNED_META
     if not file.is_file():
         return None
     try:

@@ -153,6 +153,9 @@ class Trainer:
         if state.get("train_config", {}).get("max_steps") not in (None, self.cfg.max_steps):
             raise ConfigError("resume needs the same train.max_steps as the original run "
                               f"({state['train_config']['max_steps']}), or the schedule would differ")
+        if state["step"] >= self.cfg.max_steps:
+            raise ConfigError(f"{checkpoint} finished all {self.cfg.max_steps} steps already: there is nothing to "
+                              "resume (evaluate or sample it, or start a new run from it)")
         self.step = state["step"]
         self.history = state.get("history", [])
         self.best_val_loss = state.get("best_val_loss")
