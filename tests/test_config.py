@@ -65,3 +65,13 @@ def test_run_config_validation_errors(tmp_path):
         load_toml(bad)
     # the defaults are a complete run config once data is named
     assert load_run_config({"data": {"builtin": "stdlib"}}) == RunConfig(data=DataConfig(builtin="stdlib"))
+
+
+def test_any_text_round_trips_through_a_runs_config_toml():
+    import tomllib
+
+    for text in ["a\u0007b", 'quote " and \\ backslash', "line\nbreak\ttab\r\x00\x7f", "ünïcode ✓ 日本"]:
+        data = {"study": {"description": text, "key with space.and dot": [1, 2.5, "x\x1b"]}, "seed": 3}
+        assert tomllib.loads(dump_toml(data)) == data, repr(text)
+    with pytest.raises(ConfigError, match="lone surrogate"):
+        dump_toml({"description": "bad \ud800"})

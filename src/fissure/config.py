@@ -7,6 +7,7 @@ field, with the value parsed as TOML (so ``3e-4``, ``true`` and ``"text"`` all w
 from __future__ import annotations
 
 import dataclasses
+import re
 import difflib
 import tomllib
 import types
@@ -120,6 +121,31 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_string(text: str) -> str:
+    """A basic TOML string: quotes, backslashes and every control character escaped, so any text
+    written to a run's config.toml reads back unchanged. Lone surrogates cannot be written (TOML is
+    UTF-8): a ConfigError."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            raise ConfigError(f"text with a lone surrogate (U+{code:04X}) cannot be saved in a config: {text[:40]!r}")
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\u{code:04X}"))
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
 def dump_toml(data: dict[str, Any]) -> str:
     """Write a nested dict as TOML (scalars, lists and tables: enough for our configs)."""
 
@@ -129,7 +155,7 @@ def dump_toml(data: dict[str, Any]) -> str:
         if isinstance(v, (int, float)):
             return repr(v)
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+            return _toml_string(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
@@ -143,11 +169,11 @@ def dump_toml(data: dict[str, Any]) -> str:
         if name and flat:
             lines.append(f"[{name}]")
         for k, v in flat.items():
-            lines.append(f"{k} = {scalar(v)}")
+            lines.append(f"{_toml_key(k)} = {scalar(v)}")
         if flat:
             lines.append("")
         for k, v in nested.items():
-            table(v, f"{name}.{k}" if name else k)
+            table(v, f"{name}.{_toml_key(k)}" if name else _toml_key(k))
 
     table(data, "")
     return "\n".join(lines).rstrip() + "\n"

@@ -85,11 +85,26 @@ def provenance(seed: int | None, threads: int | None = None, **extra: Any) -> di
     }
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that a kill leaves the old version or the new one, never half of either:
+    a temporary sibling, fsynced, renamed over ``path``, the directory fsynced."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -118,7 +133,7 @@ def read_jsonl(path: Path, repair: bool = False) -> list[tuple[int, Any]]:
             if n != len(lines):
                 raise UserError(f"{path}: line {n} is not JSON") from None
             if repair:
-                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in rows), encoding="utf-8")
+                write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in rows))
     return rows
 
 
@@ -144,6 +159,6 @@ def start_run(verb: str, config: dict[str, Any], seed: int | None, root: str | P
               threads: int | None = None) -> Path:
     """Create the run directory and write ``config.toml`` and ``meta.json`` into it."""
     run_dir = create_run_dir(verb, root)
-    (run_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
+    write_text_atomic(run_dir / "config.toml", dump_toml(config))
     write_json(run_dir / "meta.json", provenance(seed, threads))
     return run_dir

@@ -84,3 +84,14 @@ def test_samples_round_trip_and_survive_a_cut_line(tmp_path):
     path.write_text(json.dumps({"key": "k", "kind": "benign", "reply": "x", "colour": 1}) + "\n")
     with pytest.raises(UserError, match="unknown field 'colour'"):
         read_samples(path)
+
+
+def test_drop_samples_removes_one_unit_of_work(tmp_path):
+    from fissure.judges.records import drop_samples
+
+    path = tmp_path / "samples.jsonl"
+    rows = [sample(key=f"p00|s{seed}|{i}") for seed in (0, 1) for i in range(3)]
+    append_samples(path, rows)
+    assert drop_samples(path, "p00|s1|") == 3
+    assert [s.key for s in read_samples(path)] == ["p00|s0|0", "p00|s0|1", "p00|s0|2"]
+    assert drop_samples(path, "p09|") == 0

@@ -22,13 +22,14 @@ the capability rule (:meth:`Sample.mark_unreadable`).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..runs import append_jsonl, read_jsonl
+from ..runs import append_jsonl, read_jsonl, write_text_atomic
 from .base import BENIGN_LABELS, LABELS, Verdict, benign_label
 
 KINDS = ("restricted", "benign", "capability")
@@ -109,6 +110,17 @@ def outcome_labels(kind: str) -> tuple[str, ...]:
 def append_samples(path: Path, samples: Iterable[Sample]) -> None:
     """Append records to ``samples.jsonl`` (one JSON object per line)."""
     append_jsonl(Path(path), [s.as_dict() for s in samples])
+
+
+def drop_samples(path: Path, prefix: str) -> int:
+    """Remove the records whose key starts with ``prefix`` (the samples of a unit of work that a kill
+    interrupted before it was marked done, so that redoing it does not duplicate them); how many."""
+    kept = [s for s in read_samples(path, repair=True) if not s.key.startswith(prefix)]
+    dropped = sum(1 for _ in read_jsonl(Path(path))) - len(kept)
+    if dropped:
+        write_text_atomic(Path(path), "".join(json.dumps(s.as_dict(), ensure_ascii=False, default=str) + "\n"
+                                              for s in kept))
+    return dropped
 
 
 def read_samples(path: Path, repair: bool = False) -> list[Sample]:

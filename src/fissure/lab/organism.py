@@ -14,7 +14,7 @@ from ..models.gpt import GPT, GPTConfig
 from ..text.tokenizers import CharTokenizer, load_tokenizer
 from ..train import Trainer, TrainConfig
 from ..train.checkpoint import load_model_from_checkpoint, save_checkpoint
-from ..runs import cache_dir
+from ..runs import cache_dir, write_json
 from ..utils import seed_everything
 from .data import PackedMixture
 from .study import ModelSpec, Stage1Config, Stage2Config
@@ -118,7 +118,7 @@ def pretrain(world: World, spec: ModelSpec, cfg: Stage1Config, seed: int, *, pro
                   progress=progress)
     info.update(key=key, params=model.num_params())
     save_checkpoint(path, model, tokenizer)
-    (path / "stage1.json").write_text(json.dumps(info, indent=2) + "\n")  # written last: marks a complete entry
+    write_json(path / "stage1.json", info)  # written last: marks a complete entry
     return model, tokenizer, {**info, "cache_hit": False}
 
 

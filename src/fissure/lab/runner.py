@@ -17,6 +17,7 @@ from pathlib import Path
 from ..backends import TorchLM
 from ..errors import UserError
 from ..judges import LABELS, append_samples
+from ..judges.records import drop_samples
 from ..runs import write_json
 from ..utils import set_threads
 from .evaluate import borderline_summary, evaluate, summarize
@@ -61,6 +62,7 @@ def run_study(study: Study, run_dir: Path, *, progress: bool = False, log: Log =
             results, samples, borderline = evaluate(
                 lm, world, study.eval.attacks, guard=point.config.guard, max_new_tokens=study.eval.max_new_tokens,
                 batch_size=study.eval.batch_size, confidence=study.eval.confidence)
+            drop_samples(run_dir / "samples.jsonl", f"{point.id}|s{seed}|")  # left by a kill before the point file
             append_samples(run_dir / "samples.jsonl",
                            [dataclasses.replace(s, key=f"{point.id}|s{seed}|{s.key}",
                                                 extra={"point": point.id, "seed": seed, **s.extra}) for s in samples])

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..config import dump_toml
 from ..judges.records import Sample, read_samples
 from ..lab.study import Study, study_dict
+from ..runs import write_text_atomic
 from .html import Raw, bullets, interval, num, page, paragraph, preformatted, section, table
 from .plots import interval_bars
 
@@ -119,5 +120,5 @@ def write_lab_report(run_dir: str | Path, study: Study, results: dict) -> Path:
     """Write ``run_dir/report.html`` from the study, its results and the saved samples."""
     run_dir = Path(run_dir)
     path = run_dir / "report.html"
-    path.write_text(render_lab_report(study, results, read_samples(run_dir / "samples.jsonl")), encoding="utf-8")
+    write_text_atomic(path, render_lab_report(study, results, read_samples(run_dir / "samples.jsonl")))
     return path

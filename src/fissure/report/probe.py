@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..judges.records import Sample, read_samples
+from ..runs import write_text_atomic
 from .html import Raw, interval, num, page, paragraph, section, table
 from .plots import dot_plot, interval_bars
 
@@ -153,5 +154,5 @@ def write_probe_report(run_dir: str | Path, results: dict | None = None, samples
     if samples is None:
         samples = read_samples(run_dir / "samples.jsonl")
     path = run_dir / "report.html"
-    path.write_text(render_probe_report(results, samples), encoding="utf-8")
+    write_text_atomic(path, render_probe_report(results, samples))
     return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..runs import write_text_atomic
 from .html import Raw, bullets, interval, num, page, paragraph, section, table
 from .plots import paths_plot
 
@@ -61,5 +62,5 @@ def write_specialise_report(run_dir: str | Path, results: dict | None = None) ->
     run_dir = Path(run_dir)
     results = results or json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
     path = run_dir / "report.html"
-    path.write_text(render_specialise_report(results), encoding="utf-8")
+    write_text_atomic(path, render_specialise_report(results))
     return path
