@@ -22,16 +22,30 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train a model from a TOML config; the run directory gets the checkpoint and results."""
+    from ..runs import start_run
+    from ..train.distributed import world_from_env
     from ..train.pipeline import load_run_config, train_from_config
 
     raw = apply_overrides(load_toml(config), set_ or [])
     cfg = load_run_config(raw)
     if resume:
         cfg.tokenizer.path = str(resume)
-    with run_directory("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir,
-                       threads=cfg.train.threads) as run_dir:
-        err.print(f"run directory: {run_dir}")
-        _, summary = train_from_config(cfg, run_dir, resume=resume)
+    world = world_from_env()  # one process, or one of torchrun's
+    if world.size == 1:
+        with run_directory("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir,
+                           threads=cfg.train.threads) as run_dir:
+            err.print(f"run directory: {run_dir}")
+            _, summary = train_from_config(cfg, run_dir, resume=resume)
+    else:
+        made = start_run("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir, threads=cfg.train.threads) \
+            if world.is_main else None
+        run_dir = Path(world.broadcast(str(made) if made else None))
+        cfg.train.progress = cfg.train.progress and world.is_main
+        if world.is_main:
+            err.print(f"run directory: {run_dir} ({world.size} processes)")
+        _, summary = train_from_config(cfg, run_dir, resume=resume, world=world)
+        if not world.is_main:
+            return
     summary["run_dir"] = str(run_dir)
     if as_json:
         print_json(summary)

@@ -3,6 +3,7 @@ token files, build the model, train. Used by ``fissure train`` and ``fissure qui
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from ..errors import ConfigError, DataError
 from ..models import GPT, GPTConfig
 from ..runs import write_json
 from ..utils import seed_everything, set_threads
+from .distributed import World
 from .trainer import Trainer, TrainConfig, TrainResult
 
 
@@ -81,13 +83,19 @@ def build_tokenizer(cfg: TokenizerConfig, train_docs):
     return train_bpe(texts, vocab_size=cfg.vocab_size)
 
 
-def prepare_data(cfg: RunConfig, work_dir: Path):
-    """Tokenizer and train/val token files under ``work_dir/data``."""
+def prepare_data(cfg: RunConfig, work_dir: Path, world: World = World()):
+    """Tokenizer and train/val token files under ``work_dir/data`` (made by rank 0 under torchrun,
+    read by the others)."""
     from ..text.dataset import TokenFile, write_tokens
+    from ..text.tokenizers import load_tokenizer
 
+    data_dir = work_dir / "data"
+    if not world.is_main:
+        world.barrier()
+        stats = json.loads((data_dir / "stats.json").read_text())
+        return load_tokenizer(data_dir), TokenFile(data_dir / "train.bin"), TokenFile(data_dir / "val.bin"), stats
     train_docs, val_docs, stats = read_corpus(cfg.data, cfg.seed)
     tokenizer = build_tokenizer(cfg.tokenizer, train_docs)
-    data_dir = work_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     train = write_tokens(train_docs, tokenizer, data_dir / "train.bin")
     val = write_tokens(val_docs, tokenizer, data_dir / "val.bin")
@@ -96,6 +104,9 @@ def prepare_data(cfg: RunConfig, work_dir: Path):
         if len(f) <= cfg.model.block_size:
             raise DataError(f"the {name} set has {len(f)} tokens; it needs more than model.block_size="
                             f"{cfg.model.block_size} (add text or lower block_size)")
+    tokenizer.save(data_dir)
+    write_json(data_dir / "stats.json", stats)
+    world.barrier()
     return tokenizer, TokenFile(data_dir / "train.bin"), TokenFile(data_dir / "val.bin"), stats
 
 
@@ -104,14 +115,16 @@ def build_model(cfg: RunConfig, vocab_size: int) -> GPT:
     return GPT(model_cfg)
 
 
-def train_from_config(cfg: RunConfig, run_dir: Path, resume: str | Path | None = None) -> tuple[TrainResult, dict]:
-    """Prepare data, build the model and train; the checkpoint lands in ``run_dir/checkpoint``."""
+def train_from_config(cfg: RunConfig, run_dir: Path, resume: str | Path | None = None,
+                      world: World = World()) -> tuple[TrainResult, dict]:
+    """Prepare data, build the model and train; the checkpoint lands in ``run_dir/checkpoint``.
+    Under torchrun every process calls this with the same ``run_dir`` (see :mod:`.distributed`)."""
     threads = set_threads(cfg.train.threads)
     seed_everything(cfg.seed)
-    tokenizer, train, val, stats = prepare_data(cfg, run_dir)
+    tokenizer, train, val, stats = prepare_data(cfg, run_dir, world)
     model = build_model(cfg, tokenizer.vocab_size)
     trainer = Trainer(model, cfg.train, train, val, tokenizer=tokenizer, seed=cfg.seed,
-                      checkpoint_dir=run_dir / "checkpoint")
+                      checkpoint_dir=run_dir / "checkpoint", world=world)
     if resume:
         from .checkpoint import load_model_from_checkpoint
 
@@ -122,6 +135,8 @@ def train_from_config(cfg: RunConfig, run_dir: Path, resume: str | Path | None =
     summary = {"data": stats, "threads": threads, "params": model.num_params(), "val_loss_before": before,
                "steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
                "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
-               "tokens_per_second": result.tokens_per_second, "checkpoint": str(run_dir / "checkpoint")}
-    write_json(run_dir / "results.json", summary)
+               "tokens_per_second": result.tokens_per_second, "checkpoint": str(run_dir / "checkpoint"),
+               "processes": world.size}
+    if world.is_main:
+        write_json(run_dir / "results.json", summary)
     return result, summary

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .checkpoint import load_trainer_state, save_checkpoint
+from .distributed import World, check_batch
 from .objectives import OBJECTIVES
 
 
@@ -125,7 +126,9 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, train_data, val_data=None, *,
                  tokenizer=None, block_size: int | None = None, seed: int = 0,
                  checkpoint_dir: str | Path | None = None, extra_state: dict | None = None,
-                 objective=None, writer: Callable[[Path], None] | None = None):
+                 objective=None, writer: Callable[[Path], None] | None = None, world: World | None = None):
+        self.world = world or World()
+        check_batch(cfg.batch_size, self.world)
         self.model, self.cfg = model, cfg
         self.train_data, self.val_data = train_data, val_data
         self.tokenizer, self.checkpoint_dir = tokenizer, Path(checkpoint_dir) if checkpoint_dir else None
@@ -144,7 +147,13 @@ class Trainer:
         self.history: list[dict] = []
         self.best_val_loss: float | None = None
         self.bad_evals = 0
-        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.forward_model = model
+        if self.world.size > 1:  # gradients averaged over the processes after every backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(model)
+        if cfg.compile:
+            self.forward_model = torch.compile(self.forward_model)
 
     # -- state ---------------------------------------------------------------------------
     def resume(self, checkpoint: str | Path) -> None:
@@ -166,13 +175,19 @@ class Trainer:
             torch.set_rng_state(rng["torch"])
 
     def save(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint (rank 0 only under torchrun; the others wait for it)."""
         path = Path(path or self.checkpoint_dir)
+        if not self.world.is_main:
+            self.world.barrier()
+            return path
         state = {"step": self.step, "history": self.history, "best_val_loss": self.best_val_loss,
                  "bad_evals": self.bad_evals, "seed": self.seed, "train_config": asdict(self.cfg),
                  **self.extra_state}
-        return save_checkpoint(path, self.model, self.tokenizer, writer=self.writer, trainer_state=state,
+        path = save_checkpoint(path, self.model, self.tokenizer, writer=self.writer, trainer_state=state,
                                optimizer=self.optimizer,
                                rng_states={"batch": self.batch_rng.get_state(), "torch": torch.get_rng_state()})
+        self.world.barrier()
+        return path
 
     # -- loop ----------------------------------------------------------------------------
     def _autocast(self):
@@ -198,7 +213,7 @@ class Trainer:
         last = min(until or cfg.max_steps, cfg.max_steps)
         model.train()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
-                   disable=not cfg.progress, dynamic_ncols=True)
+                   disable=not cfg.progress or not self.world.is_main, dynamic_ncols=True)
         tokens, t0 = 0, time.perf_counter()
         loss_value, val_loss, stopped_early = float("nan"), None, False
         while self.step < last:
@@ -208,16 +223,18 @@ class Trainer:
             loss_value = 0.0
             for _ in range(cfg.grad_accum):
                 batch = self.objective.sample_batch(self.train_data, cfg.batch_size, self.block_size, self.batch_rng)
+                batch = self.world.shard(batch)  # this process's rows of the global batch
                 with self._autocast():
                     loss = self.objective.loss(self.forward_model, batch) / cfg.grad_accum
                 loss.backward()
                 loss_value += loss.item()
-                tokens += self.objective.tokens_in(batch)
+                tokens += self.objective.tokens_in(batch) * self.world.size
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            loss_value = self.world.all_mean(loss_value)
             record = {"step": self.step, "lr": lr, "train_loss": loss_value,
                       **{f"train_{k}": v for k, v in getattr(self.objective, "last", {}).items()}}  # e.g. DPO rewards
             if self.val_data is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
