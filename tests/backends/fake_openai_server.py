@@ -236,11 +236,13 @@ def _chat(state: State, body: dict) -> dict:
 
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
+    timeout = 10  # seconds: a connection that sends nothing cannot hold a handler thread (or shutdown) for ever
 
     def log_message(self, *args):  # keep pytest output quiet
         pass
 
     def _send(self, status: int, payload: bytes, content_type="application/json", headers=None):
+        self._done()  # before the client can read the answer and send its next request
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -265,6 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
                 state.faults_served[fault] = state.faults_served.get(fault, 0) + 1
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        self._counted = True
         try:
             if over_limit:
                 return self._error(400, f"request limit of the fake server ({b.request_limit}) reached")
@@ -272,8 +275,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._fault(fault)
             self._answer(body)
         finally:
-            with state.lock:
-                state.in_flight -= 1
+            self._done()
+
+    def _done(self):
+        """This request is no longer in flight (once)."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.server.state.lock:
+                self.server.state.in_flight -= 1
 
     def _fault(self, fault: str):
         b = self.server.state.behaviour
@@ -329,12 +338,11 @@ class _Handler(BaseHTTPRequestHandler):
             answer = json.dumps(route(state, body)).encode()
         except _Refuse as e:
             return self._error(e.status, e.message)
-        self._send(200, answer)
-        self.wfile.flush()
-        if not body.get("echo") and body.get("logprobs") is None:  # a generation, answered
+        if not body.get("echo") and body.get("logprobs") is None:  # a generation: counted before the client can see it
             prompt = body.get("prompt", body.get("messages"))
             with state.lock:
                 state.generations.append((self.path.rstrip("/"), json.dumps(prompt), body.get("seed")))
+        self._send(200, answer)
 
     def do_GET(self):
         self._handle(None)
