@@ -7,7 +7,16 @@ seed) and ``/v1/chat/completions``, plus switchable misbehaviours (``Behaviour``
 servers show: auth, 429/500 bursts, dropped connections, garbage bodies, slowness, echo
 log-probabilities shifted by one position (llama-cpp-python), no logprobs, a context limit.
 
-It binds 127.0.0.1 on a free port and never talks to anything else.
+Mixed faults: with ``fault_rate`` > 0, each request draws (from an RNG seeded by ``fault_seed``)
+whether it fails and how: one of ``FAULTS`` (a 200 with an HTML body, a 200 with JSON lacking
+``choices``, a hang until the client gives up, a dropped connection, 429 with Retry-After, 500).
+``outage_after`` makes every request a 503 once that many generations were served. The server
+counts what it served (``State.generations``: every generation answered with 200) and the most
+requests it had in flight at once, faulty ones included.
+
+It binds 127.0.0.1 on a free port and never talks to anything else; a hang lasts at most ``hang``
+seconds (and ends when the client hangs up or the server stops), and past ``request_limit``
+requests every request is refused with a 400, so a test cannot loop for ever.
 """
 
 from __future__ import annotations
@@ -15,14 +24,17 @@ from __future__ import annotations
 import json
 import math
 import random
+import select
 import string
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ALPHABET = string.ascii_lowercase + string.ascii_uppercase + string.digits + " .,;:!?'-\n" + "é"
 MODEL_ID = "toy-bigram"
+FAULTS = ("html", "no_choices", "hang", "drop", "429", "500")
 
 
 def logit(prev: str | None, nxt: str) -> float:
@@ -47,6 +59,8 @@ class Behaviour:
     api_key: str | None = None  # require "Authorization: Bearer <key>"
     fail_429: int = 0  # answer this many requests with 429 + Retry-After: 0
     fail_500: int = 0
+    fail_html: int = 0  # answer this many with 200 and an HTML body
+    fail_no_choices: int = 0  # answer this many with 200 and JSON that has no "choices"
     drop_connection: int = 0  # close this many connections without answering
     garbage: bool = False  # 200 with an HTML body
     missing_fields: bool = False  # 200 with JSON that has no "choices"
@@ -57,6 +71,14 @@ class Behaviour:
     bos: bool = False  # vLLM style: a "<s>" token first, text_offset counts its characters
     echo_needs_a_token: bool = False  # reject max_tokens=0
     context: int = 512  # prompt + max_tokens, in tokens
+    any_text: bool = False  # read characters outside ALPHABET as spaces (for real prompts) instead of a 400
+    fault_rate: float = 0.0  # share of requests that fail, each with one of ``faults``
+    faults: tuple[str, ...] = FAULTS
+    fault_seed: int = 0
+    retry_after: str = "0"  # the Retry-After header of a 429
+    hang: float = 5.0  # the longest a hanging answer waits (it ends when the client hangs up)
+    outage_after: int | None = None  # after this many generations served, every request answers 503
+    request_limit: int = 5000  # requests past this answer 400: a runaway test stops
 
 
 @dataclass
@@ -66,8 +88,39 @@ class State:
     in_flight: int = 0
     max_in_flight: int = 0
     completions_served: int = 0
+    generations: list[tuple] = field(default_factory=list)  # (path, prompt, seed) of each generation answered 200
+    faults_served: dict = field(default_factory=dict)  # fault -> how many times
+    rng: random.Random | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+
+    def draw_fault(self) -> str | None:
+        """Under ``lock``: the fault this request gets, if any."""
+        b = self.behaviour
+        if b.outage_after is not None and len(self.generations) >= b.outage_after:
+            return "503"
+        if b.drop_connection:
+            b.drop_connection -= 1
+            return "drop"
+        if b.fail_429:
+            b.fail_429 -= 1
+            return "429"
+        if b.fail_500:
+            b.fail_500 -= 1
+            return "500"
+        if b.fail_html:
+            b.fail_html -= 1
+            return "html"
+        if b.fail_no_choices:
+            b.fail_no_choices -= 1
+            return "no_choices"
+        if b.fault_rate <= 0:
+            return None
+        if self.rng is None:
+            self.rng = random.Random(b.fault_seed)
+        if self.rng.random() >= b.fault_rate:
+            return None
+        return self.rng.choice(b.faults)
 
 
 class _Refuse(Exception):
@@ -128,6 +181,17 @@ def _completion(state: State, body: dict) -> dict:
     if not isinstance(prompt, str):
         raise _Refuse(400, "prompt must be a string")
     bad = sorted(set(prompt) - set(ALPHABET))
+    if bad and b.any_text:  # the model reads them as spaces; echo still returns the characters sent
+        sent, prompt = prompt, "".join(c if c in ALPHABET else " " for c in prompt)
+        out = _completion(state, {**body, "prompt": prompt})
+        choice = out["choices"][0]
+        if body.get("echo"):
+            choice["text"] = sent + choice["text"][len(sent):]
+            if choice["logprobs"]:
+                tokens = choice["logprobs"]["tokens"]
+                k = 1 if b.bos else 0
+                tokens[k:k + len(sent)] = list(sent)
+        return out
     if bad:
         raise _Refuse(400, f"characters outside the toy vocabulary: {bad!r}")
     max_tokens = int(body.get("max_tokens", 16))
@@ -172,11 +236,13 @@ def _chat(state: State, body: dict) -> dict:
 
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
+    timeout = 10  # seconds: a connection that sends nothing cannot hold a handler thread (or shutdown) for ever
 
     def log_message(self, *args):  # keep pytest output quiet
         pass
 
     def _send(self, status: int, payload: bytes, content_type="application/json", headers=None):
+        self._done()  # before the client can read the answer and send its next request
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -193,17 +259,58 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         b = state.behaviour
         with state.lock:
-            state.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-            if b.drop_connection:
-                b.drop_connection -= 1
-                self.close_connection = True
-                return  # no answer: the client sees the connection closed
-            if b.fail_429:
-                b.fail_429 -= 1
-                return self._error(429, "rate limited", {"Retry-After": "0"})
-            if b.fail_500:
-                b.fail_500 -= 1
-                return self._error(500, "internal error")
+            state.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
+                                   "t": time.monotonic()})
+            over_limit = len(state.requests) > b.request_limit
+            fault = None if over_limit else state.draw_fault()
+            if fault:
+                state.faults_served[fault] = state.faults_served.get(fault, 0) + 1
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        self._counted = True
+        try:
+            if over_limit:
+                return self._error(400, f"request limit of the fake server ({b.request_limit}) reached")
+            if fault:
+                return self._fault(fault)
+            self._answer(body)
+        finally:
+            self._done()
+
+    def _done(self):
+        """This request is no longer in flight (once)."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.server.state.lock:
+                self.server.state.in_flight -= 1
+
+    def _fault(self, fault: str):
+        b = self.server.state.behaviour
+        if fault == "drop":
+            self.close_connection = True  # no answer: the client sees the connection closed
+        elif fault == "hang":
+            self._hang(b.hang)
+        elif fault == "html":
+            self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
+        elif fault == "no_choices":
+            self._send(200, b'{"object": "text_completion"}')
+        elif fault == "429":
+            self._error(429, "rate limited", {"Retry-After": b.retry_after})
+        else:
+            self._error(int(fault), "internal error" if fault == "500" else "service unavailable")
+
+    def _hang(self, limit: float):
+        """Answer nothing until the client hangs up (its timeout), the server stops, or ``limit`` s."""
+        stop, end = self.server.state.stop, time.monotonic() + limit
+        while not stop.is_set() and time.monotonic() < end:
+            readable, _, _ = select.select([self.connection], [], [], 0.02)
+            if readable:  # end of file: the client gave up
+                break
+        self.close_connection = True
+
+    def _answer(self, body: dict | None):
+        state = self.server.state
+        b = state.behaviour
         if b.api_key is not None:
             sent = self.headers.get("Authorization", "")
             if sent != f"Bearer {b.api_key}":
@@ -219,24 +326,23 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.completions_served += 1
             failing = b.fail_after is not None and state.completions_served > b.fail_after
-            state.in_flight += 1
-            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        if b.sleep:
+            state.stop.wait(b.sleep)
+        if failing:
+            return self._error(400, "simulated failure")
+        if b.garbage:
+            return self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
+        if b.missing_fields:
+            return self._send(200, b'{"object": "text_completion"}')
         try:
-            if b.sleep:
-                state.stop.wait(b.sleep)
-            if failing:
-                return self._error(400, "simulated failure")
-            if b.garbage:
-                return self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
-            if b.missing_fields:
-                return self._send(200, b'{"object": "text_completion"}')
-            try:
-                self._send(200, json.dumps(route(state, body)).encode())
-            except _Refuse as e:
-                self._error(e.status, e.message)
-        finally:
+            answer = json.dumps(route(state, body)).encode()
+        except _Refuse as e:
+            return self._error(e.status, e.message)
+        if not body.get("echo") and body.get("logprobs") is None:  # a generation: counted before the client can see it
+            prompt = body.get("prompt", body.get("messages"))
             with state.lock:
-                state.in_flight -= 1
+                state.generations.append((self.path.rstrip("/"), json.dumps(prompt), body.get("seed")))
+        self._send(200, answer)
 
     def do_GET(self):
         self._handle(None)

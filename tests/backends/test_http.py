@@ -6,8 +6,10 @@ independently of the server's own arithmetic.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import socket
+import threading
 import time
 
 import pytest
@@ -15,7 +17,8 @@ import torch
 from fake_openai_server import ALPHABET, MODEL_ID, FakeOpenAIServer, logit
 
 from fissure.backends.base import BackendError
-from fissure.backends.http import HTTPLanguageModel
+from fissure.backends import http as http_backend
+from fissure.backends.http import _PROBE_PROMPTS, HTTPLanguageModel, _retry_after
 from fissure.decode.config import Decoding
 
 KEY_ENV = "FISSURE_TEST_API_KEY"
@@ -133,6 +136,18 @@ def test_chats_go_to_the_chat_endpoint(server):
         connect(server, chat=False).generate([chat])
 
 
+def test_on_result_gets_every_answer_served_when_a_request_fails(server):
+    """Requests already under way when one fails for good finish, and reach on_result."""
+    server.behaviour.fail_after, server.behaviour.sleep = 5, 0.05
+    prompts = [f"Prompt {c}" for c in "abcdefgh"]
+    seen = {}
+    with pytest.raises(BackendError, match=r"simulated failure \(5 of 8 requests done\)"):
+        connect(server, concurrency=4).generate(prompts, Decoding(max_new_tokens=3),
+                                                on_result=lambda i, text: seen.__setitem__(i, text))
+    assert len(seen) == len(server.state.generations) == 5
+    assert all(text == ref_greedy(prompts[i], 3) for i, text in seen.items())
+
+
 def test_on_result_keeps_partial_results_before_a_failure(server):
     server.behaviour.fail_after = 3
     prompts = [f"Prompt {c}" for c in "abcdef"]
@@ -246,10 +261,114 @@ def test_timeout_after_retries(server):
 @pytest.mark.parametrize("switch, message", [("garbage", "not JSON: '<html>502 Bad Gateway</html>'"),
                                              ("missing_fields", "no 'choices'")])
 def test_bad_answers_are_one_line_errors(server, switch, message):
+    lm = connect(server, max_retries=2)
     setattr(server.behaviour, switch, True)
-    with pytest.raises(BackendError, match=message) as info:
-        connect(server).generate(["ab"])
+    with pytest.raises(BackendError, match=f"{message}.*gave up after 3 attempts") as info:
+        lm.generate(["ab"])
     assert "\n" not in str(info.value)
+    assert len(server.completion_requests()) == 3  # retried like a 5xx, then given up
+
+
+@pytest.mark.parametrize("fault", ["fail_html", "fail_no_choices"])
+def test_malformed_200_answers_are_retried(server, fault):
+    lm = connect(server, max_retries=4)
+    setattr(server.behaviour, fault, 3)
+    prompts = ["ab", "cd"]
+    assert lm.generate(prompts, Decoding(max_new_tokens=3)) == [ref_greedy(p, 3) for p in prompts]
+    assert len(server.completion_requests()) == 2 + 3
+    assert lm.throughput["retries"] == {"malformed": 3}
+
+
+@pytest.mark.parametrize("fault", ["fail_html", "fail_no_choices"])
+def test_the_log_probability_check_retries_malformed_answers(server, fault):
+    lm = connect(server, max_retries=3)
+    setattr(server.behaviour, fault, 2)  # the check's first request (a greedy generation with logprobs) gets them
+    (r,) = lm.loglikelihood([("The cat", " sat.")])
+    assert r.logprob == pytest.approx(ref_score("The cat", " sat."), abs=1e-9)
+    check = [b for b in bodies(server) if b["prompt"] == _PROBE_PROMPTS[0] and not b.get("echo")]
+    assert len(check) == 3 and all(b["logprobs"] == 1 for b in check)
+    assert lm.capabilities.has_logprobs is True and lm.throughput["retries"] == {"malformed": 2}
+
+
+def test_a_malformed_model_list_is_retried(server):
+    server.behaviour.fail_no_choices = 1  # the GET /v1/models at connection
+    lm = connect(server)
+    assert lm.model == MODEL_ID and lm.throughput["retries"] == {"malformed": 1}
+
+
+def test_a_hanging_server_times_out_and_is_retried(server):
+    server.behaviour.fault_rate, server.behaviour.faults = 0.5, ("hang",)
+    lm = connect(server, timeout=0.2, max_retries=8, concurrency=1)  # one at a time: the fault draws are fixed
+    prompts = [f"Prompt {c}" for c in "abcdef"]
+    start = time.perf_counter()
+    assert lm.generate(prompts, Decoding(max_new_tokens=3)) == [ref_greedy(p, 3) for p in prompts]
+    hangs = server.state.faults_served["hang"]
+    assert hangs >= 2 and lm.throughput["retries"] == {"timeout": hangs}
+    assert time.perf_counter() - start < 0.2 * hangs + 1.5  # each hang costs the client's timeout, no more
+
+
+def test_mixed_faults_never_exceed_the_concurrency_and_throughput_is_counted(server):
+    b = server.behaviour
+    b.sleep, b.fault_rate, b.fault_seed = 0.01, 0.3, 1
+    b.faults = ("html", "no_choices", "drop", "429", "500")
+    lm = connect(server, concurrency=3, max_retries=10)
+    prompts = [f"Prompt {i}" for i in range(40)]
+    assert lm.generate(prompts, Decoding(max_new_tokens=3)) == [ref_greedy(p, 3) for p in prompts]
+    assert server.state.max_in_flight == 3  # reached, never passed, faulty requests included
+    tp = lm.throughput
+    served = server.state.faults_served
+    assert sum(served.values()) >= 8  # faults happened, and each was retried once under its reason
+    reasons = {"malformed": served.get("html", 0) + served.get("no_choices", 0), "connection": served.get("drop", 0),
+               "rate_limited": served.get("429", 0), "server_error": served.get("500", 0)}
+    assert tp["retries"] == {k: v for k, v in sorted(reasons.items()) if v}
+    assert tp["requests"] == 41 and tp["failed"] == 0  # the model list and 40 generations
+    assert tp["attempts"] == len(server.state.requests) == 41 + sum(served.values())
+    assert tp["max_in_flight"] == 3 and tp["concurrency"] == 3
+    assert tp["seconds"] > 0 and tp["requests_per_s"] == pytest.approx(41 / tp["seconds"], rel=0.01)
+
+
+def test_a_long_list_is_fed_to_the_pool_a_few_at_a_time(server, monkeypatch):
+    """The pool never holds more than ``concurrency`` unfinished futures, however long the list."""
+    outstanding, most, lock = [0], [0], threading.Lock()
+
+    class CountingPool(http_backend.ThreadPoolExecutor):
+        def submit(self, fn, *args):
+            with lock:
+                outstanding[0] += 1
+                most[0] = max(most[0], outstanding[0])
+            future = super().submit(fn, *args)
+            future.add_done_callback(lambda _: _done())
+            return future
+
+    def _done():
+        with lock:
+            outstanding[0] -= 1
+
+    monkeypatch.setattr(http_backend, "ThreadPoolExecutor", CountingPool)
+    lm = connect(server, concurrency=4)
+    out = lm._map(lambda i: i * i, 2000)
+    assert out == [i * i for i in range(2000)] and most[0] <= 4
+
+
+def test_retry_after_makes_every_thread_wait(server):
+    lm = connect(server, concurrency=2)
+    server.behaviour.fail_429, server.behaviour.retry_after, server.behaviour.sleep = 1, "0.3", 0.04
+    before = len(server.state.requests)
+    prompts = [f"Prompt {i}" for i in range(12)]
+    assert lm.generate(prompts, Decoding(max_new_tokens=2)) == [ref_greedy(p, 2) for p in prompts]
+    times = [r["t"] for r in server.state.requests[before:]]
+    limited = times[0]  # the first request got the 429
+    # the other thread, busy for 0.4 s more, may have sent one before the 429 came back; it sends
+    # none while the wait lasts
+    assert not [t for t in times if limited + 0.1 < t < limited + 0.28]
+    assert max(times) > limited + 0.29
+    assert lm.throughput["retries"] == {"rate_limited": 1}
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    assert _retry_after("2") == 2.0 and _retry_after(None) is None and _retry_after("soon") is None
+    assert 4.0 < _retry_after(email.utils.formatdate(time.time() + 5, usegmt=True)) <= 5.0
+    assert _retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
 
 
 def test_unreachable_port_names_the_url():

@@ -70,9 +70,16 @@ class RollingLoglikelihood:
 
 
 class LanguageModel(ABC):
-    """Every backend implements these; diagnosis code uses nothing else."""
+    """Every backend implements these; diagnosis code uses nothing else.
+
+    ``streams_results``: ``generate`` also takes ``on_result(index, text)``, called in the caller's
+    thread as each completion arrives, and keeps the completions already handed over when a later
+    one fails (a served model, where each request can fail on its own). Callers save per result
+    then; for other backends a ``generate`` call is the unit that succeeds or fails.
+    """
 
     capabilities: Capabilities
+    streams_results: bool = False
 
     @abstractmethod
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[LoglikelihoodResult]: ...

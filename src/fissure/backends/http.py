@@ -15,12 +15,31 @@ Standard library only: ``urllib.request`` + ``json`` + a thread pool of ``concur
   The check greedily generates a few tokens with their log-probabilities, echoes the same text,
   and compares the two at those tokens: the next-token log-probabilities of step-by-step decoding.
 
+Transport: at most ``concurrency`` requests are in flight at once (a semaphore around each send),
+and a long list is fed to the thread pool ``concurrency`` at a time, never as thousands of pending
+futures. A transient failure is retried ``max_retries`` times with exponential backoff and jitter:
+429 (after its ``Retry-After``, seconds or an HTTP date, capped at 120 s; the other threads wait
+too), 5xx, a dropped connection, a timeout, and a 200 whose body is malformed (not JSON, or
+without the fields asked for). Then a one-line ``BackendError``. ``throughput`` counts requests,
+attempts, retries by reason and the seconds with a request under way, since the object was made.
+
 The API key is read from the environment at each request and sent as ``Authorization: Bearer``;
 it is never stored on the object, logged, or put into an error.
+
+Probing a model served by vLLM's OpenAI-compatible server::
+
+    vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --port 8000
+    fissure probe http://HOST:8000/v1 --model HuggingFaceTB/SmolLM2-135M-Instruct
+
+Chats go to ``/v1/chat/completions`` (vLLM applies the model's chat template); white-box probes use
+echo log-probabilities, which vLLM gives and the check above verifies. Each reply is judged and
+saved to ``samples.jsonl`` as it arrives, so an interrupted run loses nothing:
+``fissure probe --resume RUN_DIR`` finishes it.
 """
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
 import logging
@@ -33,8 +52,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ..decode.config import Decoding
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
@@ -48,10 +68,19 @@ _PROBE_PROMPTS = ("The quick brown fox jumps over the lazy dog. The", "Once upon
 _MAX_WAIT = 120.0  # seconds: the longest Retry-After honoured
 
 
+T = TypeVar("T")
+
+
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None):
+    """A transient failure; ``kind`` names it in the retry counts (``Throughput.retries``)."""
+
+    def __init__(self, reason: str, kind: str, retry_after: float | None = None):
         super().__init__(reason)
-        self.reason, self.retry_after = reason, retry_after
+        self.reason, self.kind, self.retry_after = reason, kind, retry_after
+
+
+class _Malformed(Exception):
+    """A 200 answer without what was asked for: retried like a 5xx."""
 
 
 class _HTTPStatusError(BackendError):
@@ -64,6 +93,32 @@ class _HTTPStatusError(BackendError):
 
 class _NoLogprobs(BackendError):
     """An answer without the log-probabilities asked for."""
+
+
+@dataclass
+class Throughput:
+    """What a backend's requests cost, counted since it was made (see ``HTTPLanguageModel.throughput``).
+
+    ``requests``: requests answered; ``failed``: given up on (retries spent or a refusal);
+    ``attempts``: HTTP requests sent, retries included; ``retries``: by reason (``rate_limited``,
+    ``server_error``, ``timeout``, ``connection``, ``malformed``); ``seconds``: wall time with at
+    least one request under way (backoff waits included); ``max_in_flight``: the most requests on
+    the wire at once (never above ``concurrency``)."""
+
+    concurrency: int
+    requests: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    max_in_flight: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.seconds
+        return {"requests": self.requests, "failed": self.failed, "attempts": self.attempts,
+                "retries": dict(sorted(self.retries.items())), "seconds": round(s, 3),
+                "requests_per_s": round(self.requests / s, 3) if s > 0 else None,
+                "concurrency": self.concurrency, "max_in_flight": self.max_in_flight}
 
 
 @dataclass(frozen=True)
@@ -82,10 +137,13 @@ class HTTPLanguageModel(LanguageModel):
     ``base_url``: e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added to a bare host). ``model``:
     the served model's name; ``None`` takes the first one ``GET /v1/models`` lists. ``chat``:
     ``None`` sends strings to completions and message lists to chat completions; ``True`` sends
-    strings as one user message too; ``False`` refuses message lists. Transient failures (429, 5xx,
-    dropped connections, timeouts) are retried ``max_retries`` times with exponential backoff from
+    strings as one user message too; ``False`` refuses message lists. At most ``concurrency``
+    requests are in flight at once. Transient failures (429, 5xx, dropped connections, timeouts,
+    malformed 200 answers) are retried ``max_retries`` times with exponential backoff from
     ``backoff`` seconds plus jitter, or after the server's ``Retry-After``.
     """
+
+    streams_results = True  # generate(..., on_result=) hands over each completion as it arrives
 
     echo_tolerance = 0.1  # nats: mean |echo - step-by-step| log-probability allowed by the check
 
@@ -108,11 +166,26 @@ class HTTPLanguageModel(LanguageModel):
         self._probe_lock = threading.Lock()
         self._echo_problem: str | None = None
         self._probed = False
+        self._slots = threading.BoundedSemaphore(concurrency)  # requests on the wire
+        self._traffic_lock = threading.Lock()
+        self._traffic = Throughput(concurrency=concurrency)
+        self._busy, self._busy_since, self._on_wire = 0, 0.0, 0
+        self._not_before = 0.0  # time.monotonic() before which no request is sent (a 429's Retry-After)
         self.model, self.max_context = model, None  # so repr works if the lookup below fails
         self.model, self.max_context = self._find_model(model)
 
     def __repr__(self) -> str:
         return f"HTTPLanguageModel(base_url={self.base_url!r}, model={self.model!r})"
+
+    @property
+    def throughput(self) -> dict[str, Any]:
+        """Requests, attempts, retries by reason, seconds and requests/s since this object was made
+        (a snapshot: see :class:`Throughput`)."""
+        with self._traffic_lock:
+            t = Throughput(**{**vars(self._traffic), "retries": dict(self._traffic.retries)})
+            if self._busy:  # a call under way: count its time so far
+                t.seconds += time.monotonic() - self._busy_since
+        return t.as_dict()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -126,8 +199,9 @@ class HTTPLanguageModel(LanguageModel):
         """Completions in input order, ``concurrency`` requests at a time.
 
         ``on_result(index, text)`` is called in the caller's thread as each completion arrives (in
-        arrival order), so a long run can save samples as it goes; if a request fails for good, the
-        ones already passed to ``on_result`` are kept and the error says how many of N were done.
+        arrival order), so a long run can save samples as it goes. If a request fails for good, no
+        new one starts, the ones already under way finish and are passed to ``on_result`` too, and
+        the error says how many of N were done.
         With a ``seed``, prompt ``i`` is sent ``seed + i``: repeated prompts give different samples.
         """
         decoding = decoding or Decoding()
@@ -139,11 +213,7 @@ class HTTPLanguageModel(LanguageModel):
             body = {**body, **params, "model": self.model}
             if decoding.seed is not None:
                 body["seed"] = decoding.seed + i
-            choice = self._choice(self._request(path, body), path)
-            text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
-            if text is not None and not isinstance(text, str):
-                raise BackendError(f"unexpected answer from {self.base_url}{path}: the completion is not text")
-            return text or ""
+            return self._request(path, body, _completion_text)
 
         return self._map(one, len(prompts), on_result)
 
@@ -260,13 +330,13 @@ class HTTPLanguageModel(LanguageModel):
         body = {"model": self.model, "prompt": text, "max_tokens": self._echo_max_tokens, "echo": True,
                 "logprobs": 1, "temperature": 0.0}
         try:
-            answer = self._request("/completions", body)
+            answer = self._request("/completions", body, _with_choice)
         except _HTTPStatusError as e:
             if self._echo_max_tokens == 0 and "max_tokens" in e.server_message:
                 self._echo_max_tokens = 1  # this server wants at least one generated token
                 return self._echo(text)
             raise
-        logprobs = self._choice(answer, "/completions").get("logprobs") or {}
+        logprobs = answer["choices"][0].get("logprobs") or {}
         tokens, values, top = logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("top_logprobs")
         if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
             raise _NoLogprobs(f"{self.base_url} returns no echo log-probabilities (needs echo and logprobs on "
@@ -294,8 +364,8 @@ class HTTPLanguageModel(LanguageModel):
         for prompt in _PROBE_PROMPTS:
             try:
                 answer = self._request("/completions", {"model": self.model, "prompt": prompt, "max_tokens": 8,
-                                                        "temperature": 0.0, "logprobs": 1})
-                choice = self._choice(answer, "/completions")
+                                                        "temperature": 0.0, "logprobs": 1}, _with_choice)
+                choice = answer["choices"][0]
                 logprobs = choice.get("logprobs") or {}
                 tokens, steps = logprobs.get("tokens"), logprobs.get("token_logprobs")
                 if not isinstance(tokens, list) or not isinstance(steps, list) or len(tokens) != len(steps):
@@ -324,14 +394,11 @@ class HTTPLanguageModel(LanguageModel):
     def _find_model(self, model: str | None) -> tuple[str, int | None]:
         """The model name (given, or the first served) and its context length when the server says."""
         try:
-            listing = self._request("/models")
+            data = self._request("/models", None, _model_list)
         except _HTTPStatusError as e:
             if model is not None and e.status == 404:
                 return model, None
             raise
-        data = listing.get("data")
-        if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
-            raise BackendError(f"unexpected answer from {self.base_url}/models: no model list")
         if model is None:
             if not data:
                 raise BackendError(f"{self.base_url} serves no models")
@@ -342,45 +409,126 @@ class HTTPLanguageModel(LanguageModel):
         limit = entry.get("max_model_len")
         return model, limit if isinstance(limit, int) else None
 
-    def _map(self, fn: Callable[[int], object], n: int,
-             on_result: Callable[[int, object], None] | None = None) -> list:
-        """``fn(i)`` for i < n on the thread pool; results in input order."""
+    def _map(self, fn: Callable[[int], T], n: int, on_result: Callable[[int, T], None] | None = None) -> list[T]:
+        """``fn(i)`` for i < n on a thread pool; results in input order.
+
+        At most ``concurrency`` tasks are submitted at a time (the next when one finishes), so a
+        long list never becomes a queue of thousands of futures. ``on_result(i, result)`` is called
+        in this thread as each finishes. When one fails with a ``BackendError``, no new task starts;
+        the ones under way finish (and reach ``on_result``), then the first error is raised with how
+        many of n were done. Any other exception stops everything at once.
+        """
+        if n == 0:
+            return []
         results: list = [None] * n
-        done = 0
-        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, n))) as pool:
-            futures = {pool.submit(fn, i): i for i in range(n)}
-            try:
-                for future in as_completed(futures):
-                    i = futures[future]
-                    results[i] = future.result()
+        done, submitted, error = 0, 0, None
+        width = max(1, min(self.concurrency, n))
+        pool = ThreadPoolExecutor(max_workers=width)
+        running: dict[Future, int] = {}
+        try:
+            while running or (error is None and submitted < n):
+                while error is None and submitted < n and len(running) < width:
+                    running[pool.submit(fn, submitted)] = submitted
+                    submitted += 1
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=running.__getitem__):
+                    i = running.pop(future)
+                    try:
+                        results[i] = future.result()
+                    except BackendError as e:  # keep the first; let the others under way finish
+                        error = error or e
+                        continue
                     done += 1
                     if on_result is not None:
                         on_result(i, results[i])
-            except BaseException as e:
-                pool.shutdown(wait=True, cancel_futures=True)
-                if isinstance(e, BackendError) and n > 1:
-                    raise BackendError(f"{e} ({done} of {n} requests done)") from None
-                raise
+        except BaseException:  # a bug, on_result failed, or an interrupt: stop at once
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if error is not None:
+            if n > 1:
+                raise BackendError(f"{error} ({done} of {n} requests done)") from None
+            raise error
         return results
 
-    def _request(self, path: str, body: dict | None = None) -> dict:
-        """GET (no body) or POST ``body`` as JSON; the decoded JSON object, after retries."""
+    def _request(self, path: str, body: dict | None = None, read: Callable[[dict], Any] | None = None) -> Any:
+        """GET (no body) or POST ``body`` as JSON; the decoded JSON object, or what ``read`` takes
+        from it, after retries. ``read`` raises :class:`_Malformed` for an answer without the fields
+        asked for, which is retried like a 5xx."""
         url = self.base_url + path
         data = None if body is None else json.dumps(body).encode()
-        for attempt in range(self.max_retries + 1):
-            try:
-                return self._send_once(url, data)
-            except _Retryable as e:
-                if attempt == self.max_retries:
-                    raise BackendError(f"{e.reason} from {url}; gave up after {attempt + 1} attempts") from None
-                delay = e.retry_after if e.retry_after is not None else \
-                    self.backoff * 2 ** attempt * random.uniform(0.5, 1.5)
-                delay = min(max(delay, 0.0), _MAX_WAIT)
-                log.warning("%s from %s; retry %d of %d in %.2f s", e.reason, url, attempt + 1, self.max_retries, delay)
-                time.sleep(delay)
+        self._count(busy=1)
+        try:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    answer = self._send_once(url, data)
+                    try:
+                        result = read(answer) if read is not None else answer
+                    except _Malformed as e:
+                        raise _Retryable(f"malformed answer ({e})", "malformed") from None
+                    self._count(requests=1)
+                    return result
+                except _Retryable as e:
+                    if attempt == self.max_retries:
+                        self._count(failed=1)
+                        raise BackendError(f"{e.reason} from {url}; gave up after {attempt + 1} attempts") from None
+                    self._count(retry=e.kind)
+                    delay = e.retry_after if e.retry_after is not None else \
+                        self.backoff * 2 ** attempt * random.uniform(0.5, 1.5)
+                    delay = min(max(delay, 0.0), _MAX_WAIT)
+                    if e.retry_after is not None:  # the server asked every client to wait: so do the other threads
+                        with self._traffic_lock:
+                            self._not_before = max(self._not_before, time.monotonic() + delay)
+                    log.warning("%s from %s; retry %d of %d in %.2f s", e.reason, url, attempt + 1,
+                                self.max_retries, delay)
+                    time.sleep(delay)
+                except BaseException:
+                    self._count(failed=1)
+                    raise
+        finally:
+            self._count(busy=-1)
         raise AssertionError("unreachable")
 
+    def _count(self, busy: int = 0, requests: int = 0, failed: int = 0, retry: str | None = None,
+               on_wire: int = 0) -> None:
+        with self._traffic_lock:
+            t = self._traffic
+            t.requests += requests
+            t.failed += failed
+            if retry is not None:
+                t.retries[retry] = t.retries.get(retry, 0) + 1
+            if on_wire > 0:
+                t.attempts += 1
+            self._on_wire += on_wire
+            t.max_in_flight = max(t.max_in_flight, self._on_wire)
+            if busy > 0 and self._busy == 0:
+                self._busy_since = time.monotonic()
+            self._busy += busy
+            if busy < 0 and self._busy == 0:
+                t.seconds += time.monotonic() - self._busy_since
+
     def _send_once(self, url: str, data: bytes | None) -> dict:
+        with self._traffic_lock:
+            wait_s = self._not_before - time.monotonic()
+        if wait_s > 0:
+            time.sleep(wait_s)
+        with self._slots:  # never more than ``concurrency`` requests on the wire
+            self._count(on_wire=1)
+            try:
+                raw = self._exchange(url, data)
+            finally:
+                self._count(on_wire=-1)
+        try:
+            answer = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            start = self._one_line(raw[:80].decode("utf-8", "replace"))
+            raise _Retryable(f"answer that is not JSON: {start!r}", "malformed") from None
+        if not isinstance(answer, dict):
+            raise _Retryable("answer that is not a JSON object", "malformed")
+        return answer
+
+    def _exchange(self, url: str, data: bytes | None) -> bytes:
+        """One HTTP request; the body of a 2xx answer. Transient failures raise :class:`_Retryable`."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
@@ -388,30 +536,24 @@ class HTTPLanguageModel(LanguageModel):
         request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
+                return response.read()
         except urllib.error.HTTPError as e:
             message = self._one_line(_server_message(e.read()))
             if e.code in _RETRY_STATUS:
-                raise _Retryable(f"HTTP {e.code} ({message})", _retry_after(e.headers.get("Retry-After"))) from None
+                kind = "rate_limited" if e.code == 429 else "server_error"
+                raise _Retryable(f"HTTP {e.code} ({message})", kind, _retry_after(e.headers.get("Retry-After"))) \
+                    from None
             raise self._status_error(e.code, message, url) from None
         except urllib.error.URLError as e:  # refused, unknown host, or a connect timeout
             if isinstance(e.reason, TimeoutError):
-                raise _Retryable(f"no answer within {self.timeout:g} s") from None
+                raise _Retryable(f"no answer within {self.timeout:g} s", "timeout") from None
             if isinstance(e.reason, ConnectionError) and not isinstance(e.reason, ConnectionRefusedError):
-                raise _Retryable(f"connection dropped ({type(e.reason).__name__})") from None
+                raise _Retryable(f"connection dropped ({type(e.reason).__name__})", "connection") from None
             raise BackendError(f"cannot reach {url}: {e.reason}") from None
         except TimeoutError:
-            raise _Retryable(f"no answer within {self.timeout:g} s") from None
+            raise _Retryable(f"no answer within {self.timeout:g} s", "timeout") from None
         except (OSError, http.client.HTTPException) as e:  # reset or closed mid-answer (RemoteDisconnected)
-            raise _Retryable(f"connection dropped ({type(e).__name__})") from None
-        try:
-            answer = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            start = self._one_line(raw[:80].decode("utf-8", "replace"))
-            raise BackendError(f"{url} answered with something that is not JSON: {start!r}") from None
-        if not isinstance(answer, dict):
-            raise BackendError(f"unexpected answer from {url}: not a JSON object")
-        return answer
+            raise _Retryable(f"connection dropped ({type(e).__name__})", "connection") from None
 
     def _status_error(self, status: int, message: str, url: str) -> BackendError:
         if status in (401, 403):  # the message may quote the key: leave it out
@@ -427,11 +569,6 @@ class HTTPLanguageModel(LanguageModel):
         text = text.replace(key, "***") if key else text
         return " ".join(text.split())[:300]
 
-    def _choice(self, answer: dict, path: str) -> dict:
-        choices = answer.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise BackendError(f"unexpected answer from {self.base_url}{path}: no 'choices'")
-        return choices[0]
 
 
 def _server_message(raw: bytes) -> str:
@@ -451,11 +588,45 @@ def _server_message(raw: bytes) -> str:
     return text
 
 
+def _with_choice(answer: dict) -> dict:
+    """A completion answer with a first choice, else :class:`_Malformed`."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _Malformed("no 'choices'")
+    return answer
+
+
+def _completion_text(answer: dict) -> str:
+    """The text of a completion or chat completion answer."""
+    choice = _with_choice(answer)["choices"][0]
+    text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
+    if text is not None and not isinstance(text, str):
+        raise _Malformed("the completion is not text")
+    return text or ""
+
+
+def _model_list(answer: dict) -> list[dict]:
+    data = answer.get("data")
+    if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
+        raise _Malformed("no model list")
+    return data
+
+
 def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:  # an HTTP date: fall back to our own backoff
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
+    if value is None:
         return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None  # unreadable: fall back to our own backoff
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 @register_backend("http", description="a model behind an OpenAI-compatible server (vLLM, llama.cpp, TGI)",

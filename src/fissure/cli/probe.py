@@ -51,7 +51,8 @@ def run(
                                                                       "[default: on]")] = None,
     whitebox: Annotated[bool, typer.Option("--whitebox/--no-whitebox", help="Log-probability probes where the backend "
                                                                             "has them. [default: on]")] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per generate call. [default: 16]")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generate call (a served model: its concurrency applies "
+                                                     "instead). [default: 16]")] = None,
     seed: SeedOption = None,
     backend: BackendOption = None,
     served_model: ServedModelOption = None,
@@ -216,6 +217,10 @@ def _print_summary(results: dict) -> None:
     if tp.get("prompts_per_s"):
         tok = f", {tp['tokens_per_s']:.1f} tokens/s" if tp.get("tokens_per_s") else ""
         out.print(f"throughput: {tp['prompts']} prompts, {tp['prompts_per_s']:.2f} prompts/s{tok}", highlight=False)
+    if isinstance(tp.get("backend"), dict):
+        from ..report.probe import server_traffic
+
+        out.print(f"server: {server_traffic(tp['backend'])}", highlight=False)
 
 
 @probe_app.command("compare")

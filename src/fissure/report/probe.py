@@ -121,6 +121,15 @@ def _refusal_evidence(sample: Sample) -> str | None:
                  if role.startswith("refusal_") and isinstance(v, dict) and v.get("evidence")), None)
 
 
+def server_traffic(tp: dict) -> str:
+    """A served model's request counts in one line: requests, requests/s, retries by reason."""
+    retries = tp.get("retries") or {}
+    why = ", ".join(f"{n} {reason}" for reason, n in retries.items())
+    return (f"{tp.get('requests')} requests in {num(tp.get('seconds'), 1)} s: {num(tp.get('requests_per_s'))} "
+            f"requests/s, at most {tp.get('max_in_flight')} in flight (concurrency {tp.get('concurrency')}); "
+            f"{sum(retries.values())} retries{f' ({why})' if why else ''}, {tp.get('failed')} failed")
+
+
 def render_probe_report(results: dict, samples: list[Sample]) -> str:
     tp = results.get("throughput") or {}
     policy = results.get("policy") or {}
@@ -133,6 +142,7 @@ def render_probe_report(results: dict, samples: list[Sample]) -> str:
                        f"{num(tp.get('prompts_per_s'))} prompts/s, {num(tp.get('tokens_per_s'), 1)} new tokens/s"
                        + (f" ({tp['resumed_samples']} samples from before a resume)"
                           if tp.get("resumed_samples") else "")],
+        *([["server", server_traffic(tp["backend"])]] if isinstance(tp.get("backend"), dict) else []),
         ["run directory", results.get("run_dir")],
     ])
     threshold = results.get("capability_threshold")

@@ -32,7 +32,7 @@ class SuiteConfig:
     capability_threshold: float = 0.5  # below this twin accuracy the model "cannot read" the encoding
     benign: bool = True  # ask the policy's benign twins (over-refusal)
     whitebox: bool = True  # log-probability probes where the backend has them
-    batch_size: int = 16  # prompts per generate call
+    batch_size: int = 16  # prompts per generate call (a served model streams: its concurrency applies)
     seed: int = 0  # canary, attack randomness, sampling
     confidence: float = 0.95
     backend: str = "auto"

@@ -1,8 +1,11 @@
 """Running a probe suite: generate what the plan still lacks, judge it, save it, summarise.
 
 Generation is batched (one ``generate`` call per batch of similar-length prompts, one decoding
-each) and every finished batch is appended to ``samples.jsonl`` at once, so a run that dies
-mid-way keeps its samples and running again on the same directory finishes the rest.
+each). Where the backend streams results (``LanguageModel.streams_results``: a served model, whose
+requests succeed or fail one by one), each reply is judged and appended to ``samples.jsonl`` the
+moment it arrives, and a batch is a whole temperature x sample group (the backend bounds what is
+in flight); elsewhere every finished batch of ``batch_size`` is appended at once. So a run that
+dies mid-way keeps every finished sample, and running again on the same directory finishes the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...backends.base import LanguageModel
+from ...decode.config import Decoding
 from ...errors import GenerationError, UserError
 from ...judges import PolicyJudge, Sample, append_samples, read_samples
 from ...runs import write_json
@@ -73,8 +77,8 @@ class _Meter:
 
 
 class ProbeRun:
-    """One probe run in ``run_dir``: ``progress(n)`` is called after each batch of ``n``
-    generations, ``on_plan(total, already_done)`` once the plan is known."""
+    """One probe run in ``run_dir``: ``progress(n)`` is called as ``n`` more generations are saved
+    (a batch, or one streamed reply), ``on_plan(total, already_done)`` once the plan is known."""
 
     def __init__(self, lm: LanguageModel, config: SuiteConfig, run_dir: Path,
                  progress: Callable[[int], None] | None = None,
@@ -113,50 +117,97 @@ class ProbeRun:
             **summarise([saved[it.key] for it in items], config.capability_threshold, config.confidence,
                         config.temperatures, config.planned),
             "whitebox": whitebox,
-            "throughput": {**self.meter.as_dict(), "resumed_samples": resumed},
+            "throughput": self._throughput(resumed),
             "run_dir": str(self.run_dir),
         }
         write_json(self.run_dir / "results.json", results)
         return results
 
     def _generate(self, items: list[Item], done_before: int, finalise: Callable[[Sample], Sample]) -> list[Sample]:
-        """Generate ``items`` in batches (one decoding each), judge and append every batch."""
+        """Generate ``items`` in batches (one decoding each); judge and append every sample."""
         groups: dict[tuple[float, int], list[Item]] = defaultdict(list)
         for item in items:
             groups[(item.temperature, item.sample)].append(item)
+        streams = getattr(self.lm, "streams_results", False)
         out: list[Sample] = []
         for (t, s), group in groups.items():
             group.sort(key=lambda it: len(it.attack_prompt.text))  # similar lengths together: less padding
-            for start in range(0, len(group), self.config.batch_size):
-                batch = group[start:start + self.config.batch_size]
+            size = len(group) if streams else self.config.batch_size
+            for start in range(0, len(group), size):
+                batch = group[start:start + size]
                 prompts = [build_prompt(self.policy.system_prompt, it.attack_prompt.text, self.chat) for it in batch]
                 decoding = self.config.decoding(t, zlib.crc32(f"{self.config.seed}|{t}|{s}|{batch[0].key}".encode()))
-                began = time.perf_counter()
-                try:
-                    replies = self.lm.generate(prompts, decoding)
-                except (UserError, OSError) as exc:
-                    raise self._failure(exc, done_before + len(out)) from exc
-                elapsed = time.perf_counter() - began
-                counts = [self._count_tokens(r) for r in replies]
-                self.meter.add(len(batch), None if None in counts else sum(counts), elapsed)
-                samples = [finalise(judge_sample(Sample(
-                    key=it.key, kind=it.kind, attack=it.attack_prompt.attack, request=it.request, prompt=prompt,
-                    reply=reply, mode=it.attack_prompt.mode, request_id=it.request_id,
-                    encoding=encoding_of(it.attack_prompt), temperature=t, sample=s, decoding=decoding.signature(),
-                    expected=it.expected, attack_prompt=it.attack_prompt.as_dict(), new_tokens=n_tok,
-                    seconds=elapsed / len(batch), extra={"answer": it.answer} if it.answer else {}), self.judge))
-                    for it, prompt, reply, n_tok in zip(batch, prompts, replies, counts)]
-                append_samples(self.samples_path, samples)
-                out.extend(samples)
-                if self.progress:
-                    self.progress(len(batch))
+                generate = self._streamed if streams else self._batched
+                out.extend(generate(batch, prompts, decoding, done_before + len(out), finalise))
         return out
+
+    def _sample(self, item: Item, prompt, reply: str, decoding: Decoding, n_tok: int | None, seconds: float,
+                finalise: Callable[[Sample], Sample]) -> Sample:
+        """The judged outcome row of one reply."""
+        return finalise(judge_sample(Sample(
+            key=item.key, kind=item.kind, attack=item.attack_prompt.attack, request=item.request, prompt=prompt,
+            reply=reply, mode=item.attack_prompt.mode, request_id=item.request_id,
+            encoding=encoding_of(item.attack_prompt), temperature=item.temperature, sample=item.sample,
+            decoding=decoding.signature(), expected=item.expected, attack_prompt=item.attack_prompt.as_dict(),
+            new_tokens=n_tok, seconds=seconds, extra={"answer": item.answer} if item.answer else {}), self.judge))
+
+    def _batched(self, batch: list[Item], prompts: list, decoding: Decoding, done: int,
+                 finalise: Callable[[Sample], Sample]) -> list[Sample]:
+        """One ``generate`` call; the batch is judged and appended when it has all finished."""
+        began = time.perf_counter()
+        try:
+            replies = self.lm.generate(prompts, decoding)
+        except (UserError, OSError) as exc:
+            raise self._failure(exc, done) from exc
+        elapsed = time.perf_counter() - began
+        counts = [self._count_tokens(r) for r in replies]
+        self.meter.add(len(batch), None if None in counts else sum(counts), elapsed)
+        samples = [self._sample(it, prompt, reply, decoding, n_tok, elapsed / len(batch), finalise)
+                   for it, prompt, reply, n_tok in zip(batch, prompts, replies, counts)]
+        append_samples(self.samples_path, samples)
+        if self.progress:
+            self.progress(len(batch))
+        return samples
+
+    def _streamed(self, batch: list[Item], prompts: list, decoding: Decoding, done: int,
+                  finalise: Callable[[Sample], Sample]) -> list[Sample]:
+        """One ``generate(..., on_result=)`` call; each reply is judged and appended as it arrives
+        (its ``seconds``: the wall time since the one before, so they add up to the call's)."""
+        saved: list[Sample] = []
+        last = time.perf_counter()
+
+        def keep(i: int, reply: str) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            n_tok = self._count_tokens(reply)
+            sample = self._sample(batch[i], prompts[i], reply, decoding, n_tok, now - last, finalise)
+            append_samples(self.samples_path, [sample])
+            saved.append(sample)
+            self.meter.add(1, n_tok, now - last)
+            last = now
+            if self.progress:
+                self.progress(1)
+
+        try:
+            self.lm.generate(prompts, decoding, on_result=keep)
+        except (UserError, OSError) as exc:
+            raise self._failure(exc, done + len(saved)) from exc
+        return saved
 
     def _failure(self, exc: Exception, done: int) -> GenerationError:
         if not done:
             return GenerationError(f"generation failed before any sample finished: {exc}")
         return GenerationError(f"generation failed after {done} of {self.total} samples ({exc}); the finished ones "
                                f"are in {self.samples_path}: finish with `fissure probe --resume {self.run_dir}`")
+
+    def _throughput(self, resumed: int) -> dict:
+        """Prompts and tokens per second of this run's generation; the backend's own request counts
+        (requests, retries by reason, requests/s) where it keeps them."""
+        out = {**self.meter.as_dict(), "resumed_samples": resumed}
+        backend = getattr(self.lm, "throughput", None)
+        if isinstance(backend, dict):
+            out["backend"] = backend
+        return out
 
     def _count_tokens(self, text: str) -> int | None:
         tokenizer = getattr(self.lm, "tokenizer", None)
