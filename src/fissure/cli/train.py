@@ -22,11 +22,12 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train a model from a TOML config; the run directory gets the checkpoint and results."""
-    from ..train.pipeline import load_run_config, train_from_config
+    from ..train.pipeline import check_resume, load_run_config, train_from_config
 
     raw = apply_overrides(load_toml(config), set_ or [])
     cfg = load_run_config(raw)
     if resume:
+        check_resume(cfg, resume)  # before the run directory: a checkpoint this config cannot continue is an error
         cfg.tokenizer.path = str(resume)
     with run_directory("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir,
                        threads=cfg.train.threads) as run_dir:
