@@ -175,7 +175,9 @@ def read_jsonl(path: Path, repair: bool = False) -> list[tuple[int, Any]]:
     return rows
 
 
-_PROVENANCE_ONLY = {"config.toml", "meta.json"}
+# What a run directory holds before it holds results: provenance, and the token files fissure train
+# derives from its input (a user mistake found while preparing data leaves nothing else behind)
+_PROVENANCE_ONLY = {"config.toml", "meta.json", "data"}
 
 
 @contextlib.contextmanager

@@ -218,7 +218,8 @@ def read_model_config(path: str | Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("family"), str) or not isinstance(data.get("config"), dict):
         raise CheckpointError(f"{path / 'config.json'} is corrupted: it needs a 'family' name and a 'config' table")
     if data["family"] not in MODEL_FAMILIES:
-        raise CheckpointError(f"{path}: unknown model family '{data['family']}' (known: {', '.join(MODEL_FAMILIES)})")
+        raise CheckpointError(f"{path / 'config.json'}: unknown model family '{data['family']}' "
+                              f"(known: {', '.join(MODEL_FAMILIES)})")
     return data
 
 
@@ -349,7 +350,7 @@ def read_tuned_meta(path: str | Path) -> dict | None:
         return None
     try:
         meta = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{file} is corrupted ({exc.__class__.__name__})") from None
     if not isinstance(meta, dict) or meta.get("kind") not in ("adapter", "full"):
         raise CheckpointError(f"{file} is not a fissure fine-tuning record (no kind 'adapter' or 'full')")
@@ -373,6 +374,15 @@ def read_adapter(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     for key in ("base", "base_sha256", "lora"):
         if key not in meta:
             raise CheckpointError(f"{path / TUNED_META} lacks '{key}'")
+    if not isinstance(meta["base"], str) or not meta["base"] or not isinstance(meta["base_sha256"], str):
+        raise CheckpointError(f"{path / TUNED_META}: 'base' and 'base_sha256' must be text")
+    from ..config import from_dict
+    from .lora import LoraSpec
+
+    try:
+        from_dict(LoraSpec, meta["lora"], prefix="lora.")
+    except UserError as exc:
+        raise CheckpointError(f"{path / TUNED_META}: {exc}") from None
     try:
         state = load_file(str(path / ADAPTER_WEIGHTS))
     except (SafetensorError, OSError) as exc:

@@ -76,9 +76,11 @@ def load_run_config(raw: dict) -> RunConfig:
 
 def check_resume(cfg: RunConfig, resume: str | Path) -> None:
     """Before anything is written: ``resume`` is a checkpoint this config can continue (a GPT of the
-    same shape, with a valid trainer state that has steps left under the same schedule)."""
+    same shape whose weights, tokenizer, optimizer moments and RNG states all load, with a trainer
+    state that has steps left under the same schedule)."""
     from ..errors import CheckpointError
-    from .checkpoint import load_trainer_state, read_model_config
+    from .checkpoint import load_checkpoint, load_trainer_state, read_model_config
+    from .trainer import make_optimizer
 
     data = read_model_config(resume)
     if data["family"] != "gpt":
@@ -90,7 +92,8 @@ def check_resume(cfg: RunConfig, resume: str | Path) -> None:
         k = differ[0]
         raise ConfigError(f"--resume: {resume} has model.{k} = {theirs[k]!r}, this config {ours[k]!r}; resume with "
                           "the config that trained it")
-    state, _ = load_trainer_state(resume)
+    model, _ = load_checkpoint(resume)  # weights, config and tokenizer, checked together
+    state, _ = load_trainer_state(resume, make_optimizer(model, cfg.train))  # optimizer moments and RNG states too
     saved = state.get("train_config", {}).get("max_steps")
     if saved not in (None, cfg.train.max_steps):
         raise ConfigError(f"resume needs the same train.max_steps as the original run ({saved}), or the schedule "
