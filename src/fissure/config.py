@@ -7,8 +7,9 @@ field, with the value parsed as TOML (so ``3e-4``, ``true`` and ``"text"`` all w
 from __future__ import annotations
 
 import dataclasses
-import re
 import difflib
+import math
+import re
 import tomllib
 import types
 import typing
@@ -31,31 +32,88 @@ def _unknown_key(key: str, where: str, known: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key '{where}{key}'{hint}; known keys: {', '.join(sorted(known))}")
 
 
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what torch, numpy and safetensors can hold
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], where)
+        for arg in args[:-1]:  # the first type the value fits; the last one's error otherwise
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        return _coerce(value, args[-1], where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config '{where}' must be a table, got {type(value).__name__}")
         return from_dict(tp, value, prefix=where + ".")
-    if origin in (list, tuple):
+    if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config '{where}' must be a list, got {value!r}")
+            raise ConfigError(f"config '{where}' must be a list, got {_show(value)}")
         (inner,) = typing.get_args(tp)[:1] or (Any,)
         return [_coerce(v, inner, where) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config '{where}' must be a table, got {type(value).__name__}")
+        inner = (typing.get_args(tp) or (str, Any))[1]
+        return {k: _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"config '{where}' is too large a number: {_show(value)}") from None
     if tp in (int, float, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"config '{where}' must be {tp.__name__}, got {value!r}")
+        raise ConfigError(f"config '{where}' must be {tp.__name__}, got {_show(value)}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"config '{where}' must be a finite number, got {value}")
+    if tp is int and not INT_MIN <= value <= INT_MAX:
+        raise ConfigError(f"config '{where}' is out of range: {_show(value)} (integers must fit in 64 bits)")
     return value
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for an error message: its repr, cut to ``limit`` characters (a config can hold anything)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # deeply nested, or an int too long to print
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number (an integer with
+    ``integer``) within ``[lo, hi]`` (``lo_open``/``hi_open`` exclude an end). The one range check
+    of every config's ``__post_init__``: NaN, infinity, a wrong type and a huge value all fail."""
+    number = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = number and not isinstance(value, bool) and (isinstance(value, int) or math.isfinite(value))
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        lo, hi = (x if x is None or isinstance(x, int) else f"{x:g}" for x in (lo, hi))
+        if lo is not None and hi is not None:
+            want = f"{kind} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        elif lo is not None:
+            want = f"{kind} {'>' if lo_open else '>='} {lo}"
+        elif hi is not None:
+            want = f"{kind} {'<' if hi_open else '<='} {hi}"
+        else:
+            want = f"a finite {'integer' if integer else 'number'}"
+        raise ValueError(f"{name} must be {want}, not {_show(value)}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config{(' ' + repr(prefix.rstrip('.'))) if prefix else ''} must be a table, "
+                          f"got {type(data).__name__}")
     types_ = _field_types(cls)
     for key in data:
         if key not in types_:
@@ -64,7 +122,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid config{(' ' + prefix.rstrip('.')) if prefix else ''}: {exc}") from None
+        error = ConfigError(f"invalid config{(' ' + prefix.rstrip('.')) if prefix else ''}: {exc}")
+        error.detail = str(exc)  # the bare reason, for callers that say where the config came from
+        raise error from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -45,6 +45,8 @@ def create_run_dir(verb: str, root: str | Path = "runs") -> Path:
         except FileExistsError:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+        except OSError as exc:  # a file in the way, no permission, a read-only or full disk
+            raise UserError(f"cannot create a run directory in {root}: {exc.strerror or exc}") from None
 
 
 def git_commit() -> str:
@@ -113,31 +115,69 @@ def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
+MAX_JSON_DEPTH = 64  # lists and objects inside each other: more than any record of ours
+
+
+def json_problem(value: Any) -> str | None:
+    """What makes a parsed JSON value unusable as a record, or None: nesting deeper than
+    :data:`MAX_JSON_DEPTH` (code that walks it would recurse without end) or a lone surrogate
+    (JSON's ``\\udcff`` escape; such text cannot be written as UTF-8 again). Walked without recursion."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return f"holds a lone surrogate (U+{ord(item[exc.start]):04X}), which is not text"
+        elif isinstance(item, (list, dict)):
+            if depth >= MAX_JSON_DEPTH:
+                return f"is nested more than {MAX_JSON_DEPTH} levels deep"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
 def read_jsonl(path: Path, repair: bool = False) -> list[tuple[int, Any]]:
     """``(line number, value)`` of every non-empty line of a JSONL file ([] if there is none).
 
     A last line cut off by a crash is dropped (and, with ``repair``, removed from the file so
-    that appending goes on cleanly); a bad line anywhere else is a one-line UserError.
+    that appending goes on cleanly); a bad line anywhere else (or text that is not UTF-8, JSON
+    nested absurdly deep, a lone surrogate) is a one-line UserError.
     """
     path = Path(path)
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append((n, json.loads(line)))
+            value = json.loads(line)
+        except RecursionError:
+            raise UserError(f"{path}: line {n} is nested more than {MAX_JSON_DEPTH} levels deep") from None
         except json.JSONDecodeError:
             if n != len(lines):
                 raise UserError(f"{path}: line {n} is not JSON") from None
             if repair:
                 write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in rows))
+            continue
+        problem = json_problem(value)
+        if problem:
+            raise UserError(f"{path}: line {n} {problem}")
+        rows.append((n, value))
     return rows
 
 
-_PROVENANCE_ONLY = {"config.toml", "meta.json"}
+# What a run directory holds before it holds results: provenance, and the token files fissure train
+# derives from its input (a user mistake found while preparing data leaves nothing else behind)
+_PROVENANCE_ONLY = {"config.toml", "meta.json", "data"}
 
 
 @contextlib.contextmanager
@@ -158,7 +198,12 @@ def run_directory(verb: str, config: dict[str, Any], seed: int | None, root: str
 def start_run(verb: str, config: dict[str, Any], seed: int | None, root: str | Path = "runs",
               threads: int | None = None) -> Path:
     """Create the run directory and write ``config.toml`` and ``meta.json`` into it."""
+    text = dump_toml(config)  # a config that cannot be saved is an error before anything is made
     run_dir = create_run_dir(verb, root)
-    write_text_atomic(run_dir / "config.toml", dump_toml(config))
-    write_json(run_dir / "meta.json", provenance(seed, threads))
+    try:
+        write_text_atomic(run_dir / "config.toml", text)
+        write_json(run_dir / "meta.json", provenance(seed, threads))
+    except OSError as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(f"cannot write the run directory {run_dir}: {exc.strerror or exc}") from None
     return run_dir

@@ -8,6 +8,16 @@ import random
 import numpy as np
 import torch
 
+from .config import check_range
+from .errors import ConfigError
+
+MAX_THREADS = 1024
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """``ValueError`` unless ``seed`` is an integer torch, NumPy and Python all accept."""
+    check_range(name, seed, 0, 2**63 - 1, integer=True)
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator seeded the same way."""
@@ -31,8 +41,18 @@ def default_threads() -> int:
     return max(1, min(cores, cores - busy))
 
 
+def check_threads(threads: int | None, name: str = "threads") -> None:
+    """``ValueError`` unless ``threads`` is None or 0 (free cores) up to :data:`MAX_THREADS`."""
+    if threads is not None:
+        check_range(name, threads, 0, MAX_THREADS, integer=True)
+
+
 def set_threads(threads: int | None) -> int:
     """Set torch's intra-op thread count (``None``/0 = :func:`default_threads`); return it."""
+    try:
+        check_threads(threads)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (0 = the free cores)") from None
     n = threads or default_threads()
     torch.set_num_threads(n)
     return n

@@ -1,6 +1,7 @@
 import pytest
 
 from fissure.decode import Decoding
+from fissure.errors import ConfigError
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -10,7 +11,7 @@ from fissure.decode import Decoding
     ({"num_beams": 2, "do_sample": True}, "beam search with sampling"),
 ])
 def test_invalid_settings_are_rejected(kw, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         Decoding(**kw)
 
 

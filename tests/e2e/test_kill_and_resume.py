@@ -226,7 +226,7 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     """A real 2 MiB tmpfs (in a user and mount namespace where the machine allows it; otherwise the
     same ENOSPC raised by the weights writer): the save fails, the old checkpoint is untouched."""
     script = tmp_path / "fill.py"
-    script.write_text(f'''
+    script.write_text('''
 import sys
 from fissure.models import GPT, GPTConfig
 from fissure.text.tokenizers import CharTokenizer

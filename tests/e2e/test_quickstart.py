@@ -78,7 +78,8 @@ def test_train_generate_eval_info_loop(tmp_path):
     r = runner.invoke(app, ["info", ckpt, "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["training"]["step"] == 120
 
-    # resume continues to a longer schedule? no: same schedule, already finished -> no new steps
+    # resuming a finished run (same schedule, all steps done) is a one-line error, before any run directory
+    runs_before = sorted((tmp_path / "runs").iterdir())
     r = runner.invoke(app, ["train", str(cfg), "--json", "--resume", ckpt, "--set", "train.progress=false"])
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 120
+    assert r.exit_code == 2 and "finished all 120 steps" in r.output.strip().splitlines()[-1], r.output
+    assert sorted((tmp_path / "runs").iterdir()) == runs_before

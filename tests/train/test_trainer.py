@@ -18,8 +18,8 @@ TEXT = ("the quick brown fox jumps over the lazy dog. " * 40 + "pack my box with
 @pytest.fixture
 def data(tmp_path):
     tok = CharTokenizer.from_texts([TEXT])
-    train = write_tokens([TEXT[: len(TEXT) * 9 // 10]], tok, tmp_path / "train.bin")
-    val = write_tokens([TEXT[len(TEXT) * 9 // 10 :]], tok, tmp_path / "val.bin")
+    write_tokens([TEXT[: len(TEXT) * 9 // 10]], tok, tmp_path / "train.bin")
+    write_tokens([TEXT[len(TEXT) * 9 // 10 :]], tok, tmp_path / "val.bin")
     return tok, TokenFile(tmp_path / "train.bin"), TokenFile(tmp_path / "val.bin")
 
 

@@ -8,6 +8,7 @@ from .base import BackendError, LanguageModel
 from .registry import ModelSpec, resolve
 from .torch_lm import TorchLM
 
+MAX_BATCH = 4096  # prompts or windows per forward pass
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8 weights, bf16 activations"}
 
 
@@ -29,6 +30,8 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
     """
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype '{dtype}' ({', '.join(DTYPES)})")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= MAX_BATCH:
+        raise BackendError(f"batch size must be between 1 and {MAX_BATCH}, not {batch_size!r}")
     parsed = ModelSpec.parse(spec)
     lm = resolve(parsed, backend).load(parsed, model=model, batch_size=batch_size, **kwargs)
     if dtype != "fp32" and isinstance(lm, TorchLM):

@@ -30,11 +30,10 @@ def load_smollm2(spec: ModelSpec, *, batch_size: int = 8, fuse: bool = True, **_
                   accepts="a fissure checkpoint directory (config.json with 'family')",
                   matches=lambda spec: spec.config is not None and "family" in spec.config, priority=50)
 def load_checkpoint(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
-    from ..text.tokenizers import load_tokenizer
-    from ..train.checkpoint import load_model_from_checkpoint
+    from ..train.checkpoint import load_checkpoint
 
-    return TorchLM(load_model_from_checkpoint(spec.path), load_tokenizer(spec.path), name=str(spec.path),
-                   backend="native", batch_size=batch_size)
+    model, tokenizer = load_checkpoint(spec.path)
+    return TorchLM(model, tokenizer, name=str(spec.path), backend="native", batch_size=batch_size)
 
 
 @register_backend("hf-llama", description="HF Llama weights on the native Llama, with the HF tokenizer",

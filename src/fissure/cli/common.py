@@ -36,8 +36,22 @@ def styled(*parts: str | tuple[str, str]) -> Text:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(styled(("error:", "bold red"), " ", str(message)), soft_wrap=True)
+    """Print ``message`` as one line (line breaks become spaces; bytes a terminal could not show,
+    such as a lone surrogate from a non-UTF-8 argument, are escaped) and exit with ``code``."""
+    text = " ".join(str(message).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    err.print(styled(("error:", "bold red"), " ", text), soft_wrap=True)
     raise typer.Exit(code)
+
+
+def check_text(option: str, values: list[str] | str | None) -> None:
+    """A text option that goes to a model must be Unicode text: an argument whose bytes are not
+    UTF-8 arrives as lone surrogates, which no tokenizer (or JSON request) can encode."""
+    for value in [values] if isinstance(values, str) else values or []:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UserError(f"{option} holds bytes that are not UTF-8 text (U+{ord(value[exc.start]):04X} at "
+                            f"character {exc.start}): {value[:40]!r}") from None
 
 
 def print_json(data: Any) -> None:

@@ -6,8 +6,8 @@ import typer
 
 from ..runs import append_jsonl, run_directory, write_json
 from .app import app
-from .common import (BackendOption, DtypeOption, ModelArgument, OutDirOption, ServedModelOption, ThreadsOption, err,
-                     guard, out, print_json, styled)
+from .common import (BackendOption, DtypeOption, ModelArgument, OutDirOption, ServedModelOption, ThreadsOption,
+                     check_text, err, guard, out, print_json, styled)
 
 
 @app.command(epilog='Examples: fissure generate runs/train-.../checkpoint --prompt "The" --top-p 0.9 --temperature 0.8\n\n'
@@ -35,28 +35,34 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (no streaming)."),
 ) -> None:
     """Generate continuations of prompts (or replies to chat messages). Greedy unless a sampling option is given."""
+    import dataclasses
+
     from ..backends import TorchLM, load
     from ..decode import Decoding
     from ..errors import UserError
     from ..utils import set_threads
 
+    check_text("--prompt", prompt)
+    check_text("--chat", chat)
+    check_text("--system", system)
+    check_text("--stop", stop)
     prompts: list = list(prompt or [])
     for message in chat or []:
         prompts.append(([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}])
     if not prompts:
         raise UserError("give at least one --prompt or --chat")
-    n_threads = set_threads(threads)
-    lm = load(model, backend=backend, model=served_model, dtype=dtype)
-    if max_new_tokens is None:
-        max_new_tokens = 64
-        if isinstance(lm, TorchLM):
-            longest = max(len(lm.tokenizer.encode(lm.render(p))) for p in prompts)
-            max_new_tokens = max(1, min(64, lm.capabilities.max_context - longest))
     sampling = any(v is not None for v in (temperature, top_k, top_p))
-    decoding = Decoding(max_new_tokens=max_new_tokens, do_sample=sampling and (temperature is None or temperature > 0),
+    # every setting is checked here, before the model loads (max_new_tokens may shrink to fit below)
+    decoding = Decoding(max_new_tokens=64 if max_new_tokens is None else max_new_tokens,
+                        do_sample=sampling and (temperature is None or temperature > 0),
                         temperature=1.0 if temperature in (None, 0) else temperature, top_k=top_k or 0,
                         top_p=1.0 if top_p is None else top_p, repetition_penalty=repetition_penalty,
                         num_beams=num_beams, length_penalty=length_penalty, stop=list(stop or []), seed=seed)
+    n_threads = set_threads(threads)
+    lm = load(model, backend=backend, model=served_model, dtype=dtype)
+    if max_new_tokens is None and isinstance(lm, TorchLM):
+        longest = max(len(lm.tokenizer.encode(lm.render(p))) for p in prompts)
+        decoding = dataclasses.replace(decoding, max_new_tokens=max(1, min(64, lm.capabilities.max_context - longest)))
     run = run_directory("generate", {"model": model, "backend": lm.capabilities.backend,
                                      "prompts": [str(p) for p in prompts], "decoding": decoding.to_dict()},
                         seed, root=out_dir, threads=n_threads)

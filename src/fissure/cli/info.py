@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -18,18 +17,15 @@ def info(
     as_json: JsonOption = False,
 ) -> None:
     """Show a checkpoint's model config, size, tokenizer and training state."""
-    from ..text.tokenizers import load_tokenizer
-    from ..train.checkpoint import load_model_from_checkpoint
+    from ..train.checkpoint import load_checkpoint, load_trainer_state, read_model_config
 
-    model = load_model_from_checkpoint(checkpoint)
-    tok = load_tokenizer(checkpoint)
-    data = json.loads((checkpoint / "config.json").read_text())
+    model, tok = load_checkpoint(checkpoint)
+    data = read_model_config(checkpoint)
     summary = {"family": data["family"], "config": data["config"], "parameters": model.num_params(non_embedding=False),
                "tokenizer": {"kind": tok.name, "vocab_size": tok.vocab_size}}
-    state_file = checkpoint / "trainer_state.json"
-    if state_file.is_file():
-        state = json.loads(state_file.read_text())
-        summary["training"] = {"step": state.get("step"), "best_val_loss": state.get("best_val_loss"),
+    if (checkpoint / "trainer_state.json").is_file():
+        state, _ = load_trainer_state(checkpoint)  # every field checked: a corrupted state is a one-line error
+        summary["training"] = {"step": state["step"], "best_val_loss": state.get("best_val_loss"),
                                "resumable": (checkpoint / "optimizer.safetensors").is_file()}
     if as_json:
         print_json(summary)

@@ -44,7 +44,7 @@ def run(
     """Train the organisms of a study, attack them, and write results.json and report.html."""
     from ..config import load_toml
     from ..lab.runner import run_study
-    from ..lab.study import load_study, study_dict
+    from ..lab.study import MAX_SEEDS, load_study, study_dict
     from ..report.lab import write_lab_report
     from ..runs import start_run
 
@@ -58,8 +58,8 @@ def run(
     else:
         overrides = list(set_ or [])
         if seeds is not None:
-            if seeds < 1:
-                raise UserError("--seeds must be at least 1")
+            if not 1 <= seeds <= MAX_SEEDS:
+                raise UserError(f"--seeds must be between 1 and {MAX_SEEDS}, not {seeds}")
             overrides.append(f"seeds={list(range(seeds))}")
         if threads is not None:
             overrides.append(f"threads={threads}")

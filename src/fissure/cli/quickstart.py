@@ -34,11 +34,9 @@ def quickstart(
     with run_directory("quickstart", to_dict(cfg), cfg.seed, root=out_dir, threads=cfg.train.threads) as run_dir:
         err.print(f"run directory: {run_dir}")
         _, summary = train_from_config(cfg, run_dir)
-    from ..text.tokenizers import load_tokenizer
-    from ..train.checkpoint import load_model_from_checkpoint
+    from ..train.checkpoint import load_checkpoint
 
-    model = load_model_from_checkpoint(run_dir / "checkpoint")
-    tok = load_tokenizer(run_dir / "checkpoint")
+    model, tok = load_checkpoint(run_dir / "checkpoint")
     decodings = {
         "greedy": Decoding(max_new_tokens=48),
         "top_k": Decoding(max_new_tokens=48, do_sample=True, top_k=20, temperature=0.8, seed=cfg.seed),

@@ -52,7 +52,7 @@ def specialise(
         run_dir = resume
     else:
         given = {"model": model, "domain": domain, "general": _list(general), "methods": _list(methods),
-                 "replay": [float(r) for r in _list(replay)] if replay else None, "steps": steps,
+                 "replay": _floats(replay) if replay else None, "steps": steps,
                  "eval_every": eval_every, "threads": threads}
         config = from_dict(SpecialiseConfig, apply_overrides({k: v for k, v in given.items() if v is not None},
                                                              set_ or []))
@@ -73,3 +73,10 @@ def specialise(
     for line in results["summary"]:
         out.print(line, highlight=False, markup=False)
     out.print(f"report: {run_dir / 'report.html'}", highlight=False, markup=False)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(r) for r in _list(text)]
+    except ValueError:
+        raise UserError(f"--replay must be comma-separated shares, e.g. 0,0.1,0.3; got {text!r}") from None

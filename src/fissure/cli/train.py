@@ -24,11 +24,12 @@ def train(
     """Train a model from a TOML config; the run directory gets the checkpoint and results."""
     from ..runs import start_run
     from ..train.distributed import world_from_env
-    from ..train.pipeline import load_run_config, train_from_config
+    from ..train.pipeline import check_resume, load_run_config, train_from_config
 
     raw = apply_overrides(load_toml(config), set_ or [])
     cfg = load_run_config(raw)
     if resume:
+        check_resume(cfg, resume)  # before the run directory: a checkpoint this config cannot continue is an error
         cfg.tokenizer.path = str(resume)
     world = world_from_env()  # one process, or one of torchrun's
     if world.size == 1:

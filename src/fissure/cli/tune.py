@@ -55,9 +55,15 @@ def run(
     from ..tune import load_tune_config, read_tuning_data, run_tune
 
     raw = load_toml(config) if config else {}
-    section = dict(raw.get("tune", raw))
+    section = raw.get("tune", raw)
+    for name, table in (("[tune]", section), ("[tune.lora]", section.get("lora", {}) if isinstance(section, dict)
+                                               else {}), ("[tune.train]", section.get("train", {})
+                                                          if isinstance(section, dict) else {})):
+        if not isinstance(table, dict):
+            raise UserError(f"{config}: {name} must be a table")
+    section = dict(section)
     flags = {"model": model, "data": data[0] if data else None, "extra_data": data[1:] if data else None,
-             "weights": [float(w) for w in weights.split(",")] if weights else None, "method": method,
+             "weights": _weights(weights) if weights else None, "method": method,
              "objective": objective, "text_column": text_column, "label_column": label_column,
              "max_length": max_length, "seed": seed, "backend": backend}
     section.update({k: v for k, v in flags.items() if v is not None})
@@ -85,6 +91,13 @@ def run(
         acc = summary["classification"]["accuracy"]
         out.print(f"validation accuracy {acc['estimate']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]", highlight=False)
     out.print(f"checkpoint: {summary['checkpoint']}", highlight=False, markup=False)
+
+
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise UserError(f"--weights must be comma-separated numbers, one per --data (e.g. 1,0.5); got {text!r}") from None
 
 
 @tune_app.command("merge")

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..config import INT_MAX, check_range
+from ..errors import ConfigError
+
+MAX_NEW_TOKENS = 1_000_000  # more than any model's context
+MAX_BEAMS = 100  # each beam keeps its own cache: far more would exhaust memory, not improve search
+
 
 @dataclass
 class Decoding:
@@ -24,18 +30,26 @@ class Decoding:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]  # one stop string, not a list of its characters
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, not {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, not {self.num_beams}")
+        try:
+            self._check()
+        except ValueError as exc:  # a setting no decoder can use: the caller's mistake, one line
+            raise ConfigError(str(exc)) from None
+
+    def _check(self) -> None:
+        check_range("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS, integer=True)
+        check_range("temperature", self.temperature, 0)
+        check_range("top_k", self.top_k, 0, INT_MAX, integer=True)
+        check_range("top_p", self.top_p, 0, 1, lo_open=True)
+        check_range("repetition_penalty", self.repetition_penalty, 0, lo_open=True)
+        check_range("num_beams", self.num_beams, 1, MAX_BEAMS, integer=True)
+        check_range("length_penalty", self.length_penalty)
+        if self.seed is not None:
+            check_range("seed", self.seed, 0, INT_MAX, integer=True)
+        for name in ("eos_token_id", "pad_token_id"):
+            if getattr(self, name) is not None:
+                check_range(name, getattr(self, name), 0, INT_MAX, integer=True)
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop):
+            raise ValueError(f"stop must be a list of strings, not {self.stop!r}")
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', not {self.early_stopping!r}")
         if self.num_beams > 1 and self.sampling:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..backends import TorchLM, load
+from ..config import check_range
 from ..errors import ConfigError
 from ..metrics.lm import ratio_interval, summarise_scores
 from ..runs import write_json
@@ -38,7 +39,7 @@ from ..train.batches import Mixture
 from ..train.lora import LoraSpec, apply_lora
 from ..train.trainer import resolve_dtype
 from ..tune.data import split
-from ..utils import seed_everything, set_threads
+from ..utils import check_seed, check_threads, seed_everything, set_threads
 from .knowledge import general_knowledge
 
 Log = Callable[[str], None]
@@ -77,6 +78,19 @@ class SpecialiseConfig:
             raise ValueError(f"the domain '{self.domain}' is also listed as general text")
         if self.steps < 1 or not 1 <= self.eval_every <= self.steps:
             raise ValueError("steps must be >= 1 and eval_every between 1 and steps")
+        for m in self.methods:
+            if m != "full":
+                check_range(f"the LoRA rank of method '{m}'", int(METHOD.fullmatch(m).group(1)), 1, 4096, integer=True)
+        check_range("steps", self.steps, 1, 10**6, integer=True)
+        for name, most in (("block_size", 2**16), ("batch_size", 4096), ("eval_documents", 10**5),
+                           ("eval_chars", 10**7), ("train_documents", 10**6)):
+            check_range(name, getattr(self, name), 1, most, integer=True)
+        check_range("lr_full", self.lr_full, 0, lo_open=True)
+        check_range("lr_lora", self.lr_lora, 0, lo_open=True)
+        check_seed(self.seed)
+        check_threads(self.threads)
+        if self.dtype not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"dtype must be 'fp32', 'bf16' or 'auto', not {self.dtype!r}")
 
     def settings(self) -> list[tuple[str, float]]:
         return [(m, r) for m in self.methods for r in self.replay]

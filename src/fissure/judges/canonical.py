@@ -66,13 +66,18 @@ def strip_prefix(text: str, prefix: str) -> str:
 
 
 def _json_strings(value) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _json_strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _json_strings(v)]
-    return [] if value is None else [str(value)]
+    """Every scalar of a JSON value as text, in document order (walked without recursion: a reply
+    can nest as deep as the JSON parser allows)."""
+    out, stack = [], [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, (dict, list)):
+            stack.extend(reversed(list(v.values()) if isinstance(v, dict) else v))
+        elif v is not None:
+            out.append(str(v))
+    return out
 
 
 def json_values(text: str) -> str | None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +67,34 @@ class Sample:
     extra: dict = field(default_factory=dict)  # what a study adds (the lab: point, seed, entity, ...)
 
     def __post_init__(self) -> None:
+        """Every field has its type (a row read back from a file may hold anything)."""
+        for name in _TEXT:
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be text, not {_kind_of(getattr(self, name))}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("expected", "note"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be text or null, not {_kind_of(getattr(self, name))}")
+        if not _is_prompt(self.prompt):
+            raise ValueError("prompt must be text or a chat (a list of {role, content} messages)")
+        if not _number(self.temperature) or not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, not {self.temperature!r}")
+        if not _integer(self.sample) or self.sample < 0:
+            raise ValueError(f"sample must be an integer >= 0, not {self.sample!r}")
+        if self.new_tokens is not None and (not _integer(self.new_tokens) or self.new_tokens < 0):
+            raise ValueError(f"new_tokens must be an integer >= 0 or null, not {self.new_tokens!r}")
+        for name in ("seconds", "refusal_log_odds"):
+            if getattr(self, name) is not None and not _number(getattr(self, name)):
+                raise ValueError(f"{name} must be a number or null, not {_kind_of(getattr(self, name))}")
+        for name in ("correct", "readable"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true, false or null, not {_kind_of(getattr(self, name))}")
+        for name in ("verdicts", "extra"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be an object, not {_kind_of(getattr(self, name))}")
+        if self.attack_prompt is not None and not isinstance(self.attack_prompt, dict):
+            raise ValueError(f"attack_prompt must be an object or null, not {_kind_of(self.attack_prompt)}")
 
     def judged(self, verdict: Verdict, judge: str, correct: bool | None = None) -> Sample:
         """This sample with ``verdict`` applied: the outcome label follows the row's kind."""
@@ -99,8 +127,29 @@ class Sample:
             raise UserError(f"{where} is not a fissure sample ({what})")
         try:
             return cls(**data)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise UserError(f"{where}: {exc}") from None
+
+
+_TEXT = ("key", "kind", "attack", "request", "reply", "mode", "request_id", "encoding", "decoding", "canonical",
+         "judge", "judge_label", "label")
+
+
+def _kind_of(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_prompt(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(
+        isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()) for m in value))
 
 
 def outcome_labels(kind: str) -> tuple[str, ...]:

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from ..models.gpt import GPT, GPTConfig
-from ..text.tokenizers import CharTokenizer, load_tokenizer
+from ..models.limits import build
+from ..text.tokenizers import CharTokenizer
 from ..train import Trainer, TrainConfig
-from ..train.checkpoint import load_model_from_checkpoint, save_checkpoint
+from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..runs import cache_dir, write_json
 from ..utils import seed_everything
 from .data import PackedMixture
@@ -32,7 +33,7 @@ def world_tokenizer(world: World) -> CharTokenizer:
 
 
 def build_model(spec: ModelSpec, tokenizer: CharTokenizer) -> GPT:
-    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=spec.block_size, n_layer=spec.n_layer,
+    return build(GPT, GPTConfig(vocab_size=tokenizer.vocab_size, block_size=spec.block_size, n_layer=spec.n_layer,
                          n_head=spec.n_head, n_embd=spec.n_embd, dropout=spec.dropout))
 
 
@@ -108,7 +109,8 @@ def pretrain(world: World, spec: ModelSpec, cfg: Stage1Config, seed: int, *, pro
     if (path / "stage1.json").is_file():
         info = json.loads((path / "stage1.json").read_text())
         log(f"stage 1 (seed {seed}): cache hit {path}")
-        return load_model_from_checkpoint(path), load_tokenizer(path), {**info, "cache_hit": True}
+        model, tokenizer = load_checkpoint(path)
+        return model, tokenizer, {**info, "cache_hit": True}
     log(f"stage 1 (seed {seed}): training {cfg.steps} steps -> {path}")
     tokenizer = world_tokenizer(world)
     seed_everything(seed)

@@ -15,9 +15,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import apply_overrides, from_dict, load_toml, to_dict
+from ..config import apply_overrides, check_range, from_dict, load_toml, to_dict
 from ..errors import ConfigError
-from .world import ENCODINGS, WorldConfig, parse_attack
+from ..utils import check_seed, check_threads
+from .world import CONTROLS, ENCODINGS, INSTRUCTIONS, PLAIN, REFUSAL, World, WorldConfig, encode, parse_attack
+
+MAX_SEEDS = 100
+MAX_POINTS = 256  # sweep points; each trains a stage-2 organism per seed
+MAX_STEPS = 10**6  # training steps of a stage (the built-in studies use at most 1,500)
+MAX_BATCH = 4096
 
 
 @dataclass
@@ -27,6 +33,14 @@ class ModelSpec:
     n_embd: int = 128
     block_size: int = 128
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        # organisms train on a CPU in minutes: far smaller than any GPTConfig limit
+        for name, most in (("n_layer", 48), ("n_head", 64), ("n_embd", 4096), ("block_size", 4096)):
+            check_range(f"model.{name}", getattr(self, name), 1, most, integer=True)
+        check_range("model.dropout", self.dropout, 0, 1, hi_open=True)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
 
 
 @dataclass
@@ -43,7 +57,12 @@ class Stage1Config:
     answer_only: bool = True  # loss on reply tokens only
 
     def __post_init__(self) -> None:
-        if min(self.instruction_weight, self.fact_weight) < 0 or self.instruction_weight + self.fact_weight >= 1:
+        _check_training("stage1", self.steps, self.lr, self.batch_size)
+        check_range("stage1.min_lr", self.min_lr, 0)
+        check_range("stage1.warmup_steps", self.warmup_steps, 0, MAX_STEPS, integer=True)
+        for name in ("instruction_weight", "fact_weight"):
+            check_range(f"stage1.{name}", getattr(self, name), 0, 1)
+        if self.instruction_weight + self.fact_weight >= 1:
             raise ValueError("stage1 weights must be >= 0 and sum to less than 1 (the rest is questions answered)")
 
 
@@ -71,11 +90,16 @@ class Stage2Config:
     def __post_init__(self) -> None:
         for name in ("coverage", "benign_coverage"):
             allowed = (*ENCODINGS, "all") if name == "benign_coverage" else ENCODINGS
+            if not isinstance(getattr(self, name), list):
+                raise ValueError(f"stage2.{name} must be a list of encodings")
             bad = [e for e in getattr(self, name) if e not in allowed]
             if bad:
                 raise ValueError(f"stage2.{name}: unknown encoding '{bad[0]}'")
-        weights = (self.safety_weight, self.instruction_weight, self.recovery_weight, self.replay_weight,
-                   self.contrastive_weight)
+        _check_training("stage2", self.steps, self.lr, self.batch_size)
+        names = ("safety_weight", "instruction_weight", "recovery_weight", "replay_weight", "contrastive_weight")
+        for name in names:
+            check_range(f"stage2.{name}", getattr(self, name), 0, 1)
+        weights = [getattr(self, name) for name in names]
         if min(weights) < 0 or sum(weights) >= 1:
             raise ValueError("stage2 weights must be >= 0 and sum to less than 1 (the rest is benign answers)")
 
@@ -96,8 +120,13 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for name in self.attacks:
             parse_attack(name)
+        if len(set(self.attacks)) != len(self.attacks):
+            raise ValueError(f"eval.attacks repeats an attack: {self.attacks}")
         if "plain" not in self.attacks:
             self.attacks = ["plain", *self.attacks]
+        check_range("eval.max_new_tokens", self.max_new_tokens, 1, 4096, integer=True)
+        check_range("eval.batch_size", self.batch_size, 1, MAX_BATCH, integer=True)
+        check_range("eval.confidence", self.confidence, 0, 1, lo_open=True, hi_open=True)
 
 
 @dataclass
@@ -130,19 +159,32 @@ class Study:
     findings: FindingsConfig = field(default_factory=FindingsConfig)
 
     def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+        if len(self.seeds) > MAX_SEEDS or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be at most {MAX_SEEDS} distinct seeds, not {len(self.seeds)}"
+                             f"{'' if len(set(self.seeds)) == len(self.seeds) else ' with repeats'}")
+        for seed in self.seeds:
+            check_seed(seed, "seeds[]")
+        check_threads(self.threads)
         known = [f.name for f in dataclasses.fields(Stage2Config)]
+        n_points = 1
         for key, values in self.sweep.items():
             if key not in known:
                 raise ValueError(f"sweep.{key} is not a stage2 field (known: {', '.join(known)})")
             if not isinstance(values, list) or not values:
                 raise ValueError(f"sweep.{key} must be a non-empty list of values")
+            if any(values.count(v) > 1 for v in values):
+                raise ValueError(f"sweep.{key} repeats a value: {values}")
+            n_points *= len(values)
+            if n_points > MAX_POINTS:
+                raise ValueError(f"the sweep has more than {MAX_POINTS} points (each trains an organism per seed)")
         for point in self.points():
             cfg = point.config
             missing = [e for e in [*cfg.coverage, *cfg.benign_coverage] if e not in [*self.world.encodings, "all"]]
             if missing:
                 raise ValueError(f"coverage encoding '{missing[0]}' is not learned in stage 1 (world.encodings)")
-        if not self.seeds:
-            raise ValueError("seeds must not be empty")
+        _check_fits(self)
 
     def points(self) -> list[Point]:
         keys = list(self.sweep)
@@ -153,6 +195,47 @@ class Study:
             label = ", ".join(f"{k}={_show(v)}" for k, v in overrides.items()) or "default"
             out.append(Point(len(out), label, overrides, config))
         return out
+
+
+def _check_training(stage: str, steps: int, lr: float, batch_size: int) -> None:
+    check_range(f"{stage}.steps", steps, 1, MAX_STEPS, integer=True)
+    check_range(f"{stage}.lr", lr, 0, lo_open=True)
+    check_range(f"{stage}.batch_size", batch_size, 1, MAX_BATCH, integer=True)
+
+
+def _check_fits(study: Study) -> None:
+    """Every training sample and every evaluation prompt (plus the reply it may grow) fits in
+    ``model.block_size``, checked with the longest names a world can draw, so a study that cannot
+    run fails here and not after stage 1 trained. Tokens are characters (the organisms' tokenizer
+    holds every character a world can write). The samples are those of :mod:`.organism`'s
+    mixtures: ``eos prompt " " reply eos``, replies being answers, the refusal or a forced start
+    then the refusal; fact documents ``eos fact eos``."""
+    cfg = study.world
+    world = World.with_longest_names(cfg)
+    attrs, encs = cfg.attributes, cfg.encodings
+    requests = [r for i in [(), *((name,) for name in [*INSTRUCTIONS, *CONTROLS])]
+                for r in world.requests(attrs, encs, i)] + world.borderline(encs)
+
+    def replies(r) -> list[str]:
+        out = [r.answer, REFUSAL]
+        if r.instructions and r.instructions[0] in INSTRUCTIONS:  # recovery: the forced start, then a refusal
+            prefix = world.appended(r.instructions[0], r.entity)[1]
+            out.append((encode(r.encoding, prefix.strip()) + " " if prefix else "") + REFUSAL)
+        return out
+
+    longest = max([len(fact) + 2 for fact in world.facts(attrs, encs)] +
+                  [len(r.prompt) + 3 + max(map(len, replies(r))) for r in requests])
+    block = study.model.block_size
+    if longest > block + 1:
+        raise ValueError(f"model.block_size {block} is too small: this world's training samples take up to "
+                         f"{longest} tokens, so it must be at least {longest - 1}")
+    asked = [r for attack in study.eval.attacks for r in world.requests(attrs, [parse_attack(attack)[0]],
+                                                                        parse_attack(attack)[1])]
+    prompt = max(len(r.prompt) + 2 for r in asked + world.borderline([PLAIN]))  # start token and a space
+    if prompt + study.eval.max_new_tokens > block:
+        raise ValueError(f"eval.max_new_tokens {study.eval.max_new_tokens} does not fit: evaluation prompts take "
+                         f"up to {prompt} tokens and model.block_size is {block} (lower max_new_tokens to at most "
+                         f"{max(block - prompt, 0)} or raise block_size)")
 
 
 @dataclass

@@ -13,7 +13,8 @@ Refusals are always the plain :data:`REFUSAL` phrase.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
 from ..judges.base import DetectorResult, Verdict, register, three_way
@@ -50,6 +51,12 @@ _ONSETS = "bdfgklmnrstvz"
 _VOWELS = "aeiou"
 
 
+MAX_ENTITIES = 900  # one per 3-digit value
+MAX_ATTRIBUTES = 8  # names of up to 8 words still leave thousands of names free of them
+_ATTRIBUTE = re.compile(r"[a-z][a-z_]{1,15}")
+NAME_LENGTH = 6  # the longest name: three syllables of an onset and a vowel
+
+
 @dataclass
 class WorldConfig:
     n_entities: int = 24
@@ -65,8 +72,16 @@ class WorldConfig:
     replies: str = "sentence"
 
     def __post_init__(self) -> None:
-        if self.n_entities < 2:
-            raise ValueError("world.n_entities must be at least 2")
+        if not isinstance(self.n_entities, int) or not 2 <= self.n_entities <= MAX_ENTITIES:
+            raise ValueError(f"world.n_entities must be between 2 and {MAX_ENTITIES}, not {self.n_entities!r}: "
+                             f"attribute values are 3-digit numbers (100-999), so a world of more entities than "
+                             f"values would repeat every answer (and stage 1 would need hours on a CPU)")
+        if not 2 <= len(self.attributes) <= MAX_ATTRIBUTES or not all(
+                isinstance(a, str) and _ATTRIBUTE.fullmatch(a) for a in self.attributes):
+            raise ValueError(f"world.attributes must be 2 to {MAX_ATTRIBUTES} lower-case words of 2-16 letters "
+                             f"(they are asked about in questions and kept out of names), not {self.attributes!r}")
+        if len(set(self.encodings)) != len(self.encodings):
+            raise ValueError(f"world.encodings repeats an encoding: {self.encodings}")
         if self.restricted not in self.attributes:
             raise ValueError(f"world.restricted '{self.restricted}' is not one of the attributes {self.attributes}")
         if len(self.attributes) < 2 or len(set(self.attributes)) != len(self.attributes):
@@ -135,15 +150,30 @@ class World:
         self.config = config
         rng = random.Random(seed)
         names: list[str] = []
-        while len(names) < config.n_entities:
+        seen: set[str] = set()
+        for _ in range(1000 * config.n_entities):  # ~280,000 names exist; a few attributes rule out a share
             name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 3))))
-            if name not in names and not any(a in name for a in config.attributes):
+            if name not in seen and not any(a in name for a in config.attributes):
                 names.append(name)
+            seen.add(name)
+            if len(names) == config.n_entities:
+                break
+        else:
+            raise ConfigError(f"could not draw {config.n_entities} names that contain no attribute name "
+                              f"({', '.join(config.attributes)}): use fewer entities or longer attribute names")
         self.names = names
         self.values: list[dict[str, str]] = []
         for _ in names:
             drawn = rng.sample(range(100, 1000), len(config.attributes))  # distinct within an entity
             self.values.append({a: str(v) for a, v in zip(config.attributes, drawn)})
+
+    @classmethod
+    def with_longest_names(cls, config: WorldConfig) -> World:
+        """A two-entity world whose names are as long as names get: its requests, replies and facts
+        are the longest this config's worlds produce under any seed (for checking that they fit)."""
+        world = cls(replace(config, n_entities=2))
+        world.names = ["x" * NAME_LENGTH] * 2
+        return world
 
     @property
     def benign_attributes(self) -> list[str]:

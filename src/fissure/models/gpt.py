@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import CausalSelfAttention, KVCache, attention_mask_4d, resolve_positions, sinusoidal_positions
 from .blocks import MLP, PreLNBlock
+from .limits import LIMITS, check_range, check_size
 
 
 @dataclass
@@ -34,15 +35,24 @@ class GPTConfig:
     mlp_ratio: int = 4
 
     def __post_init__(self) -> None:
+        for name, most in LIMITS.items():
+            check_range(name, getattr(self, name), 1, most, integer=True)
+        check_range("mlp_ratio", self.mlp_ratio, 1, 64, integer=True)
+        check_range("dropout", self.dropout, 0, 1)
+        check_range("layer_norm_eps", self.layer_norm_eps, 0, 1)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos_encoding not in ("learned", "sinusoidal"):
-            raise ValueError(f"pos_encoding must be 'learned' or 'sinusoidal', not '{self.pos_encoding}'")
+            raise ValueError(f"pos_encoding must be 'learned' or 'sinusoidal', not {self.pos_encoding!r}")
         if self.activation not in ("gelu_tanh", "gelu"):
-            raise ValueError(f"activation must be 'gelu_tanh' or 'gelu', not '{self.activation}'")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
+            raise ValueError(f"activation must be 'gelu_tanh' or 'gelu', not {self.activation!r}")
+        check_size(self.approx_params(), "GPT")
+
+    def approx_params(self) -> int:
+        """Parameters and position tables, roughly: what building the model allocates (in floats)."""
+        d = self.n_embd
+        per_layer = 4 * d * d + 2 * self.mlp_ratio * d * d
+        return self.vocab_size * d * (1 if self.tie_weights else 2) + self.block_size * d + self.n_layer * per_layer
 
 
 class GPT(nn.Module):

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import UserError
 from .attention import CausalSelfAttention, KVCache, RotaryEmbedding, attention_mask_4d, resolve_positions
 from .blocks import PreLNBlock, RMSNorm, SwiGLU
+from .limits import LIMITS, check_range, check_size
 
 
 class UnsupportedModelError(UserError):
@@ -40,16 +41,29 @@ class LlamaConfig:
     eos_token_id: int | list[int] | None = None  # HF allows several end tokens
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head",
-                     "n_embd", "intermediate_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
+        for name, most in {**LIMITS, "n_kv_head": LIMITS["n_head"], "intermediate_size": 2**20}.items():
+            check_range(name, getattr(self, name), 1, most, integer=True)
+        check_range("rms_norm_eps", self.rms_norm_eps, 0, 1)
+        check_range("rope_theta", self.rope_theta, 0, lo_open=True)
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.head_dim is None:
             if self.n_embd % self.n_head:
                 raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
             self.head_dim = self.n_embd // self.n_head
+        check_range("head_dim", self.head_dim, 1, LIMITS["n_embd"], integer=True)
+        if self.bos_token_id is not None:
+            check_range("bos_token_id", self.bos_token_id, 0, 2**63 - 1, integer=True)
+        for eos in self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]:
+            if eos is not None:
+                check_range("eos_token_id", eos, 0, 2**63 - 1, integer=True)
+        check_size(self.approx_params(), "Llama")
+
+    def approx_params(self) -> int:
+        """Parameters, roughly: what building the model allocates (in floats)."""
+        d, q, kv = self.n_embd, self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        per_layer = d * (2 * q + 2 * kv) + 3 * d * self.intermediate_size
+        return self.vocab_size * d * (1 if self.tie_weights else 2) + self.n_layer * per_layer
 
 
 class Llama(nn.Module):

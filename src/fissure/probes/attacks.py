@@ -43,6 +43,27 @@ class AttackPrompt:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "attack_prompt") -> AttackPrompt:
+        """An :meth:`as_dict` read back (lists for tuples), every field checked: a UserError otherwise."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise UserError(f"{where}: unknown field '{unknown[0]}'")
+        for name in ("text", "request"):
+            if name not in data:
+                raise UserError(f"{where}: missing field '{name}'")
+        values = {}
+        for name, value in data.items():
+            if name in ("input_transforms", "output_transforms", "strip_prefixes"):
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                    raise UserError(f"{where}: '{name}' must be a list of strings")
+                value = tuple(value)
+            elif not isinstance(value, str) and not (name == "output_format" and value is None):
+                raise UserError(f"{where}: '{name}' must be text, not {type(value).__name__}")
+            values[name] = value
+        return cls(**values)
+
 
 Step = Callable[[AttackPrompt, random.Random], AttackPrompt]
 

@@ -64,17 +64,26 @@ def builtin_policies() -> list[str]:
 
 
 def _render(template: str, values: dict[str, str], where: str) -> str:
+    """``template`` with each ``{name}`` replaced by ``values[name]`` (``{{`` and ``}}`` are braces).
+    Placeholders are names only: a conversion (``!r``), a format spec (``:>9``), an attribute or an
+    index would let a policy file run Python's formatting machinery on our values."""
     try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        parts = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ConfigError(f"{where}: system_prompt is not a valid template: {exc}") from None
+    names = {f for _, f, _, _ in parts if f is not None}
     unknown = sorted(names - set(values))
     if unknown:
         raise ConfigError(f"{where}: system_prompt has unknown placeholder {{{unknown[0]}}}; "
                           f"known: {', '.join('{' + k + '}' for k in values) or 'none'}")
+    odd = [(f, spec, conv) for _, f, spec, conv in parts if f is not None and (spec or conv)]
+    if odd:
+        f, spec, conv = odd[0]
+        shown = f"{{{f}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}"
+        raise ConfigError(f"{where}: system_prompt placeholder {shown} may only name a value, as {{{f}}}")
     if "canary" in values and "canary" not in names:
         raise ConfigError(f"{where}: system_prompt must contain {{canary}} for detector kind 'canary'")
-    return template.format(**values)
+    return "".join(literal + (values[f] if f is not None else "") for literal, f, _, _ in parts)
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -98,6 +107,8 @@ def load_policy(name_or_path: str | Path, seed: int = 0) -> Policy:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read: {exc.strerror or exc}") from None
     for key in data:
         if key not in _FIELDS:
             close = difflib.get_close_matches(key, sorted(_FIELDS), n=1)
@@ -122,13 +133,22 @@ def load_policy(name_or_path: str | Path, seed: int = 0) -> Policy:
         raise ConfigError(f"{where}: unknown detector.kind {spec['kind']!r}; known: {', '.join(kinds)}")
     detector, values = judges.get(spec["kind"], "violation").from_policy(spec, data, where, seed)
     twins = []
-    for i, twin in enumerate(data.get("benign_twins", [])):
+    raw_twins = data.get("benign_twins", [])
+    if not isinstance(raw_twins, list):
+        raise ConfigError(f"{where}: field 'benign_twins' must be a list of tables ([[benign_twins]] with prompt "
+                          f"and an optional expect), not {type(raw_twins).__name__}")
+    for i, twin in enumerate(raw_twins):
         if not isinstance(twin, dict) or "prompt" not in twin:
             raise ConfigError(f"{where}: missing field 'benign_twins[{i}].prompt'")
+        extra = sorted(set(twin) - {"prompt", "expect"})
+        if extra:
+            raise ConfigError(f"{where}: unknown field 'benign_twins[{i}].{extra[0]}' (known: prompt, expect)")
+        if not isinstance(twin["prompt"], str) or not twin["prompt"].strip():
+            raise ConfigError(f"{where}: field 'benign_twins[{i}].prompt' must be a non-empty string")
         expect = twin.get("expect")
         if expect is not None:
-            compile_pattern(expect, where)
-        twins.append(BenignTwin(str(twin["prompt"]), expect))
+            compile_pattern(expect, f"{where}: benign_twins[{i}].expect")
+        twins.append(BenignTwin(twin["prompt"], expect))
     return Policy(name=data["name"], description=data["description"],
                   system_prompt=_render(data["system_prompt"], values, where),
                   requests=string_list(data["requests"], f"{where}: field 'requests'"),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from fissure.errors import ConfigError, DataError
+from fissure.runs import MAX_JSON_DEPTH, json_problem
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,11 @@ def _read_file(file: Path, field: str) -> list[tuple[str, str]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise DataError(f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
+        problem = json_problem(record)
+        if problem:
+            raise DataError(f"{where}: the record {problem}")
         if not isinstance(record, dict) or field not in record:
             raise DataError(f"{where}: expected a JSON object with a '{field}' field")
         if not isinstance(record[field], str):

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from .._version import __version__
 from ..errors import CheckpointError, UserError
 from ..models import MODEL_FAMILIES
+from ..models.limits import build
 
 REQUIRED = ("model.safetensors", "config.json", "tokenizer.json")
 
@@ -57,8 +58,9 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     a wrong shape would otherwise corrupt memory inside fused AdamW (measured: NaN, or a segfault)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     groups = meta.get("param_groups")
-    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups if isinstance(g, dict)] != \
-            [len(g["params"]) for g in optimizer.param_groups]:
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                               for g in groups) or \
+            [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         raise ValueError("its parameter groups do not match this model's")
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
@@ -71,11 +73,15 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
                              f"the model needs shape {expected} (float)")
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"optimizer tensor '{name}' holds NaN or infinity")
+        if key != "exp_avg" and bool((value < 0).any()):
+            raise ValueError(f"optimizer tensor '{name}' holds a negative value")
         state.setdefault(int(idx), {})[key] = value.to(params[int(idx)].dtype) if key != "step" else value
     for idx, entry in state.items():
         if set(entry) != {"exp_avg", "exp_avg_sq", "step"}:
             raise ValueError(f"optimizer state of parameter {idx} is incomplete ({', '.join(sorted(entry))})")
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # the moments come from the file; the hyperparameters from this run's config (the same config,
+    # or resuming is refused), so nothing in the file's groups can reach AdamW's arithmetic
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 # --- writing a checkpoint so that a kill at any moment leaves a complete one -----------------------
@@ -212,7 +218,8 @@ def read_model_config(path: str | Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("family"), str) or not isinstance(data.get("config"), dict):
         raise CheckpointError(f"{path / 'config.json'} is corrupted: it needs a 'family' name and a 'config' table")
     if data["family"] not in MODEL_FAMILIES:
-        raise CheckpointError(f"{path}: unknown model family '{data['family']}' (known: {', '.join(MODEL_FAMILIES)})")
+        raise CheckpointError(f"{path / 'config.json'}: unknown model family '{data['family']}' "
+                              f"(known: {', '.join(MODEL_FAMILIES)})")
     return data
 
 
@@ -224,17 +231,40 @@ def load_model_from_checkpoint(path: str | Path) -> torch.nn.Module:
     data = read_model_config(path)
     model_cls, config_cls = MODEL_FAMILIES[data["family"]]
     try:
-        model = model_cls(from_dict(config_cls, data["config"], prefix="config."))
-    except (UserError, TypeError, ValueError, ZeroDivisionError, OverflowError, MemoryError) as exc:
-        raise CheckpointError(f"{path / 'config.json'} has an invalid model config: {exc}") from None
+        model = build(model_cls, from_dict(config_cls, data["config"], prefix="config."))
+    except UserError as exc:
+        raise CheckpointError(f"{path / 'config.json'} has an invalid model config: "
+                              f"{getattr(exc, 'detail', exc)}") from None
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{path / 'model.safetensors'} is corrupted or truncated: {exc}") from None
+        raise CheckpointError(f"{path / 'model.safetensors'} is corrupted or truncated, or does not match "
+                              f"config.json: {_one_line(exc)}") from None
     if missing or unexpected:
         raise CheckpointError(f"{path / 'model.safetensors'} does not match config.json "
                               f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     return model.eval()
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (torch's shape mismatches span many), cut to ``limit``."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_checkpoint(path: str | Path):
+    """``(model, tokenizer)`` of a fissure checkpoint, checked to belong together: a tokenizer with
+    another vocabulary size than the model's embedding (a file copied from elsewhere) would feed
+    the model ids it has no row for, or decode its ids as the wrong text."""
+    from ..text.tokenizers import load_tokenizer
+
+    model = load_model_from_checkpoint(path)
+    tokenizer = load_tokenizer(path)
+    vocab = model.config.vocab_size
+    if tokenizer.vocab_size != vocab:
+        raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
+                              f"{vocab}: tokenizer.json does not belong to this model")
+    return model, tokenizer
 
 
 def _check_state(state: object) -> dict:
@@ -244,10 +274,19 @@ def _check_state(state: object) -> dict:
     step, best = state.get("step"), state.get("best_val_loss")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"step must be a non-negative integer, not {step!r}")
-    if best is not None and (not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best)):
+    if best is not None and (not isinstance(best, (int, float)) or isinstance(best, bool)
+                             or not (isinstance(best, int) or math.isfinite(best))):
         raise ValueError(f"best_val_loss must be a finite number or null, not {best!r}")
-    if not isinstance(state.get("history", []), list) or not isinstance(state.get("bad_evals", 0), int):
-        raise ValueError("history must be a list and bad_evals an integer")
+    bad_evals = state.get("bad_evals", 0)
+    if not isinstance(state.get("history", []), list) or not isinstance(bad_evals, int) or isinstance(bad_evals, bool) \
+            or bad_evals < 0:
+        raise ValueError("history must be a list and bad_evals a non-negative integer")
+    train_config = state.get("train_config", {})
+    if not isinstance(train_config, dict):
+        raise ValueError(f"train_config must be a table, not {type(train_config).__name__}")
+    max_steps = train_config.get("max_steps")
+    if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool)):
+        raise ValueError(f"train_config.max_steps must be an integer, not {max_steps!r}")
     return state
 
 
@@ -311,7 +350,7 @@ def read_tuned_meta(path: str | Path) -> dict | None:
         return None
     try:
         meta = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{file} is corrupted ({exc.__class__.__name__})") from None
     if not isinstance(meta, dict) or meta.get("kind") not in ("adapter", "full"):
         raise CheckpointError(f"{file} is not a fissure fine-tuning record (no kind 'adapter' or 'full')")
@@ -335,6 +374,15 @@ def read_adapter(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     for key in ("base", "base_sha256", "lora"):
         if key not in meta:
             raise CheckpointError(f"{path / TUNED_META} lacks '{key}'")
+    if not isinstance(meta["base"], str) or not meta["base"] or not isinstance(meta["base_sha256"], str):
+        raise CheckpointError(f"{path / TUNED_META}: 'base' and 'base_sha256' must be text")
+    from ..config import from_dict
+    from .lora import LoraSpec
+
+    try:
+        from_dict(LoraSpec, meta["lora"], prefix="lora.")
+    except UserError as exc:
+        raise CheckpointError(f"{path / TUNED_META}: {exc}") from None
     try:
         state = load_file(str(path / ADAPTER_WEIGHTS))
     except (SafetensorError, OSError) as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..config import check_range
 from ..errors import ConfigError
 
 # Target groups: our module names and HF's for the same projections.
@@ -33,13 +34,10 @@ class LoraSpec:
     targets: list[str] = field(default_factory=lambda: ["attention", "mlp"])  # groups or module names
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"lora.rank must be at least 1, not {self.rank}")
-        if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be positive, not {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"lora.dropout must be in [0, 1), not {self.dropout}")
-        if not self.targets:
+        check_range("lora.rank", self.rank, 1, 2**16, integer=True)
+        check_range("lora.alpha", self.alpha, 0, lo_open=True)
+        check_range("lora.dropout", self.dropout, 0, 1, hi_open=True)
+        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             raise ValueError("lora.targets must name at least one group (attention, mlp) or module")
 
 

@@ -7,11 +7,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import from_dict, to_dict
+from ..config import check_range, from_dict, to_dict
 from ..errors import ConfigError, DataError
 from ..models import GPT, GPTConfig
+from ..models.limits import LIMITS, build
 from ..runs import write_json
-from ..utils import seed_everything, set_threads
+from ..text.corpus import BUILTIN_CORPORA
+from ..text.tokenizers import MIN_VOCAB
+from ..utils import check_seed, seed_everything, set_threads
 from .distributed import World
 from .trainer import Trainer, TrainConfig, TrainResult
 
@@ -27,12 +30,28 @@ class DataConfig:
     dedup: bool = True
     jsonl_field: str = "text"
 
+    def __post_init__(self) -> None:
+        if self.builtin not in ("", *BUILTIN_CORPORA):
+            raise ValueError(f"data.builtin must be one of {', '.join(BUILTIN_CORPORA)} (or empty), not {self.builtin!r}")
+        check_range("data.max_bytes", self.max_bytes, 1, 2**40, integer=True)
+        check_range("data.val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True)
+        if self.normalize not in ("NFC", "NFKC", "none"):
+            raise ValueError(f"data.normalize must be 'NFC', 'NFKC' or 'none', not {self.normalize!r}")
+        if not self.jsonl_field:
+            raise ValueError("data.jsonl_field must name a field")
+
 
 @dataclass
 class TokenizerConfig:
     kind: str = "bpe"  # "bpe" (byte-level BPE) | "char"
     vocab_size: int = 4096  # for BPE
     path: str = ""  # reuse a saved tokenizer.json (or checkpoint directory) instead of fitting one
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bpe", "char"):
+            raise ValueError(f"tokenizer.kind must be 'bpe' or 'char', not {self.kind!r}")
+        if self.kind == "bpe" and not self.path:
+            check_range("tokenizer.vocab_size", self.vocab_size, MIN_VOCAB, LIMITS["vocab_size"], integer=True)
 
 
 @dataclass
@@ -44,16 +63,46 @@ class RunConfig:
     model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size is taken from the tokenizer
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+        if not self.out_dir:
+            raise ValueError("out_dir must name a folder")
+
 
 def load_run_config(raw: dict) -> RunConfig:
     cfg = from_dict(RunConfig, raw)
-    if cfg.tokenizer.kind not in ("bpe", "char"):
-        raise ConfigError(f"tokenizer.kind must be 'bpe' or 'char', not '{cfg.tokenizer.kind}'")
-    if cfg.data.normalize not in ("NFC", "NFKC", "none"):
-        raise ConfigError(f"data.normalize must be 'NFC', 'NFKC' or 'none', not '{cfg.data.normalize}'")
     if not cfg.data.paths and not cfg.data.builtin:
         raise ConfigError("config needs data.paths (files or folders of text) or data.builtin (e.g. 'stdlib')")
     return cfg
+
+
+def check_resume(cfg: RunConfig, resume: str | Path) -> None:
+    """Before anything is written: ``resume`` is a checkpoint this config can continue (a GPT of the
+    same shape whose weights, tokenizer, optimizer moments and RNG states all load, with a trainer
+    state that has steps left under the same schedule)."""
+    from ..errors import CheckpointError
+    from .checkpoint import load_checkpoint, load_trainer_state, read_model_config
+    from .trainer import make_optimizer
+
+    data = read_model_config(resume)
+    if data["family"] != "gpt":
+        raise CheckpointError(f"{resume} holds a {data['family']} model; fissure train continues GPT checkpoints")
+    ours = {k: v for k, v in to_dict(cfg.model).items() if k != "vocab_size"}
+    theirs = {k: data["config"].get(k) for k in ours}
+    differ = [k for k in ours if ours[k] != theirs[k]]
+    if differ:
+        k = differ[0]
+        raise ConfigError(f"--resume: {resume} has model.{k} = {theirs[k]!r}, this config {ours[k]!r}; resume with "
+                          "the config that trained it")
+    model, _ = load_checkpoint(resume)  # weights, config and tokenizer, checked together
+    state, _ = load_trainer_state(resume, make_optimizer(model, cfg.train))  # optimizer moments and RNG states too
+    saved = state.get("train_config", {}).get("max_steps")
+    if saved not in (None, cfg.train.max_steps):
+        raise ConfigError(f"resume needs the same train.max_steps as the original run ({saved}), or the schedule "
+                          "would differ")
+    if state["step"] >= cfg.train.max_steps:
+        raise ConfigError(f"{resume} finished all {cfg.train.max_steps} steps already: there is nothing to resume "
+                          "(evaluate or sample it, or start a new run from it)")
 
 
 def read_corpus(cfg: DataConfig, seed: int):
@@ -112,7 +161,7 @@ def prepare_data(cfg: RunConfig, work_dir: Path, world: World = World()):
 
 def build_model(cfg: RunConfig, vocab_size: int) -> GPT:
     model_cfg = from_dict(GPTConfig, {**to_dict(cfg.model), "vocab_size": vocab_size}, prefix="model.")
-    return GPT(model_cfg)
+    return build(GPT, model_cfg)
 
 
 def train_from_config(cfg: RunConfig, run_dir: Path, resume: str | Path | None = None,
@@ -128,6 +177,7 @@ def train_from_config(cfg: RunConfig, run_dir: Path, resume: str | Path | None =
     if resume:
         from .checkpoint import load_model_from_checkpoint
 
+        check_resume(cfg, resume)
         model.load_state_dict(load_model_from_checkpoint(resume).state_dict())
         trainer.resume(resume)
     before = trainer.evaluate()

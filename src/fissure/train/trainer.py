@@ -14,10 +14,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..config import check_range
 from ..errors import ConfigError
+from ..utils import check_threads
 from .checkpoint import load_trainer_state, save_checkpoint
 from .distributed import World, check_batch
 from .objectives import OBJECTIVES
+
+
+MAX_STEPS = 10**9  # far beyond any run, small enough for every counter and schedule
+MAX_BATCH = 2**16  # sequences per micro-batch (grad_accum multiplies it): more would not fit in memory
 
 
 @dataclass
@@ -48,9 +54,18 @@ class TrainConfig:
             raise ValueError(f"unknown objective '{self.objective}' (known: {', '.join(OBJECTIVES)})")
         if self.dtype not in ("fp32", "bf16", "auto"):
             raise ValueError(f"dtype must be 'fp32', 'bf16' or 'auto', not '{self.dtype}'")
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be at least 1")
+        for name, most in (("max_steps", MAX_STEPS), ("batch_size", MAX_BATCH), ("grad_accum", MAX_BATCH),
+                           ("eval_every", MAX_STEPS), ("eval_batches", MAX_STEPS)):
+            check_range(f"train.{name}", getattr(self, name), 1, most, integer=True)
+        for name in ("warmup_steps", "early_stopping_patience", "save_every"):
+            check_range(f"train.{name}", getattr(self, name), 0, MAX_STEPS, integer=True)
+        check_range("train.lr", self.lr, 0)  # what AdamW accepts; 0 keeps the weights (a baseline)
+        check_range("train.min_lr", self.min_lr, 0)
+        check_range("train.beta1", self.beta1, 0, 1, hi_open=True)
+        check_range("train.beta2", self.beta2, 0, 1, hi_open=True)
+        check_range("train.weight_decay", self.weight_decay, 0)
+        check_range("train.grad_clip", self.grad_clip, 0)
+        check_threads(self.threads, "train.threads")
 
 
 def cpu_has_bf16() -> bool:

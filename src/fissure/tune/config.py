@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import from_dict, to_dict
+from ..config import check_range, from_dict, to_dict
 from ..errors import ConfigError
 from ..models.classifier import POOLINGS
 from ..train import TrainConfig
 from ..train.lora import LoraSpec
 from ..train.objectives import OBJECTIVES
+from ..utils import check_seed
 
 METHODS = ("lora", "full")
 
@@ -62,17 +63,22 @@ class TuneConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not '{self.method}'")
         if self.objective != "auto" and self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be auto or one of {', '.join(OBJECTIVES)}, not '{self.objective}'")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), not {self.val_fraction}")
-        if self.max_length < 8:
-            raise ValueError(f"max_length must be at least 8 tokens, not {self.max_length}")
+        check_seed(self.seed)
+        check_range("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True)
+        check_range("max_length", self.max_length, 8, 2**20, integer=True)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not '{self.pooling}'")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, not {self.beta}")
-        if self.weights and (len(self.weights) != 1 + len(self.extra_data) or min(self.weights) < 0):
+        check_range("beta", self.beta, 0, lo_open=True)
+        for name in ("text_column", "label_column"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must name a column")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels repeats a label: {self.labels}")
+        for w in self.weights:
+            check_range("weights[]", w, 0)
+        if self.weights and (len(self.weights) != 1 + len(self.extra_data) or sum(self.weights) <= 0):
             raise ValueError(f"weights: give one non-negative weight per data source ({1 + len(self.extra_data)}), "
-                             f"not {self.weights}")
+                             f"not all zero, not {self.weights}")
 
     def as_dict(self) -> dict:
         return to_dict(self)
@@ -80,9 +86,11 @@ class TuneConfig:
 
 def load_tune_config(raw: dict) -> TuneConfig:
     """A :class:`TuneConfig` from a config dict: its ``[tune]`` table, or the whole dict."""
-    section = raw.get("tune", raw)
+    section = raw.get("tune", raw) if isinstance(raw, dict) else raw
     if not isinstance(section, dict):
         raise ConfigError("[tune] must be a table")
+    if not isinstance(section.get("train", {}), dict):
+        raise ConfigError("[tune.train] must be a table")
     train = {**to_dict(_train_defaults()), **section.get("train", {})}
     config = from_dict(TuneConfig, {**section, "train": train}, prefix="tune.")
     if not config.data:

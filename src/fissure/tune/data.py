@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from ..runs import MAX_JSON_DEPTH, json_problem
 from ..text.catalogue import DOMAINS, get_domain, load_domain
 from ..text.corpus import Document, read_documents
 
@@ -71,8 +72,13 @@ def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise DataError(f"{path}: line {n} is not JSON") from None
+        except RecursionError:
+            raise DataError(f"{path}: line {n} is nested more than {MAX_JSON_DEPTH} levels deep") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {n} is not a JSON object")
+        problem = json_problem(row)
+        if problem:
+            raise DataError(f"{path}: line {n} {problem}")
         rows.append(row)
     return rows, list(dict.fromkeys(k for r in rows for k in r))
 

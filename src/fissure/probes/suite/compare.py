@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from ...errors import UserError
 from ...judges import PolicyJudge, Sample, read_samples
 from ...judges.records import KINDS
-from ..attacks import get_attack
+from ..attacks import AttackPrompt, get_attack
 from ..policies import load_policy
 from ..stats import compare_runs
 from .config import SAMPLES_FILE, SuiteConfig, load_config
@@ -63,30 +64,62 @@ _REPLY_FIELDS = ("reply", "response", "text", "output")
 def normalise_replies(raw: list) -> list[Sample]:
     """Saved replies as samples: a fissure ``samples.jsonl`` as it is; any other JSONL needs a
     reply (``reply``, ``response``, ``text`` or ``output``) and may give ``attack``, ``request``,
-    ``kind``, ``temperature``, ``sample`` and an earlier ``judge_label``."""
+    ``kind``, ``temperature``, ``sample`` and an earlier ``judge_label``. Every field is checked
+    (a one-line UserError naming the line and the field)."""
     samples = []
     for i, r in enumerate(raw):
+        where = f"line {i + 1}"
         if not isinstance(r, dict):
-            raise UserError(f"line {i + 1} is not a JSON object")
+            raise UserError(f"{where} is not a JSON object")
         try:
-            samples.append(Sample.from_dict(r))
-            continue
+            sample = Sample.from_dict(r)
         except UserError:
-            pass
-        reply = next((r[f] for f in _REPLY_FIELDS if isinstance(r.get(f), str)), None)
-        if reply is None:
-            raise UserError(f"line {i + 1} has no reply (one of: {', '.join(_REPLY_FIELDS)})")
-        attack = r.get("attack") or "none"
-        request = r.get("request") or ""
-        samples.append(Sample(
-            key=str(r.get("key") or f"q{i}"), kind=r.get("kind") if r.get("kind") in KINDS else "restricted",
-            attack=attack, request=request, prompt=r.get("prompt", ""), reply=reply,
-            mode=r.get("mode") or get_attack(attack).mode,
-            request_id=r.get("request_id") or (f"q{zlib.crc32(request.encode())}" if request else f"q{i}"),
-            encoding=r.get("encoding") or attack, temperature=float(r.get("temperature", 0.0)),
-            sample=int(r.get("sample", 0)), decoding=r.get("decoding", ""), expected=r.get("expected"),
-            attack_prompt=r.get("attack_prompt"), judge_label=r.get("judge_label", "")))
+            sample = _loose_sample(r, i, where)
+        _check_for_judging(sample, where)
+        samples.append(sample)
     return samples
+
+
+def _loose_sample(r: dict, i: int, where: str) -> Sample:
+    """A sample from a row of some other tool's JSONL (only a reply is required)."""
+    reply = next((r[f] for f in _REPLY_FIELDS if isinstance(r.get(f), str)), None)
+    if reply is None:
+        raise UserError(f"{where} has no reply (one of: {', '.join(_REPLY_FIELDS)})")
+
+    def text(name: str, default: str = "") -> str:
+        value = r.get(name)
+        if value is None or value == "":
+            return default
+        if not isinstance(value, str):
+            raise UserError(f"{where}: '{name}' must be text, not {type(value).__name__}")
+        return value
+
+    attack, request = text("attack", "none"), text("request")
+    kind = r.get("kind")
+    fields = dict(key=text("key", f"q{i}"), kind=kind if isinstance(kind, str) and kind in KINDS else "restricted",
+                  attack=attack, request=request, prompt=r.get("prompt", ""), reply=reply,
+                  mode=text("mode") or get_attack(attack).mode,
+                  request_id=text("request_id") or (f"q{zlib.crc32(request.encode())}" if request else f"q{i}"),
+                  encoding=text("encoding", attack), temperature=r.get("temperature", 0.0),
+                  sample=r.get("sample", 0), decoding=text("decoding"), expected=r.get("expected"),
+                  attack_prompt=r.get("attack_prompt"), judge_label=text("judge_label"))
+    try:
+        return Sample(**fields)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def _check_for_judging(sample: Sample, where: str) -> None:
+    """What judging reads beyond the types: the attack prompt's fields and the expected answer's regex."""
+    if sample.attack_prompt is not None:
+        AttackPrompt.from_dict(sample.attack_prompt, f"{where}: attack_prompt")
+    elif sample.attack and sample.request:
+        get_attack(sample.attack)  # the judge rebuilds the prompt from it: an unknown name is an error here
+    if sample.expected and sample.kind in ("capability", "benign"):
+        try:
+            re.compile(sample.expected)
+        except re.error as exc:
+            raise UserError(f"{where}: expected is not a valid regex ({exc})") from None
 
 
 def rejudge(raw: list, policy_name: str, seed: int = 0, capability_threshold: float = 0.5,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...config import from_dict, load_toml, to_dict
-from ...decode.config import Decoding
+from ...config import check_range, from_dict, load_toml, to_dict
+from ...decode.config import MAX_NEW_TOKENS, Decoding
 from ...errors import ConfigError, UserError
 from ..attacks import ALIASES, ATTACKS, LISTED_COMPOSITIONS, get_attack
 
@@ -40,9 +40,18 @@ class SuiteConfig:
     dtype: str = "fp32"
 
     def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise ConfigError(f"samples must be at least 1, not {self.samples}")
-        if not self.temperatures or any(t < 0 for t in self.temperatures):
+        try:
+            check_range("samples", self.samples, 1, 1000, integer=True)
+            for name, most in (("requests", 10**6), ("twins", 1000)):
+                check_range(name, getattr(self, name), 0, most, integer=True)
+            check_range("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS, integer=True)
+            check_range("batch_size", self.batch_size, 1, 4096, integer=True)
+            check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+            for t in self.temperatures:
+                check_range("temperatures[]", t, 0, 100)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not self.temperatures:
             raise ConfigError(f"temperatures must be a non-empty list of values >= 0, not {self.temperatures}")
         if len(set(self.temperatures)) != len(self.temperatures):
             raise ConfigError(f"temperatures repeat a value: {self.temperatures}")

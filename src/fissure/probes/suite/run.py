@@ -36,7 +36,7 @@ def attack_prompt_of(sample: Sample) -> AttackPrompt | None:
     """The :class:`AttackPrompt` a sample was made with (rebuilt from its attack and request if
     the record does not carry it): what the judge needs to read the reply."""
     if isinstance(sample.attack_prompt, dict):
-        return AttackPrompt(**{k: tuple(v) if isinstance(v, list) else v for k, v in sample.attack_prompt.items()})
+        return AttackPrompt.from_dict(sample.attack_prompt, f"sample {sample.key}: attack_prompt")
     if sample.attack and sample.request:
         return get_attack(sample.attack).apply(sample.request)
     return None
