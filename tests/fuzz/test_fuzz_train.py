@@ -54,6 +54,7 @@ VALID = {
     "train.early_stopping_patience": st.integers(0, 2),
     "train.save_every": st.integers(0, 1),
     "train.threads": st.integers(0, 1),
+    "train.parallel": st.sampled_from(["ddp", "fsdp"]),  # one process: neither applies
 }
 UNKNOWN = ["learning_rate", "train.learning_rate", "model.n_layers", "data.path", "tokenizer.size", "train.lr.x"]
 

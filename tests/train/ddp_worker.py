@@ -1,6 +1,6 @@
 """A tiny GPT trained by the Trainer as one process or under torchrun (used by test_distributed.py).
 
-    python ddp_worker.py DATA_DIR OUT [--until N] [--resume CKPT]
+    python ddp_worker.py DATA_DIR OUT [--until N] [--resume CKPT] [--parallel ddp|fsdp]
 """
 
 import argparse
@@ -22,6 +22,7 @@ ap.add_argument("data")
 ap.add_argument("out")
 ap.add_argument("--until", type=int)
 ap.add_argument("--resume")
+ap.add_argument("--parallel", default="ddp")
 args = ap.parse_args()
 torch.set_num_threads(1)
 world = world_from_env()
@@ -29,13 +30,17 @@ data = Path(args.data)
 tok = load_tokenizer(data)
 torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
-cfg = TrainConfig(max_steps=12, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=4, eval_batches=2, progress=False)
+cfg = TrainConfig(max_steps=12, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=4, eval_batches=2, progress=False,
+                  parallel=args.parallel)
+if args.resume:  # the weights before the trainer: FSDP shards them when it is made
+    model.load_state_dict(load_model_from_checkpoint(args.resume).state_dict())
 trainer = Trainer(model, cfg, TokenFile(data / "train.bin"), TokenFile(data / "val.bin"), tokenizer=tok, seed=0,
                   checkpoint_dir=Path(args.out) / "checkpoint", world=world)
 if args.resume:
-    model.load_state_dict(load_model_from_checkpoint(args.resume).state_dict())
     trainer.resume(args.resume)
 result = trainer.train(until=args.until)
 if world.is_main:
-    (Path(args.out) / "history.json").write_text(json.dumps({"history": result.history, "world": world.size}))
+    held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+    (Path(args.out) / "history.json").write_text(json.dumps({"history": result.history, "world": world.size,
+                                                             "params_held": held, "params": model.num_params()}))
 sys.exit(0)

@@ -1,6 +1,6 @@
-"""Data-parallel training under torchrun (2 gloo processes on the CPU) against one process with the
-same global batch: the same losses (up to the order of float additions: relative 1e-5), the same
-checkpoint, and a checkpoint of one world size resumes under the other."""
+"""Data-parallel training under torchrun (2 gloo processes on the CPU, DDP and FSDP) against one
+process with the same global batch: the same losses (up to the order of float additions: relative
+1e-5), the same checkpoint, and a checkpoint of one world size resumes under the other."""
 
 import json
 import os
@@ -54,20 +54,32 @@ def close(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=TOL, atol=1e-5) for k in a)
 
 
+@pytest.fixture(scope="module")
+def single(data, tmp_path_factory):
+    """One process: the whole run, and the first half of it (a checkpoint at step 6)."""
+    root = tmp_path_factory.mktemp("one-process")
+    train(data, root / "half1", 1, "--until", "6")
+    return root, train(data, root / "one", 1)
+
+
 @pytest.mark.slow
-def test_two_processes_train_like_one_with_the_same_global_batch(data, tmp_path):
-    one = train(data, tmp_path / "one", 1)
-    two = train(data, tmp_path / "two", 2)
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_train_like_one_with_the_same_global_batch(data, single, tmp_path, parallel):
+    root, one = single
+    two = train(data, tmp_path / "two", 2, "--parallel", parallel)
     assert two["world"] == 2 and len(losses(two)) == 12
+    # DDP: each process holds every weight; FSDP: rank 0 holds its shard (dim 0 split in two) only
+    expected_held = one["params_held"] if parallel == "ddp" else pytest.approx(one["params_held"] / 2, rel=0.05)
+    assert two["params_held"] == expected_held
     assert losses(two) == pytest.approx(losses(one), rel=TOL)
     assert losses(two, "val_loss") == pytest.approx(losses(one, "val_loss"), rel=TOL)
     assert losses(one)[-1] < losses(one)[0] - 0.3  # it trained
-    assert close(weights(tmp_path / "two"), weights(tmp_path / "one"))  # one checkpoint, written once
+    assert close(weights(tmp_path / "two"), weights(root / "one"))  # one checkpoint, written once
     # a checkpoint of either world size resumes under the other, to the same end
-    train(data, tmp_path / "half2", 2, "--until", "6")
+    train(data, tmp_path / "half2", 2, "--until", "6", "--parallel", parallel)
     train(data, tmp_path / "rest1", 1, "--resume", str(tmp_path / "half2" / "checkpoint"))
-    assert close(weights(tmp_path / "rest1"), weights(tmp_path / "one"))
-    train(data, tmp_path / "half1", 1, "--until", "6")
-    rest2 = train(data, tmp_path / "rest2", 2, "--resume", str(tmp_path / "half1" / "checkpoint"))
-    assert close(weights(tmp_path / "rest2"), weights(tmp_path / "one"))
+    assert close(weights(tmp_path / "rest1"), weights(root / "one"))
+    rest2 = train(data, tmp_path / "rest2", 2, "--resume", str(root / "half1" / "checkpoint"),
+                  "--parallel", parallel)
+    assert close(weights(tmp_path / "rest2"), weights(root / "one"))
     assert losses(rest2)[-1] == pytest.approx(losses(one)[-1], rel=TOL)

@@ -172,13 +172,14 @@ def train_from_config(cfg: RunConfig, run_dir: Path, resume: str | Path | None =
     seed_everything(cfg.seed)
     tokenizer, train, val, stats = prepare_data(cfg, run_dir, world)
     model = build_model(cfg, tokenizer.vocab_size)
-    trainer = Trainer(model, cfg.train, train, val, tokenizer=tokenizer, seed=cfg.seed,
-                      checkpoint_dir=run_dir / "checkpoint", world=world)
-    if resume:
+    if resume:  # the weights before the trainer: FSDP shards them when it is made
         from .checkpoint import load_model_from_checkpoint
 
         check_resume(cfg, resume)
         model.load_state_dict(load_model_from_checkpoint(resume).state_dict())
+    trainer = Trainer(model, cfg.train, train, val, tokenizer=tokenizer, seed=cfg.seed,
+                      checkpoint_dir=run_dir / "checkpoint", world=world)
+    if resume:
         trainer.resume(resume)
     before = trainer.evaluate()
     result = trainer.train()

@@ -18,7 +18,7 @@ from ..config import check_range
 from ..errors import ConfigError
 from ..utils import check_threads
 from .checkpoint import load_trainer_state, save_checkpoint
-from .distributed import World, check_batch
+from .distributed import FullStateTwin, World, check_batch, shard_model
 from .objectives import OBJECTIVES
 
 
@@ -42,6 +42,7 @@ class TrainConfig:
     dtype: str = "fp32"  # "fp32" | "bf16" (autocast) | "auto" (bf16 where the CPU computes it natively)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     compile: bool = False  # torch.compile the model
+    parallel: str = "ddp"  # under torchrun: "ddp" (a replica per process) | "fsdp" (weights, gradients, moments sharded)
     eval_every: int = 100
     eval_batches: int = 20
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"unknown objective '{self.objective}' (known: {', '.join(OBJECTIVES)})")
         if self.dtype not in ("fp32", "bf16", "auto"):
             raise ValueError(f"dtype must be 'fp32', 'bf16' or 'auto', not '{self.dtype}'")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', not {self.parallel!r}")
         for name, most in (("max_steps", MAX_STEPS), ("batch_size", MAX_BATCH), ("grad_accum", MAX_BATCH),
                            ("eval_every", MAX_STEPS), ("eval_batches", MAX_STEPS)):
             check_range(f"train.{name}", getattr(self, name), 1, most, integer=True)
@@ -153,6 +156,10 @@ class Trainer:
         self.dtype = resolve_dtype(cfg.dtype)
         if cfg.gradient_checkpointing:
             set_gradient_checkpointing(model)
+        self.twin = None  # FSDP: rank 0's unsharded copy, through which checkpoints are written and read
+        if self.world.size > 1 and cfg.parallel == "fsdp":
+            self.twin = FullStateTwin(model, lambda m: make_optimizer(m, cfg), self.world)
+            shard_model(model)
         self.optimizer = make_optimizer(model, cfg)
         self.batch_rng = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
@@ -163,7 +170,7 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.bad_evals = 0
         self.forward_model = model
-        if self.world.size > 1:  # gradients averaged over the processes after every backward
+        if self.world.size > 1 and self.twin is None:  # DDP: gradients averaged over the processes
             from torch.nn.parallel import DistributedDataParallel
 
             self.forward_model = DistributedDataParallel(model)
@@ -172,8 +179,13 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
     def resume(self, checkpoint: str | Path) -> None:
-        """Continue from a checkpoint written by this trainer: weights must already be loaded."""
-        state, rng = load_trainer_state(checkpoint, self.optimizer)
+        """Continue from a checkpoint written by this trainer: weights must already be loaded (before
+        the trainer was made, under FSDP)."""
+        if self.twin is None:
+            state, rng = load_trainer_state(checkpoint, self.optimizer)
+        else:  # rank 0 reads and checks the moments into its full copy, then hands each rank its shard
+            state, rng = load_trainer_state(checkpoint, self.twin.optimizer if self.world.is_main else None)
+            self.twin.push(self.model, self.optimizer)
         if state.get("train_config", {}).get("max_steps") not in (None, self.cfg.max_steps):
             raise ConfigError("resume needs the same train.max_steps as the original run "
                               f"({state['train_config']['max_steps']}), or the schedule would differ")
@@ -192,14 +204,17 @@ class Trainer:
     def save(self, path: str | Path | None = None) -> Path:
         """Write a checkpoint (rank 0 only under torchrun; the others wait for it)."""
         path = Path(path or self.checkpoint_dir)
+        model, optimizer = self.model, self.optimizer
+        if self.twin is not None:  # every rank hands its shards to rank 0's full copy
+            model, optimizer = self.twin.pull(self.model, self.optimizer)
         if not self.world.is_main:
             self.world.barrier()
             return path
         state = {"step": self.step, "history": self.history, "best_val_loss": self.best_val_loss,
                  "bad_evals": self.bad_evals, "seed": self.seed, "train_config": asdict(self.cfg),
                  **self.extra_state}
-        path = save_checkpoint(path, self.model, self.tokenizer, writer=self.writer, trainer_state=state,
-                               optimizer=self.optimizer,
+        path = save_checkpoint(path, model, self.tokenizer, writer=self.writer, trainer_state=state,
+                               optimizer=optimizer,
                                rng_states={"batch": self.batch_rng.get_state(), "torch": torch.get_rng_state()})
         self.world.barrier()
         return path
