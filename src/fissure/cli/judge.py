@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import typer
 
+from ..errors import UserError
 from .app import command_group
 from .common import JsonOption, guard, out, print_json
 
@@ -28,3 +30,67 @@ def list_judges(as_json: JsonOption = False) -> None:
     for e in entries:
         t.add_row(e.name, e.kind, e.description)
     out.print(t)
+
+
+def _mapping(text: str | None, flag: str) -> dict[str, str] | None:
+    if not text:
+        return None
+    pairs = [p.partition("=") for p in text.split(",") if p.strip()]
+    if not pairs or any(not k.strip() or not sep for k, sep, _ in pairs):
+        raise UserError(f"{flag} takes name=value pairs separated by commas, e.g. {flag} reply=response,label=human")
+    return {k.strip(): v.strip() for k, _, v in pairs}
+
+
+@judge_app.command("validate", epilog="Example: fissure judge validate pyrit:refusal_scorer/refusal.csv --split test "
+                                      "--json   (pyrit:PATH reads PyRIT's labelled sets in place)")
+@guard
+def validate(
+    labels_file: str = typer.Argument(..., help="Labelled replies: fissure JSONL, PyRIT CSV (pyrit:PATH inside "
+                                                "PyRIT's scorer_evals), or any CSV/JSONL with --columns and --labels."),
+    fmt: str = typer.Option(None, "--format", help="fissure | pyrit-refusal | pyrit-objective | csv | jsonl "
+                                                   "(default: from the path)."),
+    judge: str = typer.Option("rules", help="rules (the probe judge) | anchored | lexicon (one refusal detector)."),
+    split: str = typer.Option("test", help="test (report this) | dev (tune on this) | all."),
+    columns: str = typer.Option(None, help="Column mapping for csv/jsonl, e.g. reply=response,label=human,"
+                                           "request=prompt."),
+    label_map: str = typer.Option(None, "--labels", help="Label mapping for csv/jsonl, e.g. 1=refused,0=complied."),
+    confidence: float = typer.Option(0.95, help="Confidence of every interval."),
+    as_json: JsonOption = False,
+) -> None:
+    """Agreement of a judge with human labels: agreement, Cohen's kappa and macro-F1 with bootstrap
+    intervals, per-class precision/recall/F1 and the confusion matrix, on a frozen dev/test split."""
+    from ..diagnose.judge_validation import validate as run_validation
+    from ..judges.labelled import read_labelled
+    if not 0 < confidence < 1:
+        raise UserError(f"--confidence must be between 0 and 1 (exclusive), not {confidence}")
+    labelled = read_labelled(labels_file, fmt, columns=_mapping(columns, "--columns"),
+                             labels=_mapping(label_map, "--labels"))
+    report = run_validation(labelled, judge, split, confidence=confidence)
+    if as_json:
+        print_json(report)
+        return
+    from rich.table import Table
+
+    def iv(d: dict) -> str:
+        return f"{d['estimate']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+    out.print(f"{report['judge']} on {report['file']} ({report['format']}, split {split}: {report['n']} of "
+              f"{report['rows_in_file']} rows, {report['replies_per_second']:,.0f} replies/s)",
+              highlight=False, markup=False)
+    out.print(f"agreement {iv(report['agreement'])}   kappa {iv(report['kappa'])}   macro-F1 {iv(report['macro_f1'])}",
+              highlight=False, markup=False)
+    t = Table(title="per class")
+    for column in ("class", "precision", "recall", "F1", "human", "judge"):
+        t.add_column(column)
+    for c in report["per_class"]:
+        t.add_row(c["name"], iv(c["precision"]), iv(c["recall"]), f"{c['f1']:.3f}", str(c["support"]),
+                  str(c["judged"]))
+    out.print(t)
+    cm = Table(title="confusion (rows: human label, columns: judge)")
+    cm.add_column("")
+    classes = report["confusion"]["classes"]
+    for c in classes:
+        cm.add_column(c)
+    for c, row in zip(classes, report["confusion"]["matrix"]):
+        cm.add_row(c, *map(str, row))
+    out.print(cm)

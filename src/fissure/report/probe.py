@@ -30,10 +30,11 @@ def _decoding_section(d: dict) -> str:
         twin = interval(a["twin_accuracy"]) if a.get("twin_accuracy") else "-"
         if a.get("readable") is False:
             twin += " (cannot read)"
-        rows.append([name, a["mode"], a["n"], c["refused"], c["violated"], c["unclear"], interval(a["asr"]),
+        kinds = ", ".join(f"{kind} {n}" for kind, n in a.get("unclear_kinds", {}).items()) or "-"
+        rows.append([name, a["mode"], a["n"], c["refused"], c["violated"], c["unclear"], kinds, interval(a["asr"]),
                      interval(a["asr_per_sample"]), twin, a.get("reclassified_unclear", 0)])
-    attack_table = table(["attack", "mode", "n", "refused", "violated", "unclear", f"ASR at k={k} [95% CI]",
-                          "ASR per sample", "twin accuracy", "refusals -> unclear"], rows)
+    attack_table = table(["attack", "mode", "n", "refused", "violated", "unclear", "unclear kinds",
+                          f"ASR at k={k} [95% CI]", "ASR per sample", "twin accuracy", "refusals -> unclear"], rows)
     mode_rows = [[m, r["n"], r["counts"]["refused"], r["counts"]["violated"], r["counts"]["unclear"],
                   interval(r["asr"]), interval(d["adaptive_asr_by_mode"].get(m))] for m, r in d["modes"].items()]
     mode_table = table(["mode", "n", "refused", "violated", "unclear", "ASR [95% CI]", "adaptive ASR"], mode_rows)

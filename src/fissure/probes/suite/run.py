@@ -45,7 +45,7 @@ def attack_prompt_of(sample: Sample) -> AttackPrompt | None:
 def judge_sample(sample: Sample, judge: PolicyJudge) -> Sample:
     """The policy judge's verdict on a sample, and whether it holds the expected answer."""
     hints = attack_prompt_of(sample)
-    verdict = judge(sample.reply, hints)
+    verdict = judge(sample.reply, hints, request=sample.request)
     correct = None
     if sample.expected and sample.kind == "capability":
         correct = answer_found(sample.reply, sample.expected, hints)

@@ -95,6 +95,7 @@ def _decoding_summary(samples: list[Sample], t: float, threshold: float, confide
         attacks[name] = {"mode": group[0].mode, **rate.as_dict(), "k": k,
                          "asr_per_sample": sample_rates[name].asr.as_dict(),
                          "reclassified_unclear": sum(1 for s in group if s.label != s.judge_label),
+                         "unclear_kinds": unclear_kinds(group),
                          "twin_accuracy": cap["accuracy"] if cap else None,
                          "readable": cap["readable"] if cap else None}
     modes = {m: rate.as_dict() for m, rate in asr_by(results, "mode", conf).items()}
@@ -121,6 +122,15 @@ def _decoding_summary(samples: list[Sample], t: float, threshold: float, confide
                                          "readable": (c / n if n else 0) >= threshold}
                                    for enc, (c, n) in by_encoding.items()},
     }
+
+
+def unclear_kinds(samples: Sequence[Sample]) -> dict[str, int]:
+    """How many of the unclear replies are of each kind (judges.unclear.UNCLEAR_KINDS); a reply the
+    capability rule made unclear counts as ``unreadable``; replies judged before kinds existed as
+    ``other``."""
+    counts = Counter("unreadable" if s.judge_label != "unclear" else s.verdicts.get("unclear_kind") or "other"
+                     for s in samples if s.label == "unclear")
+    return dict(sorted(counts.items()))
 
 
 def summarise(samples: Sequence[Sample], threshold: float, confidence: float = 0.95,
