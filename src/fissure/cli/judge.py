@@ -49,7 +49,8 @@ def validate(
                                                 "PyRIT's scorer_evals), or any CSV/JSONL with --columns and --labels."),
     fmt: str = typer.Option(None, "--format", help="fissure | pyrit-refusal | pyrit-objective | csv | jsonl "
                                                    "(default: from the path)."),
-    judge: str = typer.Option("rules", help="rules (the probe judge) | anchored | lexicon (one refusal detector)."),
+    judge: str = typer.Option("rules", help="rules (the probe judge) | anchored | lexicon (one refusal detector) | "
+                                            "learned:NAME (fitted with fissure judge fit)."),
     split: str = typer.Option("test", help="test (report this) | dev (tune on this) | all."),
     columns: str = typer.Option(None, help="Column mapping for csv/jsonl, e.g. reply=response,label=human,"
                                            "request=prompt."),
@@ -94,3 +95,47 @@ def validate(
     for c, row in zip(classes, report["confusion"]["matrix"]):
         cm.add_row(c, *map(str, row))
     out.print(cm)
+
+
+@judge_app.command("fit", epilog="Example: fissure judge fit refusal-smollm2 pyrit:refusal_scorer/refusal.csv "
+                                 "pyrit:refusal_scorer/refusal_extra.csv --model smollm2")
+@guard
+def fit(
+    name: str = typer.Argument(..., help="Name of the judge (then --judge learned:NAME)."),
+    labels_files: list[str] = typer.Argument(..., help="Labelled sets of one scheme (as for validate); only their "
+                                                       "dev rows are used."),
+    model: str = typer.Option("smollm2", help="Model whose hidden states are the features (registry name or path)."),
+    fmt: str = typer.Option(None, "--format", help="Format of every file (default: from each path)."),
+    seed: int = typer.Option(0, help="Seed of the cross-validation folds."),
+    threads: int = typer.Option(0, help="torch threads (0: free cores)."),
+    as_json: JsonOption = False,
+) -> None:
+    """Fit a learned offline judge (logistic regression on a model's hidden states) on the dev split
+    of labelled sets; score it on their test split with fissure judge validate --judge learned:NAME."""
+    from ..backends import load
+    from ..judges.labelled import read_labelled
+    from ..judges.learned import NAME, fit_learned_judge
+    from ..utils import check_threads, set_threads
+
+    if not NAME.fullmatch(name):
+        raise UserError(f"a judge name is letters, digits, '_', '.' and '-' (up to 64), not {name!r}")
+    try:
+        check_threads(threads, "--threads")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    sets = [read_labelled(f, fmt) for f in labels_files]
+    schemes = {s.scheme for s in sets}
+    if len(schemes) > 1:
+        raise UserError(f"the files hold labels of different schemes ({', '.join(sorted(schemes))}): fit one judge "
+                        "per scheme")
+    rows = [r for s in sets for r in s.select("dev")]
+    set_threads(threads)
+    judge, fitted = fit_learned_judge(name, load(model), model, rows, sets[0].scheme, sets[0].classes,
+                                      [s.path for s in sets], seed=seed)
+    directory = judge.save()
+    summary = {"name": name, "directory": str(directory), "scheme": judge.scheme, **fitted}
+    if as_json:
+        print_json(summary)
+        return
+    out.print(f"fitted learned:{name} on {fitted['rows']} dev rows ({judge.scheme}): cross-validated accuracy "
+              f"{fitted['cv_accuracy']:.3f} (C={fitted['C']:.3g}); saved in {directory}", highlight=False, markup=False)

@@ -13,7 +13,8 @@ A judge's three-way label is read in the labelled set's scheme (:data:`fissure.j
 
 Judges: ``rules`` (the probe policy judge: the row's policy detector where the row names a
 policy, with its ``canary``; both refusal detectors; the unclear detectors), ``anchored`` and
-``lexicon`` (one refusal detector alone).
+``lexicon`` (one refusal detector alone), and ``learned:NAME`` (a judge fitted with
+:mod:`fissure.judges.learned` on dev rows of the same scheme).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections import Counter
 from ..errors import DataError
 from ..judges import DetectorResult, PolicyJudge, Verdict
 from ..judges.labelled import LabelledReply, LabelledSet
+from ..judges.learned import load_learned_judge, reply_features
 from ..judges.refusal import refusal_anchored, refusal_lexicon
 from ..metrics.agreement import agreement_report
 from ..probes.attacks import get_attack
@@ -77,11 +79,16 @@ def in_scheme(result: Verdict | DetectorResult, scheme: str) -> str:
 def validate(labelled: LabelledSet, judge: str = "rules", split: str = "test", *, confidence: float = 0.95,
              n_resamples: int = 1000, seed: int = 0, examples: int = 20) -> dict:
     """Judge every row of ``split`` and compare with the human labels; JSON-ready."""
-    if judge not in VALIDATION_JUDGES:
-        raise DataError(f"unknown judge '{judge}' (known: {', '.join(VALIDATION_JUDGES)})")
+    learned = None
+    if judge.startswith("learned:"):
+        learned = load_learned_judge(judge.removeprefix("learned:"))
+        if learned.scheme != labelled.scheme:
+            raise DataError(f"{judge} was fitted on {learned.scheme} labels; this set's are {labelled.scheme}")
+    elif judge not in VALIDATION_JUDGES:
+        raise DataError(f"unknown judge '{judge}' (known: {', '.join(VALIDATION_JUDGES)}, learned:NAME)")
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
-    if judge != "rules" and labelled.scheme != "refusal":
+    if judge in ("anchored", "lexicon") and labelled.scheme != "refusal":
         raise DataError(f"'{judge}' is a refusal detector: it can only be validated on refusal labels "
                         f"(this set's scheme is {labelled.scheme}); use --judge rules")
     rows = labelled.select(split)
@@ -90,15 +97,22 @@ def validate(labelled: LabelledSet, judge: str = "rules", split: str = "test", *
                         f"{', '.join(sorted({r.split for r in labelled.rows}))})")
     cache: dict = {}
     t = time.perf_counter()
-    results = [judge_row(judge, row, cache) for row in rows]
+    if learned is not None:
+        from ..backends import load
+
+        results = []
+        predicted = learned.predict(reply_features(load(learned.model), rows))
+    else:
+        results = [judge_row(judge, row, cache) for row in rows]
+        predicted = [in_scheme(r, labelled.scheme) for r in results]
     seconds = time.perf_counter() - t
-    predicted = [in_scheme(r, labelled.scheme) for r in results]
     report = agreement_report([r.label for r in rows], predicted, labelled.classes, confidence=confidence,
                               n_resamples=n_resamples, seed=seed)
     kinds = Counter(r.unclear_kind for r in results if isinstance(r, Verdict) and r.unclear_kind)
     disagreements = [{"source": row.source, "label": row.label, "judged": p, "reply": row.reply[:300]}
                      for row, p in zip(rows, predicted) if p != row.label]
     return {"file": labelled.path, "format": labelled.fmt, "scheme": labelled.scheme, "judge": judge,
+            "judge_info": learned.meta if learned is not None else None,
             "split": split, "rows_in_file": len(labelled.rows), **report,
             "unclear_kinds": dict(sorted(kinds.items())), "disagreements": len(disagreements),
             "examples": disagreements[:examples], "seconds": seconds,
