@@ -115,12 +115,16 @@ def test_check_tells_agreement_from_disagreement(server, apply_template):
     assert connect(server).check_chat_template(CHAT)["agree"] is None  # nothing to compare with
 
 
-def test_neutral_repeat_penalty_is_sent_and_dropped_where_refused(server):
+def test_neutral_llama_cpp_parameters_are_sent_and_dropped_where_refused(server):
     lm = connect(server)
     lm.generate(["abc"], Decoding(max_new_tokens=3))
     assert posts(server, "/v1/completions")[-1]["repeat_penalty"] == 1.0
     lm.generate(["abc"], Decoding(max_new_tokens=3, repetition_penalty=1.3))
     assert posts(server, "/v1/completions")[-1]["repeat_penalty"] == 1.3
+    lm.generate(["abc"], Decoding(max_new_tokens=3, do_sample=True, temperature=0.7, seed=1))
+    assert {k: posts(server, "/v1/completions")[-1][k] for k in ("top_k", "min_p")} == {"top_k": 0, "min_p": 0.0}
+    lm.generate(["abc"], Decoding(max_new_tokens=3, do_sample=True, temperature=0.7, top_k=5, seed=1))
+    assert posts(server, "/v1/completions")[-1]["top_k"] == 5  # the decoding's own top_k wins
     server.behaviour.refuse_fields = ("repeat_penalty",)
     strict = connect(server)
     assert strict.generate(["abc", "abd"], Decoding(max_new_tokens=3)) == [ref_greedy("abc", 3), ref_greedy("abd", 3)]

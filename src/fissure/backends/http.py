@@ -20,7 +20,8 @@ Standard library only: ``urllib.request`` + ``json`` + a thread pool of ``concur
   token counts and first greedy token, as the server reports them).
 - Greedy decoding is asked for with ``temperature=0`` *and* the neutral ``repeat_penalty=1``:
   llama-cpp-python's server otherwise applies its default repeat penalty of 1.1 before its greedy
-  pick. A server that refuses the extra field by name is asked again without it (remembered).
+  pick (and, when sampling, ``top_k=0, min_p=0`` turn off its defaults of 40 and 0.05). A server
+  that refuses one of these fields by name is asked again without it (remembered).
 - Echo log-probabilities are checked once before they are trusted: llama-cpp-python's server, for
   one, scores each prompt token with the prediction made *at* its own position (shifted by one).
   The check greedily generates a few tokens with their log-probabilities, echoes the same text,
@@ -79,7 +80,9 @@ _PROBE_PROMPTS = ("The quick brown fox jumps over the lazy dog. The", "Once upon
 _MAX_WAIT = 120.0  # seconds: the longest Retry-After honoured
 MAX_CONCURRENCY = 256  # requests in flight at once: more is a mistake, not a speed-up
 CHAT_TEMPLATES = ("server", "model")  # who renders a chat: see HTTPLanguageModel
-_EXTRAS = {"repeat_penalty": 1.0}  # neutral values of llama.cpp's parameters, sent unless refused
+# llama.cpp's sampling parameters, sent (neutral unless the decoding says otherwise) until a server
+# refuses one by name: llama-cpp-python's server defaults to repeat_penalty=1.1, top_k=40, min_p=0.05
+_EXTRAS = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
 
 
 T = TypeVar("T")
@@ -241,8 +244,11 @@ class HTTPLanguageModel(LanguageModel):
         decoding = decoding or Decoding()
         params = self._sampling_params(decoding)
         requests = [self._generation_request(p) for p in prompts]
-        # llama.cpp's name for the penalty (same formula as HF's), so its own default of 1.1 never applies
+        # llama.cpp's name for the penalty (same formula as HF's), so its own default of 1.1 never applies;
+        # when sampling, its top_k=40 and min_p=0.05 defaults are turned off too (a decoding's own top_k wins)
         extras = {"repeat_penalty": decoding.repetition_penalty}
+        if decoding.sampling:
+            extras.update(top_k=0, min_p=0.0)
 
         def one(i: int) -> str:
             path, body = requests[i]
