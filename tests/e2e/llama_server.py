@@ -2,7 +2,8 @@
 
 llama-cpp-python ships only a source tarball on PyPI, so its wheel is built once per
 machine and cached in ``~/.cache/fissure/wheels`` (not under ``$FISSURE_CACHE``, which
-tests redirect): later runs only ``pip install --no-deps`` the cached wheel.
+tests redirect), under a key of the CPU's instruction-set flags (the build is -march=native):
+later runs only ``pip install --no-deps`` the cached wheel.
 
 Run as a script to build (and install) the wheel ahead of time::
 
@@ -24,7 +25,25 @@ import urllib.request
 from pathlib import Path
 
 LLAMA_CPP_VERSION = "0.3.36"
-WHEEL_CACHE = Path(os.path.expanduser("~/.cache/fissure/wheels"))
+WHEEL_ROOT = Path(os.path.expanduser("~/.cache/fissure/wheels"))
+
+
+def _cpu_key() -> str:
+    """The wheel is built with -march=native (llama.cpp's default): key the cache by the CPU's
+    instruction-set flags, so a cache shared between machines never hands one an illegal instruction."""
+    import hashlib
+    import platform
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return f"{platform.machine()}-{hashlib.sha256(' '.join(sorted(flags.split())).encode()).hexdigest()[:12]}"
+
+
+WHEEL_CACHE = WHEEL_ROOT / _cpu_key()
 # The Python package needs only the llama shared library: no llava/mtmd, examples,
 # tests, tools or llama.cpp's own server binary.
 CMAKE_ARGS = (
