@@ -79,6 +79,10 @@ class Behaviour:
     hang: float = 5.0  # the longest a hanging answer waits (it ends when the client hangs up)
     outage_after: int | None = None  # after this many generations served, every request answers 503
     request_limit: int = 5000  # requests past this answer 400: a runaway test stops
+    chat_template: str | None = None  # Jinja template the chat endpoint renders with (None: "role: content")
+    publish_template: bool = False  # GET /props gives chat_template (llama.cpp's server)
+    apply_template: bool = False  # POST /apply-template renders messages (llama.cpp's server)
+    refuse_fields: tuple[str, ...] = ()  # 400 for a request that carries any of these (a strict server)
 
 
 @dataclass
@@ -222,11 +226,21 @@ def _completion(state: State, body: dict) -> dict:
                       "total_tokens": n_prompt + len(text)}}
 
 
+def render_chat(template: str | None, messages: list[dict]) -> str:
+    """The fake server's own rendering of a chat."""
+    if template is None:
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True)
+
+
 def _chat(state: State, body: dict) -> dict:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _Refuse(400, "messages must be a non-empty list")
-    prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    prompt = render_chat(state.behaviour.chat_template, messages)
     out = _completion(state, {**body, "prompt": prompt, "logprobs": None, "echo": False})
     choice = out["choices"][0]
     return {"id": "chat-toy", "object": "chat.completion", "model": MODEL_ID, "usage": out["usage"],
@@ -319,6 +333,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/v1/models" and body is None:
             return self._send(200, json.dumps({"object": "list", "data": [
                 {"id": MODEL_ID, "object": "model", "max_model_len": b.context}]}).encode())
+        if self.path == "/props" and body is None and b.publish_template:
+            return self._send(200, json.dumps({"chat_template": b.chat_template or "", "bos_token": "",
+                                               "eos_token": ""}).encode())
+        if self.path == "/apply-template" and body is not None and b.apply_template:
+            return self._send(200, json.dumps({"prompt": render_chat(b.chat_template, body["messages"])}).encode())
+        refused = [k for k in b.refuse_fields if body and k in body]
+        if refused:
+            return self._error(400, f"Unrecognized request argument supplied: {refused[0]}")
         routes = {"/v1/completions": _completion, "/v1/chat/completions": _chat}
         route = routes.get(self.path.rstrip("/"))
         if route is None or body is None:

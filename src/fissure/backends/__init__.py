@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from . import http, native, transformers  # noqa: F401  (register their backends)
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, RollingLoglikelihood
-from .loading import load
+from .loading import load, load_chat_template
 from .registry import BACKENDS, BackendEntry, ModelSpec, backends, register_backend, register_model, registered, resolve
 from .torch_lm import TorchLM
 
 __all__ = ["BACKENDS", "BackendEntry", "BackendError", "Capabilities", "LanguageModel", "LoglikelihoodResult",
-           "ModelSpec", "RollingLoglikelihood", "TorchLM", "backends", "load", "register_backend", "register_model",
+           "ModelSpec", "RollingLoglikelihood", "TorchLM", "backends", "load", "load_chat_template", "register_backend", "register_model",
            "registered", "resolve"]

@@ -10,6 +10,18 @@ Standard library only: ``urllib.request`` + ``json`` + a thread pool of ``concur
   when its tokens spell the prompt exactly, else by the tokens of the context echoed alone (vLLM's
   ``text_offset`` counts special-token strings such as ``<s>``, so it cannot be trusted as
   character offsets).
+- Chat templates (``chat_template``): ``"server"`` (the default) sends chats to
+  ``/v1/chat/completions`` and the server renders them with whatever template it was started with;
+  ``"model"`` renders them on the client with the model's own template (from a local copy of the
+  model or tokenizer, ``template=``, or the server's ``/props``, which llama.cpp's own server
+  exposes) and sends the text to ``/v1/completions``, so the model sees exactly what a local
+  backend would give it. :meth:`HTTPLanguageModel.check_chat_template` tells whether the two
+  renderings agree on a prompt (exactly through llama.cpp's ``/apply-template``, else by prompt
+  token counts and first greedy token, as the server reports them).
+- Greedy decoding is asked for with ``temperature=0`` *and* the neutral ``repeat_penalty=1``:
+  llama-cpp-python's server otherwise applies its default repeat penalty of 1.1 before its greedy
+  pick (and, when sampling, ``top_k=0, min_p=0`` turn off its defaults of 40 and 0.05). A server
+  that refuses one of these fields by name is asked again without it (remembered).
 - Echo log-probabilities are checked once before they are trusted: llama-cpp-python's server, for
   one, scores each prompt token with the prediction made *at* its own position (shifted by one).
   The check greedily generates a few tokens with their log-probabilities, echoes the same text,
@@ -66,6 +78,11 @@ _RETRY_STATUS = {429, 500, 502, 503, 504}
 _CONTEXT_MESSAGE = re.compile(r"context|too long|must be <=|maximum .*length", re.IGNORECASE)
 _PROBE_PROMPTS = ("The quick brown fox jumps over the lazy dog. The", "Once upon a time there was a")
 _MAX_WAIT = 120.0  # seconds: the longest Retry-After honoured
+MAX_CONCURRENCY = 256  # requests in flight at once: more is a mistake, not a speed-up
+CHAT_TEMPLATES = ("server", "model")  # who renders a chat: see HTTPLanguageModel
+# llama.cpp's sampling parameters, sent (neutral unless the decoding says otherwise) until a server
+# refuses one by name: llama-cpp-python's server defaults to repeat_penalty=1.1, top_k=40, min_p=0.05
+_EXTRAS = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
 
 
 T = TypeVar("T")
@@ -141,6 +158,13 @@ class HTTPLanguageModel(LanguageModel):
     requests are in flight at once. Transient failures (429, 5xx, dropped connections, timeouts,
     malformed 200 answers) are retried ``max_retries`` times with exponential backoff from
     ``backoff`` seconds plus jitter, or after the server's ``Retry-After``.
+
+    ``chat_template``: ``"server"`` sends chats to ``/v1/chat/completions`` (the server's template);
+    ``"model"`` renders them on the client with ``template`` (a function from messages to text,
+    e.g. a local tokenizer's chat template; ``template_source`` says where it came from) or, when
+    none is given, with the template the server publishes at ``/props``, and sends the text to
+    ``/v1/completions``. Without either, ``"model"`` is an error. A ``template`` given with
+    ``"server"`` is used only by :meth:`check_chat_template`.
     """
 
     streams_results = True  # generate(..., on_result=) hands over each completion as it arrives
@@ -149,20 +173,31 @@ class HTTPLanguageModel(LanguageModel):
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 4, timeout: float = 60.0, max_retries: int = 4, backoff: float = 0.5,
-                 chat: bool | None = None):
+                 chat: bool | None = None, chat_template: str = "server",
+                 template: Callable[[list[dict]], str] | None = None, template_source: str | None = None):
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BackendError(f"not an http(s) URL: {base_url!r}")
         if parts.username or parts.password:
             raise BackendError(f"put credentials in ${api_key_env}, not in the URL")
-        if concurrency < 1 or timeout <= 0 or max_retries < 0 or backoff < 0:
-            raise BackendError("http backend needs concurrency >= 1, timeout > 0, max_retries >= 0, backoff >= 0")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or \
+                not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise BackendError(f"concurrency must be an integer from 1 to {MAX_CONCURRENCY}, not {concurrency!r}")
+        if timeout <= 0 or max_retries < 0 or backoff < 0:
+            raise BackendError("http backend needs timeout > 0, max_retries >= 0, backoff >= 0")
+        if chat_template not in CHAT_TEMPLATES:
+            raise BackendError(f"chat_template must be one of {', '.join(CHAT_TEMPLATES)}, not {chat_template!r}")
         self.base_url = base_url.rstrip("/") + ("/v1" if parts.path in ("", "/") else "")
         self.api_key_env = api_key_env
         self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
         self.chat = chat
+        self.chat_template = chat_template
+        self._template, self.template_source = template, (template_source or ("given" if template else None))
+        self._extras = dict(_EXTRAS)  # llama.cpp parameters this server has not refused
         self.notes: list[str] = []  # caveats found while running (e.g. is_greedy unknown), for run metadata
-        self._echo_max_tokens = 0  # becomes 1 for servers that reject max_tokens=0
+        # one generated token per echo request: llama-cpp-python reads max_tokens=0 as "no limit" and
+        # generates to the end of its context, others reject 0; the generated token is cut off by usage
+        self._echo_max_tokens = 1
         self._probe_lock = threading.Lock()
         self._echo_problem: str | None = None
         self._probed = False
@@ -173,6 +208,8 @@ class HTTPLanguageModel(LanguageModel):
         self._not_before = 0.0  # time.monotonic() before which no request is sent (a 429's Retry-After)
         self.model, self.max_context = model, None  # so repr works if the lookup below fails
         self.model, self.max_context = self._find_model(model)
+        if chat_template == "model" and self._template is None:
+            self._template, self.template_source = self._server_template()
 
     def __repr__(self) -> str:
         return f"HTTPLanguageModel(base_url={self.base_url!r}, model={self.model!r})"
@@ -207,13 +244,18 @@ class HTTPLanguageModel(LanguageModel):
         decoding = decoding or Decoding()
         params = self._sampling_params(decoding)
         requests = [self._generation_request(p) for p in prompts]
+        # llama.cpp's name for the penalty (same formula as HF's), so its own default of 1.1 never applies;
+        # when sampling, its top_k=40 and min_p=0.05 defaults are turned off too (a decoding's own top_k wins)
+        extras = {"repeat_penalty": decoding.repetition_penalty}
+        if decoding.sampling:
+            extras.update(top_k=0, min_p=0.0)
 
         def one(i: int) -> str:
             path, body = requests[i]
             body = {**body, **params, "model": self.model}
             if decoding.seed is not None:
                 body["seed"] = decoding.seed + i
-            return self._request(path, body, _completion_text)
+            return self._send_with_extras(path, body, _completion_text, extras)
 
         return self._map(one, len(prompts), on_result)
 
@@ -242,9 +284,135 @@ class HTTPLanguageModel(LanguageModel):
         return self._map(lambda i: self._score_text(texts[i], window, stride), len(texts))
 
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
+        if isinstance(prompt, str) and not self.chat:
             return prompt
-        raise BackendError(f"{self.base_url} applies its own chat template: the rendered chat is not visible over HTTP")
+        if self.chat_template == "model":
+            return self._render(self._messages(prompt))
+        raise BackendError(f"{self.base_url} applies its own chat template: the rendered chat is not visible over "
+                           "HTTP (use chat_template='model')")
+
+    @property
+    def logprobs_problem(self) -> str | None:
+        """Why this server's log-probabilities cannot be used (runs the echo check once), or None."""
+        return self._check_echo()
+
+    @property
+    def chat_template_info(self) -> dict[str, Any]:
+        """Who renders chats, and with what: for run records."""
+        return {"mode": self.chat_template, "template_source": self.template_source}
+
+    def check_chat_template(self, prompt: Prompt) -> dict[str, Any]:
+        """Do the server's and the model's renderings of chat ``prompt`` agree?
+
+        ``{"agree": True | False | None, "method": ..., "detail": ...}``; ``None`` when it cannot
+        be told (no model template here, or the server reports no token counts). Exact where the
+        server renders on request (llama.cpp's ``/apply-template``); otherwise the server's prompt
+        token count and first greedy token for the chat (``/v1/chat/completions``) against those
+        for the model's rendering (``/v1/completions``): a weaker check, but it needs nothing
+        beyond the OpenAI API."""
+        if self._template is None:
+            return {"agree": None, "method": None,
+                    "detail": "no model chat template to compare with (name a local model whose template to use)"}
+        messages = self._messages(prompt)
+        ours = self._render(messages)
+        theirs = self._apply_template(messages)
+        if theirs is not None:
+            same = theirs == ours
+            detail = "identical text" if same else f"differ from character {_first_difference(theirs, ours)}: " \
+                f"server {theirs[:120]!r} vs model {ours[:120]!r}"
+            return {"agree": same, "method": "apply-template", "detail": detail}
+        one = {"model": self.model, "max_tokens": 1, "temperature": 0.0}
+        chat = self._send_with_extras("/chat/completions", {**one, "messages": messages}, _with_choice)
+        text = self._send_with_extras("/completions", {**one, "prompt": ours}, _with_choice)
+        counts = [(a.get("usage") or {}).get("prompt_tokens") for a in (chat, text)]
+        firsts = [_completion_text(chat), _completion_text(text)]
+        if not all(isinstance(c, int) for c in counts):
+            return {"agree": None, "method": "prompt-tokens", "detail": "the server reports no prompt token counts"}
+        same = counts[0] == counts[1] and firsts[0] == firsts[1]
+        detail = (f"server's rendering: {counts[0]} prompt tokens, first greedy token {firsts[0]!r}; "
+                  f"model's: {counts[1]} tokens, {firsts[1]!r}")
+        return {"agree": same, "method": "prompt-tokens", "detail": detail}
+
+    def check_chat_templates(self, prompts: list[Prompt], limit: int = 2) -> list[dict[str, Any]]:
+        """:meth:`check_chat_template` on the first ``limit`` distinct chat prompts (each result
+        with ``prompt``, its index); empty without a model template to compare with."""
+        if self._template is None:
+            return []
+        seen, out = set(), []
+        for i, p in enumerate(prompts):
+            key = json.dumps(p, sort_keys=True)
+            if isinstance(p, str) and not self.chat or key in seen:
+                continue
+            seen.add(key)
+            out.append({"prompt": i, **self.check_chat_template(p)})
+            if len(out) == limit:
+                break
+        return out
+
+    def _messages(self, prompt: Prompt) -> list[dict]:
+        if isinstance(prompt, str):
+            return [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list) or not all(isinstance(m, dict) and {"role", "content"} <= m.keys()
+                                                   for m in prompt):
+            raise BackendError("a chat prompt is a list of {'role': ..., 'content': ...} messages")
+        return prompt
+
+    def _render(self, messages: list[dict]) -> str:
+        try:
+            text = self._template(messages)
+        except Exception as e:  # a template error (jinja2 raise_exception, a missing role) is the user's input
+            raise BackendError(f"the chat template ({self.template_source}) cannot render this chat: "
+                               f"{type(e).__name__}: {e}") from None
+        if not isinstance(text, str):
+            raise BackendError(f"the chat template ({self.template_source}) did not return text")
+        return text
+
+    def _root(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    def _server_template(self) -> tuple[Callable[[list[dict]], str], str]:
+        """The chat template the server publishes at ``/props`` (llama.cpp's server), compiled."""
+        try:
+            props = self._request_url(self._root() + "/props", None)
+        except _HTTPStatusError:
+            props = {}
+        template = props.get("chat_template") if isinstance(props, dict) else None
+        if not isinstance(template, str) or not template.strip():
+            raise BackendError(f"{self.base_url} does not publish its model's chat template (no /props): name a "
+                               "local copy of the model or its tokenizer whose template to use (--template-from "
+                               "SPEC, e.g. the .gguf file it serves), or use --chat-template server")
+        tokens = {k: props.get(k) or "" for k in ("bos_token", "eos_token")}
+        return _compile_template(template, **tokens), f"{self._root()}/props"
+
+    def _apply_template(self, messages: list[dict]) -> str | None:
+        """The server's own rendering (llama.cpp's ``POST /apply-template``), or None without one."""
+        if getattr(self, "_no_apply_template", False):
+            return None
+        try:
+            answer = self._request_url(self._root() + "/apply-template", {"messages": messages})
+        except _HTTPStatusError:
+            answer = None
+        prompt = answer.get("prompt") if isinstance(answer, dict) else None
+        if not isinstance(prompt, str):
+            self._no_apply_template = True
+            return None
+        return prompt
+
+    def _send_with_extras(self, path: str, body: dict, read: Callable[[dict], Any],
+                          extras: dict | None = None) -> Any:
+        """POST ``body`` plus the llama.cpp parameters this server has not refused (``extras``:
+        with values; default the neutral ones); a 4xx naming one of them drops it for good and retries."""
+        extras = {k: v for k, v in (self._extras if extras is None else extras).items() if k in self._extras}
+        try:
+            return self._request(path, {**extras, **body}, read)
+        except _HTTPStatusError as e:
+            refused = [k for k in extras if k in e.server_message and e.status in (400, 422)]
+            if not refused:
+                raise
+            for k in refused:
+                self._extras.pop(k, None)
+            log.info("%s refuses %s: not sent again", self.base_url, ", ".join(refused))
+            return self._send_with_extras(path, body, read, {k: v for k, v in extras.items() if k not in refused})
 
     # -- generation ------------------------------------------------------------------------
     @staticmethod
@@ -269,16 +437,14 @@ class HTTPLanguageModel(LanguageModel):
         return params
 
     def _generation_request(self, prompt: Prompt) -> tuple[str, dict]:
-        if isinstance(prompt, str):
-            if self.chat:
-                return "/chat/completions", {"messages": [{"role": "user", "content": prompt}]}
+        if isinstance(prompt, str) and not self.chat:
             return "/completions", {"prompt": prompt}
-        if self.chat is False:
+        if not isinstance(prompt, str) and self.chat is False:
             raise BackendError("this http model was opened with chat=False: give plain-text prompts")
-        if not isinstance(prompt, list) or not all(isinstance(m, dict) and {"role", "content"} <= m.keys()
-                                                   for m in prompt):
-            raise BackendError("a chat prompt is a list of {'role': ..., 'content': ...} messages")
-        return "/chat/completions", {"messages": prompt}
+        messages = self._messages(prompt)
+        if self.chat_template == "model":
+            return "/completions", {"prompt": self._render(messages)}
+        return "/chat/completions", {"messages": messages}
 
     # -- log-likelihoods -------------------------------------------------------------------
     def _result(self, whole: _Echo, start: int, continuation: str) -> LoglikelihoodResult:
@@ -363,8 +529,9 @@ class HTTPLanguageModel(LanguageModel):
     def _find_echo_problem(self) -> str | None:
         for prompt in _PROBE_PROMPTS:
             try:
-                answer = self._request("/completions", {"model": self.model, "prompt": prompt, "max_tokens": 8,
-                                                        "temperature": 0.0, "logprobs": 1}, _with_choice)
+                answer = self._send_with_extras("/completions", {"model": self.model, "prompt": prompt,
+                                                                 "max_tokens": 8, "temperature": 0.0, "logprobs": 1},
+                                                _with_choice)
                 choice = answer["choices"][0]
                 logprobs = choice.get("logprobs") or {}
                 tokens, steps = logprobs.get("tokens"), logprobs.get("token_logprobs")
@@ -455,7 +622,9 @@ class HTTPLanguageModel(LanguageModel):
         """GET (no body) or POST ``body`` as JSON; the decoded JSON object, or what ``read`` takes
         from it, after retries. ``read`` raises :class:`_Malformed` for an answer without the fields
         asked for, which is retried like a 5xx."""
-        url = self.base_url + path
+        return self._request_url(self.base_url + path, body, read)
+
+    def _request_url(self, url: str, body: dict | None = None, read: Callable[[dict], Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         self._count(busy=1)
         try:
@@ -569,6 +738,33 @@ class HTTPLanguageModel(LanguageModel):
         text = text.replace(key, "***") if key else text
         return " ".join(text.split())[:300]
 
+
+
+def _first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _compile_template(source: str, bos_token: str = "", eos_token: str = "") -> Callable[[list[dict]], str]:
+    """A Jinja chat template as HF's ``apply_chat_template`` runs it (sandboxed, trim_blocks,
+    lstrip_blocks, ``raise_exception``, the assistant turn opened)."""
+    try:
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise BackendError("rendering a server's chat template needs jinja2: pip install jinja2") from None
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    try:
+        compiled = env.from_string(source)
+    except TemplateError as e:
+        raise BackendError(f"the server's chat template does not compile: {e}") from None
+    return lambda messages: compiled.render(messages=messages, add_generation_prompt=True, bos_token=bos_token,
+                                            eos_token=eos_token)
 
 
 def _server_message(raw: bytes) -> str:

@@ -44,3 +44,30 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
         else:
             lm.model.to(torch.bfloat16)
     return lm
+
+
+def load_chat_template(spec: str | Path):
+    """The chat template of a local model, as ``(render(messages) -> text, source)``: what a local
+    backend would render (the assistant turn opened). A ``.gguf`` file or an HF directory gives
+    its tokenizer's template without loading weights; any other spec is loaded whole."""
+    from .tokenizer import HFTokenizer
+
+    parsed = ModelSpec.parse(spec)
+    tokenizer = None
+    if parsed.is_gguf or parsed.text == "smollm2":  # the named model is a GGUF shipped in a package
+        from ..models.gguf import load_gguf_tokenizer
+        from ..models.registry_files import smollm2_gguf_path
+
+        tokenizer = HFTokenizer(load_gguf_tokenizer(parsed.path if parsed.is_gguf else smollm2_gguf_path()))
+    elif parsed.exists and parsed.path.is_dir() and (parsed.path / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(parsed.path, local_files_only=True))
+    if tokenizer is not None:
+        render = tokenizer.chat_template_fn()
+    else:
+        lm = load(spec)
+        render = getattr(lm, "chat_template", None)
+    if render is None:
+        raise BackendError(f"{spec} has no chat template to render chats with")
+    return render, str(spec)

@@ -20,6 +20,15 @@ DtypeOption = Annotated[str, typer.Option(
 ThreadsOption = Annotated[int, typer.Option(help="Torch threads (0 = free cores).")]
 OutDirOption = Annotated[str, typer.Option(help="Where the run directory goes.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ConcurrencyOption = Annotated[int, typer.Option(
+    help="Requests in flight at once to a model behind a URL (1-256; local models ignore it). [default: 4]")]
+ChatTemplateOption = Annotated[str, typer.Option(
+    "--chat-template", help="Who renders chat prompts for a model behind a URL: server (its own template, via "
+    "/v1/chat/completions) | model (the model's own template, rendered here and sent to /v1/completions; from "
+    "--template-from or the server's /props). [default: server]")]
+TemplateFromOption = Annotated[str, typer.Option(
+    "--template-from", help="A local copy of the served model (.gguf, HF dir, registered name) whose chat template "
+    "is the model's own: used by --chat-template model, and to check the server's rendering against it.")]
 ModelArgument = Annotated[str, typer.Argument(
     help="Model spec: registered name, checkpoint dir, HF dir, .gguf file, or URL (see `fissure models list`).")]
 
@@ -52,6 +61,44 @@ def check_text(option: str, values: list[str] | str | None) -> None:
         except UnicodeEncodeError as exc:
             raise UserError(f"{option} holds bytes that are not UTF-8 text (U+{ord(value[exc.start]):04X} at "
                             f"character {exc.start}): {value[:40]!r}") from None
+
+
+def http_options(model: str, concurrency: int | None, chat_template: str | None,
+                 template_from: str | None) -> dict:
+    """``load`` options for a model behind a URL (checked first; ``{}`` for a local model, which
+    renders chats with its own template and runs one request at a time)."""
+    from ..backends.http import CHAT_TEMPLATES, MAX_CONCURRENCY
+
+    if concurrency is not None and not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise UserError(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, not {concurrency}")
+    if chat_template is not None and chat_template not in CHAT_TEMPLATES:
+        raise UserError(f"--chat-template must be {' or '.join(CHAT_TEMPLATES)}, not '{chat_template}'")
+    if not str(model).startswith(("http://", "https://")):
+        return {}
+    options: dict = {"concurrency": 4 if concurrency is None else concurrency,
+                     "chat_template": chat_template or "server"}
+    if template_from:
+        from ..backends import load_chat_template
+
+        options["template"], options["template_source"] = load_chat_template(template_from)
+    return options
+
+
+def chat_template_record(lm) -> dict:
+    """Who rendered the chats of a run: for results and run records."""
+    info = getattr(lm, "chat_template_info", None)
+    if isinstance(info, dict):
+        record = {**info, "concurrency": getattr(lm, "concurrency", None)}
+        return {k: v for k, v in record.items() if v is not None}  # TOML has no null
+    return {"mode": "model", "template_source": "local backend"}
+
+
+def warn_template_disagreements(checks: list[dict]) -> None:
+    """One warning line on stderr for each prompt the server's and the model's templates render differently."""
+    for r in checks:
+        if r.get("agree") is False:
+            err.print(f"warning: the server's chat template and the model's render prompt {r.get('prompt', 0)} "
+                      f"differently ({r['method']}: {r['detail']})", soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

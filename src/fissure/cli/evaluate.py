@@ -8,8 +8,8 @@ import typer
 
 from ..runs import append_jsonl, run_directory, write_json
 from .app import app
-from .common import (BackendOption, DtypeOption, JsonOption, ModelArgument, OutDirOption, ServedModelOption,
-                     ThreadsOption, err, guard, out, print_json)
+from .common import (BackendOption, ConcurrencyOption, DtypeOption, JsonOption, ModelArgument, OutDirOption,
+                     ServedModelOption, ThreadsOption, err, guard, http_options, out, print_json)
 
 
 @app.command("eval", epilog="Examples: fissure eval runs/train-.../checkpoint --text data/val.txt --window 256 --stride 128\n\n"
@@ -23,6 +23,7 @@ def evaluate(
     batch_size: int = typer.Option(8, help="Windows per forward pass (results do not depend on it)."),
     backend: BackendOption = "auto",
     served_model: ServedModelOption = None,
+    concurrency: ConcurrencyOption = None,
     dtype: DtypeOption = "fp32",
     threads: ThreadsOption = 0,
     out_dir: OutDirOption = "runs",
@@ -36,24 +37,33 @@ def evaluate(
     from ..text.corpus import read_documents
     from ..utils import set_threads
 
+    remote = http_options(model, concurrency, None, None)
     n_threads = set_threads(threads)
-    lm = load(model, backend=backend, model=served_model, batch_size=batch_size, dtype=dtype)
+    lm = load(model, backend=backend, model=served_model, batch_size=batch_size, dtype=dtype, **remote)
     docs = read_documents(text, normalize=None)
     caps = lm.capabilities
     scores = []
     with run_directory("eval", {"model": model, "backend": caps.backend, "text": [str(t) for t in text],
-                                "window": window or 0, "stride": stride or 0, "batch_size": batch_size},
+                                "window": window or 0, "stride": stride or 0, "batch_size": batch_size,
+                                **({"concurrency": remote["concurrency"]} if remote else {})},
                        None, root=out_dir, threads=n_threads) as run_dir:
-        for doc in tqdm(docs, desc="eval", unit="doc", disable=as_json or len(docs) < 2):
-            (score,) = lm.loglikelihood_rolling([doc.text], window=window, stride=stride)
-            scores.append(score)
-            # one row per document as it is scored: a failure later keeps what was computed
-            append_jsonl(run_dir / "samples.jsonl", [{"source": doc.source, "loglikelihood": score.loglikelihood,
-                                                      "tokens": score.tokens, "bytes": score.bytes}])
+        step = remote.get("concurrency", 1)  # a served model scores `concurrency` documents at once
+        with tqdm(total=len(docs), desc="eval", unit="doc", disable=as_json or len(docs) < 2) as bar:
+            for start in range(0, len(docs), step):
+                chunk = docs[start:start + step]
+                done = lm.loglikelihood_rolling([doc.text for doc in chunk], window=window, stride=stride)
+                scores.extend(done)
+                # rows as documents are scored: a failure later keeps what was computed
+                append_jsonl(run_dir / "samples.jsonl", [{"source": doc.source, "loglikelihood": score.loglikelihood,
+                                                          "tokens": score.tokens, "bytes": score.bytes}
+                                                         for doc, score in zip(chunk, done)])
+                bar.update(len(chunk))
     tokenizer = getattr(getattr(lm, "tokenizer", None), "name", caps.backend)
     result = summarise_scores(scores, prefix_token=getattr(lm, "start_token", None),
                               tokenizer=f"{tokenizer}|model={Path(model).name}")
     result.update(model=model, backend=caps.backend, run_dir=str(run_dir))
+    if remote:
+        result["concurrency"] = remote["concurrency"]
     write_json(run_dir / "results.json", result)
     if as_json:
         print_json(result)

@@ -6,8 +6,9 @@ import typer
 
 from ..runs import append_jsonl, run_directory, write_json
 from .app import app
-from .common import (BackendOption, DtypeOption, ModelArgument, OutDirOption, ServedModelOption, ThreadsOption,
-                     check_text, err, guard, out, print_json, styled)
+from .common import (BackendOption, ChatTemplateOption, ConcurrencyOption, DtypeOption, ModelArgument, OutDirOption,
+                     ServedModelOption, TemplateFromOption, ThreadsOption, chat_template_record, check_text, err, guard,
+                     http_options, out, print_json, styled, warn_template_disagreements)
 
 
 @app.command(epilog='Examples: fissure generate runs/train-.../checkpoint --prompt "The" --top-p 0.9 --temperature 0.8\n\n'
@@ -29,6 +30,9 @@ def generate(
     seed: int = typer.Option(0, help="Random seed for sampling."),
     backend: BackendOption = "auto",
     served_model: ServedModelOption = None,
+    concurrency: ConcurrencyOption = None,
+    chat_template: ChatTemplateOption = None,
+    template_from: TemplateFromOption = None,
     dtype: DtypeOption = "fp32",
     threads: ThreadsOption = 0,
     out_dir: OutDirOption = "runs",
@@ -58,13 +62,18 @@ def generate(
                         temperature=1.0 if temperature in (None, 0) else temperature, top_k=top_k or 0,
                         top_p=1.0 if top_p is None else top_p, repetition_penalty=repetition_penalty,
                         num_beams=num_beams, length_penalty=length_penalty, stop=list(stop or []), seed=seed)
+    remote = http_options(model, concurrency, chat_template, template_from)
     n_threads = set_threads(threads)
-    lm = load(model, backend=backend, model=served_model, dtype=dtype)
+    lm = load(model, backend=backend, model=served_model, dtype=dtype, **remote)
+    template = chat_template_record(lm)
+    checks = lm.check_chat_templates(prompts) if remote else []
+    warn_template_disagreements(checks)
     if max_new_tokens is None and isinstance(lm, TorchLM):
         longest = max(len(lm.tokenizer.encode(lm.render(p))) for p in prompts)
         decoding = dataclasses.replace(decoding, max_new_tokens=max(1, min(64, lm.capabilities.max_context - longest)))
     run = run_directory("generate", {"model": model, "backend": lm.capabilities.backend,
-                                     "prompts": [str(p) for p in prompts], "decoding": decoding.to_dict()},
+                                     "prompts": [str(p) for p in prompts], "decoding": decoding.to_dict(),
+                                     "chat_template": template},
                         seed, root=out_dir, threads=n_threads)
     stream = not as_json and len(prompts) == 1 and num_beams == 1 and isinstance(lm, TorchLM)
     streamed: list[int] = []
@@ -87,7 +96,9 @@ def generate(
         texts = lm.generate(prompts, decoding, on_token=on_token) if stream else lm.generate(prompts, decoding)
     append_jsonl(run_dir / "samples.jsonl", [{"prompt": p, "text": t} for p, t in zip(prompts, texts)])
     summary = {"texts": texts, "decoding": decoding.signature(), "model": model,
-               "backend": lm.capabilities.backend, "run_dir": str(run_dir)}
+               "backend": lm.capabilities.backend, "chat_template": template, "run_dir": str(run_dir)}
+    if checks:
+        summary["chat_template_checks"] = checks
     write_json(run_dir / "results.json", summary)
     if as_json:
         print_json(summary)

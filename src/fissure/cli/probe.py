@@ -15,8 +15,9 @@ import typer
 
 from ..errors import UserError
 from .app import ModelFirstGroup, command_group
-from .common import (BackendOption, DtypeOption, JsonOption, ModelArgument, OutDirOption, ServedModelOption,
-                     ThreadsOption, err, guard, out, print_json, styled)
+from .common import (BackendOption, ChatTemplateOption, ConcurrencyOption, DtypeOption, JsonOption, ModelArgument,
+                     OutDirOption, ServedModelOption, TemplateFromOption, ThreadsOption, err, guard, http_options, out,
+                     print_json, styled)
 
 
 probe_app = command_group("probe", "Jailbreak probes (competing objectives, mismatched generalization) on any model.",
@@ -56,6 +57,9 @@ def run(
     seed: SeedOption = None,
     backend: BackendOption = None,
     served_model: ServedModelOption = None,
+    concurrency: ConcurrencyOption = None,
+    chat_template: ChatTemplateOption = None,
+    template_from: TemplateFromOption = None,
     dtype: DtypeOption = None,
     resume: Annotated[Path, typer.Option("--resume", help="Finish an interrupted probe run (its config is reused).")]
     = None,
@@ -123,9 +127,10 @@ def _run(config, threads: int, out_dir: str | None, as_json: bool, run_dir: Path
     from ..runs import run_directory
     from ..utils import set_threads
 
+    remote = http_options(config.model, config.concurrency, config.chat_template, config.template_from or None)
     n_threads = set_threads(threads)
     lm = load(config.model, backend=config.backend, model=config.served_model or None, dtype=config.dtype,
-              batch_size=config.batch_size)
+              batch_size=config.batch_size, **remote)
     bars: list = []
 
     def on_plan(total: int, done: int) -> None:
@@ -145,6 +150,8 @@ def _run(config, threads: int, out_dir: str | None, as_json: bool, run_dir: Path
         with run_directory("probe", config.as_dict(), config.seed, root=out_dir, threads=n_threads) as run_dir:
             results = work(run_dir)
     write_probe_report(run_dir, results)
+    for warning in (results.get("chat_template") or {}).get("warnings", []):
+        err.print(f"warning: {warning}", soft_wrap=True)
     if as_json:
         print_json(results)
         return

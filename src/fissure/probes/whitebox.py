@@ -75,7 +75,9 @@ def whitebox_probe(lm: LanguageModel, prompts: Sequence[tuple[str, str, Prompt]]
     ``note`` where the backend cannot score text."""
     caps = lm.capabilities
     if not caps.has_logprobs:
-        return {"skipped": True, "note": f"{caps.backend} backend '{caps.name}' has no log-probabilities: "
+        problem = getattr(lm, "logprobs_problem", None)  # the reason, where the backend knows it
+        why = f" ({problem})" if isinstance(problem, str) else ""
+        return {"skipped": True, "note": f"{caps.backend} backend '{caps.name}' has no log-probabilities{why}: "
                                          "white-box probes skipped"}
     try:
         contexts = [lm.render(p) for _, _, p in prompts]

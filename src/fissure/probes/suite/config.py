@@ -38,6 +38,9 @@ class SuiteConfig:
     backend: str = "auto"
     served_model: str = ""  # model name on an OpenAI-compatible server
     dtype: str = "fp32"
+    concurrency: int = 4  # requests in flight at once to a served model
+    chat_template: str = "server"  # who renders chats for a served model: server | model
+    template_from: str = ""  # a local copy of the served model whose chat template is the model's own
 
     def __post_init__(self) -> None:
         try:
@@ -47,6 +50,7 @@ class SuiteConfig:
             check_range("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS, integer=True)
             check_range("batch_size", self.batch_size, 1, 4096, integer=True)
             check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+            check_range("concurrency", self.concurrency, 1, 256, integer=True)
             for t in self.temperatures:
                 check_range("temperatures[]", t, 0, 100)
         except ValueError as exc:
@@ -61,6 +65,8 @@ class SuiteConfig:
             raise ConfigError("requests and twins must be >= 0, batch_size and max_new_tokens >= 1")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence must be in (0, 1), not {self.confidence}")
+        if self.chat_template not in ("server", "model"):
+            raise ConfigError(f"chat_template must be server or model, not '{self.chat_template}'")
         if not self.attacks:
             raise ConfigError("give at least one attack")
         if len(set(self.attacks)) != len(self.attacks):

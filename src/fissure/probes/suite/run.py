@@ -108,6 +108,7 @@ class ProbeRun:
                              lambda s: apply_capability(s, table))
         saved.update((s.key, s) for s in new)
         whitebox = self._whitebox() if config.whitebox else {"skipped": True, "note": "white-box probes turned off"}
+        template = self._chat_template(items)
         policy = self.policy
         results = {
             "model": config.model, "backend": self.lm.capabilities.backend,
@@ -117,6 +118,7 @@ class ProbeRun:
             **summarise([saved[it.key] for it in items], config.capability_threshold, config.confidence,
                         config.temperatures, config.planned),
             "whitebox": whitebox,
+            "chat_template": template,
             "throughput": self._throughput(resumed),
             "run_dir": str(self.run_dir),
         }
@@ -208,6 +210,20 @@ class ProbeRun:
         if isinstance(backend, dict):
             out["backend"] = backend
         return out
+
+    def _chat_template(self, items: list[Item]) -> dict:
+        """Who rendered the chats (a served model: the server or the model's own template, as the
+        backend says), and whether the two renderings agree on the first probe prompts where the
+        backend can tell; a disagreement is listed under ``warnings``."""
+        info = getattr(self.lm, "chat_template_info", None)
+        if not isinstance(info, dict):
+            return {"mode": "model", "template_source": "local backend", "checks": [], "warnings": []}
+        check = getattr(self.lm, "check_chat_templates", None)
+        prompts = [build_prompt(self.policy.system_prompt, it.attack_prompt.text, self.chat) for it in items[:8]]
+        checks = check(prompts) if self.chat and check is not None else []
+        warnings = [f"the server's chat template and the model's render probe prompt {c['prompt']} differently "
+                    f"({c['method']}: {c['detail']})" for c in checks if c.get("agree") is False]
+        return {**{k: v for k, v in info.items() if v is not None}, "checks": checks, "warnings": warnings}
 
     def _count_tokens(self, text: str) -> int | None:
         tokenizer = getattr(self.lm, "tokenizer", None)
