@@ -133,8 +133,11 @@ def load_learned_judge(name: str) -> LearnedJudge:
 def fit_learned_judge(name: str, lm, model_spec: str, rows: Sequence[LabelledReply], scheme: str,
                       classes: Sequence[str], sources: Sequence[str], seed: int = 0) -> tuple[LearnedJudge, dict]:
     """Fit on ``rows`` (dev rows only); returns the judge and what the fit measured."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    except ImportError:
+        raise DataError("fitting a learned judge needs scikit-learn: pip install 'fissure[judge]'") from None
 
     if not NAME.fullmatch(name):
         raise DataError(f"a judge name is letters, digits, '_', '.' and '-' (up to 64), not {name!r}")
