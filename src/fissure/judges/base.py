@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UserError
 
@@ -47,6 +47,7 @@ class Verdict:
     canonical: str
     violation: DetectorResult
     refusals: tuple[DetectorResult, ...]
+    extra: dict = field(default_factory=dict)  # what a judge adds (the model's answer, a second opinion, a note)
 
     @property
     def refusal_agreement(self) -> bool:
@@ -58,6 +59,7 @@ class Verdict:
         out = {"violation": self.violation.as_dict()}
         out.update((f"refusal_{r.name}", r.as_dict()) for r in self.refusals)
         out["refusal_agreement"] = self.refusal_agreement
+        out.update(self.extra)
         return out
 
 
