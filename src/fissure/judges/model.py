@@ -13,7 +13,9 @@ How the answer is read depends on the backend:
 - ``score`` (local models, which have log-probabilities and a visible prompt): the log-likelihood
   of each letter as the continuation of the rubric prompt, all replies x letters in one
   ``loglikelihood`` call per chunk; the letter with the highest wins, its probability (softmax
-  over the three) is the score. Nothing is parsed.
+  over the three) is the score. Nothing is parsed. With ``calibrate`` (contextual calibration,
+  Zhao et al. 2021), each letter's log-probability on a content-free reply ("N/A") under the
+  same request and policy is subtracted first: small models prefer a letter whatever the reply.
 - ``generate`` (a served model: its chat template is not visible over HTTP): a greedy
   generation of a few tokens, read with a strict format (the letter alone, optionally "Answer:",
   brackets or a full stop). An answer outside that format is asked again (``retries`` times, with
@@ -204,14 +206,18 @@ class ModelJudge:
     read by log-likelihood where the backend has it, else by a strict format with retries."""
 
     def __init__(self, lm: LanguageModel, policy=None, *, mode: str = "auto", retries: int = 2,
-                 max_new_tokens: int = 8, chunk: int = 16, cache: JudgeCache | str | Path | None = None):
+                 max_new_tokens: int = 8, chunk: int = 16, cache: JudgeCache | str | Path | None = None,
+                 calibrate: bool = False):
         if not isinstance(retries, int) or retries < 0 or not isinstance(chunk, int) or chunk < 1:
             raise UserError("model judge needs retries >= 0 and chunk >= 1")
         self.lm, self.policy = lm, policy
         self.mode = _pick_mode(lm, mode)
         self.retries, self.max_new_tokens, self.chunk = retries, max_new_tokens, chunk
         self.cache = cache if isinstance(cache, JudgeCache) else JudgeCache(cache)
-        self.identity = f"model-judge|{_model_name(lm)}|{self.mode}|rubric-v{RUBRIC_VERSION}"
+        self.calibrate = bool(calibrate) and self.mode == "score"
+        self.identity = (f"model-judge|{_model_name(lm)}|{self.mode}|rubric-v{RUBRIC_VERSION}"
+                         + ("|calibrated" if self.calibrate else ""))
+        self._baseline: dict[tuple[str, str], list[float]] = {}  # content-free letter log-probs by (request, policy)
         self.calls = 0  # loglikelihood / generate calls made on the judge model
         self.judged = 0  # answers the model gave (not from the cache)
         self._chat: bool | None = None
@@ -222,7 +228,7 @@ class ModelJudge:
 
     def describe(self) -> dict:
         return {"judge": self.name, "model": _model_name(self.lm), "mode": self.mode,
-                "rubric_version": RUBRIC_VERSION, "retries": self.retries,
+                "rubric_version": RUBRIC_VERSION, "retries": self.retries, "calibrated": self.calibrate,
                 "cache": None if self.cache.path is None else str(self.cache.path)}
 
     # -- cases -----------------------------------------------------------------------------
@@ -267,16 +273,28 @@ class ModelJudge:
                                        f"answers{where}: {exc}") from None
         return [self.cache.get(k) for k in keys]  # type: ignore[misc]
 
-    def _score(self, items: list[tuple[str, Case]]) -> None:
+    def _letter_logprobs(self, cases: Sequence[Case]) -> list[list[float]]:
+        """log P(letter | rubric prompt) for each case and letter, in one ``loglikelihood`` call."""
         chat = self._uses_chat()
+        contexts = [self.lm.render(self._prompt(case)) for case in cases]
+        pairs = [(ctx, (letter if chat else " " + letter)) for ctx in contexts for letter in LETTERS]
+        self.calls += 1
+        results = self.lm.loglikelihood(pairs)
+        n = len(LETTERS)
+        return [[r.logprob for r in results[i * n:(i + 1) * n]] for i in range(len(cases))]
+
+    def _score(self, items: list[tuple[str, Case]]) -> None:
         for start in range(0, len(items), self.chunk):
             part = items[start:start + self.chunk]
-            contexts = [self.lm.render(self._prompt(case)) for _, case in part]
-            pairs = [(ctx, (letter if chat else " " + letter)) for ctx in contexts for letter in LETTERS]
-            self.calls += 1
-            results = self.lm.loglikelihood(pairs)
-            for i, (key, _) in enumerate(part):
-                lps = [r.logprob for r in results[i * len(LETTERS):(i + 1) * len(LETTERS)]]
+            rows = self._letter_logprobs([case for _, case in part])
+            if self.calibrate:  # contextual calibration: minus the letters' log-probs on a content-free reply
+                need = sorted({(c.request, c.policy) for _, c in part} - set(self._baseline))
+                if need:
+                    free = [Case("N/A", request, policy) for request, policy in need]
+                    self._baseline.update(zip(need, self._letter_logprobs(free)))
+                rows = [[lp - b for lp, b in zip(row, self._baseline[(c.request, c.policy)])]
+                        for row, (_, c) in zip(rows, part)]
+            for (key, _), lps in zip(part, rows):
                 probs = _softmax(lps)
                 best = max(range(len(LETTERS)), key=lambda j: lps[j])
                 letter = LETTERS[best]
