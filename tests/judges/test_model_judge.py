@@ -314,3 +314,18 @@ def test_cache_file_survives_a_torn_last_line(tmp_path):
     assert len(cache) == 1 and cache.get("k1").label == "refused"
     assert json.loads(path.read_text().splitlines()[0])["answer"]["letter"] == "A"
     assert Case("r").reply == "r"
+
+
+def test_a_served_model_with_echo_logprobs_can_be_read_by_score(server, policy):
+    """mode="score" over HTTP: plain rubric prompts, letters scored by echo log-probabilities. The
+    toy model's next character depends only on the one before (a space), so the expected letter
+    comes from its raw scores."""
+    server.behaviour.any_text = True  # rubric characters outside the toy alphabet read as spaces
+    server.behaviour.context = 4096
+    judge = ModelJudge(connect(server), policy, mode="score")
+    (v,) = judge.judge_many([(REFUSAL, None, "")])
+    expected = max("ABC", key=lambda c: fake.logit(" ", c))
+    assert v.detectors()["judge_model"]["letter"] == expected and generations(server) == 0
+    probs = v.detectors()["judge_model"]["probs"]
+    ref = {c: fake.next_logprobs(" ")[c] for c in "ABC"}
+    assert probs[expected] == pytest.approx(max(torch.softmax(torch.tensor(list(ref.values())), 0).tolist()), abs=1e-4)

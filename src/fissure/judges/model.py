@@ -239,8 +239,8 @@ class ModelJudge:
 
     def _uses_chat(self) -> bool:
         if self._chat is None:
-            if self.mode == "generate" and getattr(self.lm, "base_url", None) is not None:
-                self._chat = getattr(self.lm, "chat", None) is not False
+            if getattr(self.lm, "base_url", None) is not None:  # served: chats only where the server renders them
+                self._chat = self.mode == "generate" and getattr(self.lm, "chat", None) is not False
             else:
                 self._chat = bool(self.lm.capabilities.has_chat_template)
         return self._chat
@@ -266,7 +266,7 @@ class ModelJudge:
                     self._score(items)
                 else:
                     self._generate(items)
-            except (BackendError, OSError) as exc:
+            except (UserError, OSError) as exc:  # unreachable, refused, a prompt too long for it
                 done = sum(1 for k, _ in items if self.cache.get(k) is not None)
                 where = f" (kept in {self.cache.path})" if self.cache.path is not None else ""
                 raise JudgeUnavailable(f"judge model {_model_name(self.lm)} failed after {done} of {len(items)} "
