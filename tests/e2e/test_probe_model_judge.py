@@ -135,6 +135,8 @@ def test_rejudging_a_run_with_the_cli_reads_the_cache_the_second_time(tmp_path, 
     (["probe", "run", "smollm2", "--judge", "cascade"], "needs a judge model"),
     (["probe", "run", "smollm2", "--judge-model", "smollm2"], "only used with --judge model"),
     (["probe", "judge", "REPLIES", "--policy", "secret", "--judge", "model"], "needs a judge model"),
+    (["probe", "run", "smollm2", "--judge", "model", "--judge-model", "x", "--judge-rubric", "guard"],
+     "unknown judge rubric 'guard'"),
     (["probe", "judge", "REPLIES", "--policy", "secret", "--judge", "model", "--judge-model", "nosuchmodel"],
      "unknown model 'nosuchmodel'"),
 ])

@@ -30,6 +30,10 @@ JudgeOption = Annotated[str, typer.Option(help="Who judges replies: rules (polic
                                                "model, rules as fallback and second opinion). [default: rules]")]
 JudgeModelOption = Annotated[str, typer.Option(help="The judge model for --judge model|cascade: a registry name, a "
                                                     "path or an http(s) URL of an OpenAI-compatible server.")]
+JudgeRubricOption = Annotated[str, typer.Option(help="How the judge model is asked: letters (our rubric: refused, gave "
+                                                     "the restricted content, neither) or llamaguard (a served Llama "
+                                                     "Guard's safe/unsafe; the rules tell refusals apart). "
+                                                     "[default: letters]")]
 ThresholdOption = Annotated[float, typer.Option(help="Twin accuracy below which the model 'cannot read' an encoding. "
                                                      "[default: 0.5]")]
 
@@ -61,6 +65,7 @@ def run(
     seed: SeedOption = None,
     judge: JudgeOption = None,
     judge_model: JudgeModelOption = None,
+    judge_rubric: JudgeRubricOption = None,
     backend: BackendOption = None,
     served_model: ServedModelOption = None,
     dtype: DtypeOption = None,
@@ -283,6 +288,7 @@ def judge(
     judge_name: Annotated[str, typer.Option("--judge", help="rules, model or cascade (see `fissure probe run`). "
                                                           "[default: rules]")] = "rules",
     judge_model: JudgeModelOption = "",
+    judge_rubric: JudgeRubricOption = "letters",
     judge_cache: Annotated[Path, typer.Option(help="JSONL cache of the judge model's answers (re-judging reads it: "
                                                    "no model calls). [default: judgements.jsonl in fissure's cache "
                                                    "directory]")] = None,
@@ -297,7 +303,7 @@ def judge(
 
     from ..probes.suite.config import check_judge
 
-    check_judge(judge_name, judge_model)
+    check_judge(judge_name, judge_model, judge_rubric)
     if not replies.is_file():
         raise UserError(f"no replies file {replies}")
     if policy is None or seed is None or capability_threshold is None:  # a run's samples: take its settings
@@ -322,10 +328,10 @@ def judge(
         judge_cache = judge_cache or cache_dir() / "judgements.jsonl"
         judge_lm = load(judge_model)
     samples, summary = rejudge(rows, policy, seed=seed, capability_threshold=capability_threshold,
-                               judge=judge_name, judge_lm=judge_lm, cache=judge_cache)
+                               judge=judge_name, judge_lm=judge_lm, cache=judge_cache, rubric=judge_rubric)
     run_dir = start_run("probe-judge", {"replies": str(replies), "policy": policy, "seed": seed,
                                         "capability_threshold": capability_threshold, "judge": judge_name,
-                                        "judge_model": judge_model}, seed, root=out_dir)
+                                        "judge_model": judge_model, "judge_rubric": judge_rubric}, seed, root=out_dir)
     append_samples(run_dir / "samples.jsonl", samples)
     summary.update(replies=str(replies), model=f"replies from {replies}", run_dir=str(run_dir))
     write_json(run_dir / "results.json", summary)

@@ -124,14 +124,14 @@ def _check_for_judging(sample: Sample, where: str) -> None:
 
 def rejudge(raw: list, policy_name: str, seed: int = 0, capability_threshold: float = 0.5,
             confidence: float = 0.95, judge: str = "rules", judge_lm=None,
-            cache: Path | str | None = None) -> tuple[list[Sample], dict]:
+            cache: Path | str | None = None, rubric: str = "letters") -> tuple[list[Sample], dict]:
     """Judge saved replies again under ``policy_name`` with ``judge`` (``rules``, or ``model`` /
     ``cascade`` over the loaded ``judge_lm``, its answers cached at ``cache``): the new samples and
     their summary (with the old verdicts' changes counted where the rows had any)."""
     from ...judges.model import make_judge
 
     policy = load_policy(policy_name, seed=seed)
-    judge_obj = PolicyJudge(policy) if judge == "rules" else make_judge(judge, policy, judge_lm, cache=cache)
+    judge_obj = PolicyJudge(policy) if judge == "rules" else make_judge(judge, policy, judge_lm, cache=cache, rubric=rubric)
     samples = normalise_replies(raw)
     judged = [dataclasses.replace(new, extra={**new.extra, "previous_label": old.judge_label or None})
               for old, new in zip(samples, judge_samples(samples, judge_obj))]

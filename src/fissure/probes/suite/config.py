@@ -42,6 +42,7 @@ class SuiteConfig:
     dtype: str = "fp32"
     judge: str = "rules"  # rules (the policy judge) | model | cascade (policy detector, model, rules)
     judge_model: str = ""  # model spec of the judge (a registry name, a path, an http URL)
+    judge_rubric: str = "letters"  # letters (our rubric, A/B/C) | llamaguard (a served Llama Guard's safe/unsafe)
 
     def __post_init__(self) -> None:
         try:
@@ -71,7 +72,7 @@ class SuiteConfig:
             raise ConfigError(f"attacks repeat a name: {self.attacks}")
         for name in self.attacks:
             get_attack(name)  # unknown names: UserError with close matches
-        check_judge(self.judge, self.judge_model)
+        check_judge(self.judge, self.judge_model, self.judge_rubric)
 
     def samples_at(self, temperature: float) -> int:
         return 1 if temperature == 0 else self.samples
@@ -95,8 +96,10 @@ class SuiteConfig:
         return to_dict(self)
 
 
-def check_judge(judge: str, judge_model: str) -> None:
-    """A judge name and its model spec that fit together, or a one-line ConfigError."""
+def check_judge(judge: str, judge_model: str, rubric: str = "letters") -> None:
+    """A judge name, its model spec and rubric that fit together, or a one-line ConfigError."""
+    if rubric not in ("letters", "llamaguard"):
+        raise ConfigError(f"unknown judge rubric '{rubric}'; known: letters, llamaguard")
     if judge not in JUDGES:
         raise ConfigError(f"unknown judge '{judge}'; known: {', '.join(JUDGES)}")
     if not isinstance(judge_model, str):

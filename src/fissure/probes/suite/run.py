@@ -74,7 +74,7 @@ def build_judge(config: SuiteConfig, policy: Policy, cache_path: Path | None):
 
     if config.judge == "rules":
         return PolicyJudge(policy)
-    return make_judge(config.judge, policy, load(config.judge_model), cache=cache_path)
+    return make_judge(config.judge, policy, load(config.judge_model), cache=cache_path, rubric=config.judge_rubric)
 
 
 def judge_summary(judge, samples: list[Sample]) -> dict:
