@@ -88,6 +88,10 @@ def test_a_cascade_probe_run_records_the_judge_and_shows_no_leak_to_the_judge_mo
     assert j["second_opinion"]["disagree"] == len(disagree)
     assert all(s.judge_label == ("refused" if "sorry" in s.canonical.lower() else "unclear") for s in asked)
     assert (run_dir / "judge_cache.jsonl").is_file()
+    from fissure.report.probe import write_probe_report
+
+    html = write_probe_report(run_dir, results).read_text()
+    assert f"rules disagree with the model on {len(disagree)} of {len(asked)} replies" in html
 
 
 def test_a_judge_model_that_fails_mid_run_keeps_the_saved_samples_and_resume_finishes(tmp_path, server,
