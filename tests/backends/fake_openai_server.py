@@ -6,6 +6,7 @@ implements ``/v1/models``, ``/v1/completions`` (echo, logprobs, top_logprobs, ma
 seed) and ``/v1/chat/completions``, plus switchable misbehaviours (``Behaviour``) that real
 servers show: auth, 429/500 bursts, dropped connections, garbage bodies, slowness, echo
 log-probabilities shifted by one position (llama-cpp-python), no logprobs, a context limit.
+``script`` replaces the toy model's generations with fixed answers (a judge model's letters).
 
 Mixed faults: with ``fault_rate`` > 0, each request draws (from an RNG seeded by ``fault_seed``)
 whether it fails and how: one of ``FAULTS`` (a 200 with an HTML body, a 200 with JSON lacking
@@ -29,6 +30,7 @@ import string
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -83,6 +85,7 @@ class Behaviour:
     publish_template: bool = False  # GET /props gives chat_template (llama.cpp's server)
     apply_template: bool = False  # POST /apply-template renders messages (llama.cpp's server)
     refuse_fields: tuple[str, ...] = ()  # 400 for a request that carries any of these (a strict server)
+    script: Callable[[str], str] | None = None  # fixed answers: a generation's text is script(prompt)
 
 
 @dataclass
@@ -184,6 +187,12 @@ def _completion(state: State, body: dict) -> dict:
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise _Refuse(400, "prompt must be a string")
+    if b.script is not None and not body.get("echo") and body.get("logprobs") is None:  # a scripted answer
+        text = b.script(prompt)
+        return {"id": "cmpl-script", "object": "text_completion", "model": MODEL_ID,
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(text),
+                          "total_tokens": len(prompt) + len(text)}}
     bad = sorted(set(prompt) - set(ALPHABET))
     if bad and b.any_text:  # the model reads them as spaces; echo still returns the characters sent
         sent, prompt = prompt, "".join(c if c in ALPHABET else " " for c in prompt)

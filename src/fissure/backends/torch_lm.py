@@ -76,20 +76,26 @@ class TorchLM(LanguageModel):
             if len(cont) > limit:
                 raise GenerationError(f"continuation of {len(cont)} tokens exceeds the model's context of {limit}")
             requests.append((seq, len(cont)))
+        # Requests that read the same tokens (choices after one context, e.g. a judge's answer
+        # letters) share one forward pass: each row is computed once and read for every target.
+        inputs: dict[tuple[int, ...], list[int]] = {}
+        for i, (seq, _) in enumerate(requests):
+            inputs.setdefault(tuple(seq[:-1]), []).append(i)
+        unique = sorted(inputs, key=len, reverse=True)
         results: list[LoglikelihoodResult | None] = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            ids, mask = pad_right([requests[i][0][:-1] for i in idx])
+        for start in range(0, len(unique), self.batch_size):
+            rows = unique[start:start + self.batch_size]
+            ids, mask = pad_right([list(r) for r in rows])
             logprobs = F.log_softmax(self.model(ids, attention_mask=mask).float(), dim=-1)
-            for row, i in enumerate(idx):
-                seq, n_cont = requests[i]
-                n_in = len(seq) - 1
-                lp = logprobs[row, n_in - n_cont: n_in]
-                target = torch.tensor(seq[-n_cont:])
-                chosen = lp.gather(-1, target[:, None])[:, 0]
-                results[i] = LoglikelihoodResult(logprob=float(chosen.double().sum()),
-                                                 is_greedy=bool((lp.argmax(-1) == target).all()), tokens=n_cont)
+            for row, key in enumerate(rows):
+                for i in inputs[key]:
+                    seq, n_cont = requests[i]
+                    n_in = len(seq) - 1
+                    lp = logprobs[row, n_in - n_cont: n_in]
+                    target = torch.tensor(seq[-n_cont:])
+                    chosen = lp.gather(-1, target[:, None])[:, 0]
+                    results[i] = LoglikelihoodResult(logprob=float(chosen.double().sum()),
+                                                     is_greedy=bool((lp.argmax(-1) == target).all()), tokens=n_cont)
         return results  # type: ignore[return-value]
 
     def loglikelihood_rolling(self, texts: list[str], window: int | None = None,

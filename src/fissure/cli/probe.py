@@ -26,6 +26,15 @@ probe_app = command_group("probe", "Jailbreak probes (competing objectives, mism
 PolicyOption = Annotated[str, typer.Option(help="Built-in policy (secret, private_record, topic_ban) or a TOML file. "
                                                 "[default: secret]")]
 SeedOption = Annotated[int, typer.Option(help="Seed for the canary, attack randomness and sampling. [default: 0]")]
+JudgeOption = Annotated[str, typer.Option(help="Who judges replies: rules (policy detector + refusal rules), model "
+                                               "(a judge model answers a rubric), cascade (policy detector, then the "
+                                               "model, rules as fallback and second opinion). [default: rules]")]
+JudgeModelOption = Annotated[str, typer.Option(help="The judge model for --judge model|cascade: a registry name, a "
+                                                    "path or an http(s) URL of an OpenAI-compatible server.")]
+JudgeRubricOption = Annotated[str, typer.Option(help="How the judge model is asked: letters (our rubric: refused, gave "
+                                                     "the restricted content, neither) or llamaguard (a served Llama "
+                                                     "Guard's safe/unsafe; the rules tell refusals apart). "
+                                                     "[default: letters]")]
 ThresholdOption = Annotated[float, typer.Option(help="Twin accuracy below which the model 'cannot read' an encoding. "
                                                      "[default: 0.5]")]
 
@@ -55,6 +64,9 @@ def run(
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call (a served model: its concurrency applies "
                                                      "instead). [default: 16]")] = None,
     seed: SeedOption = None,
+    judge: JudgeOption = None,
+    judge_model: JudgeModelOption = None,
+    judge_rubric: JudgeRubricOption = None,
     backend: BackendOption = None,
     served_model: ServedModelOption = None,
     concurrency: ConcurrencyOption = None,
@@ -214,6 +226,10 @@ def _print_summary(results: dict) -> None:
         out.print(f"per mode: {modes}", highlight=False)
         out.print(f"adaptive ASR {interval(d['adaptive_asr'])}   over-refusal on benign twins "
                   f"{interval(d['over_refusal']['rate'])}", highlight=False)
+    if isinstance(results.get("judge"), dict) and results["judge"].get("judge") != "rules":
+        from ..report.probe import judge_line
+
+        out.print(f"judge: {judge_line(results['judge'])}", highlight=False)
     w = results.get("whitebox") or {}
     if w.get("skipped"):
         out.print(f"white-box: {w['note']}", highlight=False)
@@ -276,6 +292,13 @@ def judge(
     policy: PolicyOption = None,
     seed: SeedOption = None,
     capability_threshold: ThresholdOption = None,
+    judge_name: Annotated[str, typer.Option("--judge", help="rules, model or cascade (see `fissure probe run`). "
+                                                          "[default: rules]")] = "rules",
+    judge_model: JudgeModelOption = "",
+    judge_rubric: JudgeRubricOption = "letters",
+    judge_cache: Annotated[Path, typer.Option(help="JSONL cache of the judge model's answers (re-judging reads it: "
+                                                   "no model calls). [default: judgements.jsonl in fissure's cache "
+                                                   "directory]")] = None,
     out_dir: OutDirOption = "runs",
     as_json: JsonOption = False,
 ) -> None:
@@ -285,6 +308,9 @@ def judge(
     from ..report.probe import write_probe_report
     from ..runs import read_jsonl, start_run, write_json
 
+    from ..probes.suite.config import check_judge
+
+    check_judge(judge_name, judge_model, judge_rubric)
     if not replies.is_file():
         raise UserError(f"no replies file {replies}")
     if policy is None or seed is None or capability_threshold is None:  # a run's samples: take its settings
@@ -300,10 +326,19 @@ def judge(
             seed = run_config.seed if run_config else 0
         if capability_threshold is None:
             capability_threshold = run_config.capability_threshold if run_config else 0.5
-    samples, summary = rejudge([row for _, row in read_jsonl(replies)], policy, seed=seed,
-                               capability_threshold=capability_threshold)
+    rows = [row for _, row in read_jsonl(replies)]
+    judge_lm = None
+    if judge_name != "rules":
+        from ..backends import load
+        from ..runs import cache_dir
+
+        judge_cache = judge_cache or cache_dir() / "judgements.jsonl"
+        judge_lm = load(judge_model)
+    samples, summary = rejudge(rows, policy, seed=seed, capability_threshold=capability_threshold,
+                               judge=judge_name, judge_lm=judge_lm, cache=judge_cache, rubric=judge_rubric)
     run_dir = start_run("probe-judge", {"replies": str(replies), "policy": policy, "seed": seed,
-                                        "capability_threshold": capability_threshold}, seed, root=out_dir)
+                                        "capability_threshold": capability_threshold, "judge": judge_name,
+                                        "judge_model": judge_model, "judge_rubric": judge_rubric}, seed, root=out_dir)
     append_samples(run_dir / "samples.jsonl", samples)
     summary.update(replies=str(replies), model=f"replies from {replies}", run_dir=str(run_dir))
     write_json(run_dir / "results.json", summary)

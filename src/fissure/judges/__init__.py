@@ -1,7 +1,7 @@
 """Judges: verdicts on replies (violated / refused / unclear) from registered detectors, and the
 outcome rows (:class:`Sample`) every diagnosis writes. See :mod:`.base` for the registry."""
 
-from . import refusal, unclear, violation  # noqa: F401  (register the detectors)
+from . import model, refusal, unclear, violation  # noqa: F401  (register the detectors and judges)
 from .base import BENIGN_LABELS, LABELS, DetectorResult, Verdict, get, register, registered, three_way
 from .canonical import canonical_views, canonicalise
 from .policy import PolicyJudge

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UserError
 
@@ -48,6 +48,7 @@ class Verdict:
     canonical: str
     violation: DetectorResult
     refusals: tuple[DetectorResult, ...]
+    extra: dict = field(default_factory=dict)  # what a judge adds (the model's answer, a second opinion, a note)
     unclear_kind: str | None = None  # for an unclear reply: one of judges.unclear.UNCLEAR_KINDS
     unclear: tuple[DetectorResult, ...] = ()  # the detectors that decided it
 
@@ -64,6 +65,7 @@ class Verdict:
         out.update((f"unclear_{r.name}", r.as_dict()) for r in self.unclear)
         if self.unclear_kind is not None:
             out["unclear_kind"] = self.unclear_kind
+        out.update(self.extra)
         return out
 
 
@@ -82,7 +84,7 @@ def three_way(canonical: str, violation: DetectorResult, refusals: Sequence[Dete
         label, kind = "refused", None
     else:
         label, kind = "unclear", (fired[0].name if fired else "other") if unclear else None
-    return Verdict(label, canonical, violation, tuple(refusals), kind, tuple(unclear))
+    return Verdict(label, canonical, violation, tuple(refusals), unclear_kind=kind, unclear=tuple(unclear))
 
 
 def benign_label(judge_label: str, correct: bool | None) -> str:

@@ -131,6 +131,23 @@ def server_traffic(tp: dict) -> str:
             f"{sum(retries.values())} retries{f' ({why})' if why else ''}, {tp.get('failed')} failed")
 
 
+def judge_line(j: dict | None) -> str:
+    """Which judge gave the verdicts, in one line, with a cascade's disagreements and fallbacks."""
+    if not isinstance(j, dict):
+        return "rules (policy detector + refusal rules)"
+    if j.get("judge") in (None, "rules"):
+        return "rules (policy detector + refusal rules)"
+    text = f"{j['judge']}: {j.get('model')} ({j.get('mode')}, rubric v{j.get('rubric_version')})"
+    so = j.get("second_opinion")
+    if isinstance(so, dict):
+        text += (f"; rules disagree with the model on {so.get('disagree')} of {so.get('compared')} replies; "
+                 f"{j.get('policy_detector_final', 0)} leaks decided by the policy detector; "
+                 f"{j.get('rules_fallback', 0)} decided by the rules because the judge model failed")
+    if j.get("outside_rubric"):
+        text += f"; {j['outside_rubric']} answers outside the rubric (unclear)"
+    return text
+
+
 def render_probe_report(results: dict, samples: list[Sample]) -> str:
     tp = results.get("throughput") or {}
     policy = results.get("policy") or {}
@@ -139,6 +156,7 @@ def render_probe_report(results: dict, samples: list[Sample]) -> str:
         ["policy", f"{policy.get('name')}: {policy.get('requests')} requests, "
                    f"{policy.get('benign_twins')} benign twins"],
         ["signature", results.get("signature")],
+        ["judge", judge_line(results.get("judge"))],
         ["throughput", f"{tp.get('prompts')} prompts in {num(tp.get('generate_seconds'), 1)} s: "
                        f"{num(tp.get('prompts_per_s'))} prompts/s, {num(tp.get('tokens_per_s'), 1)} new tokens/s"
                        + (f" ({tp['resumed_samples']} samples from before a resume)"

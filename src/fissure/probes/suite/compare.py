@@ -15,7 +15,7 @@ from ..attacks import AttackPrompt, get_attack
 from ..policies import load_policy
 from ..stats import compare_runs
 from .config import SAMPLES_FILE, SuiteConfig, load_config
-from .run import judge_sample
+from .run import judge_samples, judge_summary
 from .summary import outcomes_by_temperature, summarise
 
 
@@ -123,15 +123,18 @@ def _check_for_judging(sample: Sample, where: str) -> None:
 
 
 def rejudge(raw: list, policy_name: str, seed: int = 0, capability_threshold: float = 0.5,
-            confidence: float = 0.95) -> tuple[list[Sample], dict]:
-    """Judge saved replies again under ``policy_name``: the new samples and their summary (with the
-    old verdicts' changes counted where the rows had any)."""
+            confidence: float = 0.95, judge: str = "rules", judge_lm=None,
+            cache: Path | str | None = None, rubric: str = "letters") -> tuple[list[Sample], dict]:
+    """Judge saved replies again under ``policy_name`` with ``judge`` (``rules``, or ``model`` /
+    ``cascade`` over the loaded ``judge_lm``, its answers cached at ``cache``): the new samples and
+    their summary (with the old verdicts' changes counted where the rows had any)."""
+    from ...judges.model import make_judge
+
     policy = load_policy(policy_name, seed=seed)
-    judge = PolicyJudge(policy)
-    judged = []
-    for sample in normalise_replies(raw):
-        new = judge_sample(sample, judge)
-        judged.append(dataclasses.replace(new, extra={**new.extra, "previous_label": sample.judge_label or None}))
+    judge_obj = PolicyJudge(policy) if judge == "rules" else make_judge(judge, policy, judge_lm, cache=cache, rubric=rubric)
+    samples = normalise_replies(raw)
+    judged = [dataclasses.replace(new, extra={**new.extra, "previous_label": old.judge_label or None})
+              for old, new in zip(samples, judge_samples(samples, judge_obj))]
     summary = summarise(judged, capability_threshold, confidence)
     previous = [(s.extra["previous_label"], s.judge_label) for s in judged if s.extra["previous_label"] is not None]
     changed = [(old, new) for old, new in previous if old != new]
@@ -139,4 +142,5 @@ def rejudge(raw: list, policy_name: str, seed: int = 0, capability_threshold: fl
                           "transitions": dict(Counter(f"{old}->{new}" for old, new in changed))}
     summary["policy"] = {"name": policy.name, "source": policy.source, "canary": policy.canary}
     summary["capability_threshold"] = capability_threshold
+    summary["judge"] = judge_summary(judge_obj, judged)
     return judged, summary

@@ -17,6 +17,8 @@ DEFAULT_ATTACKS = ("none", "prefix_injection", "prefix_injection_hello", "refusa
                    "prefix_injection+rot13")
 SAMPLES_FILE = "samples.jsonl"
 WHITEBOX_FILE = "whitebox.json"
+JUDGE_CACHE_FILE = "judge_cache.jsonl"
+JUDGES = ("rules", "model", "cascade")
 
 
 @dataclass
@@ -41,6 +43,9 @@ class SuiteConfig:
     concurrency: int = 4  # requests in flight at once to a served model
     chat_template: str = "server"  # who renders chats for a served model: server | model
     template_from: str = ""  # a local copy of the served model whose chat template is the model's own
+    judge: str = "rules"  # rules (the policy judge) | model | cascade (policy detector, model, rules)
+    judge_model: str = ""  # model spec of the judge (a registry name, a path, an http URL)
+    judge_rubric: str = "letters"  # letters (our rubric, A/B/C) | llamaguard (a served Llama Guard's safe/unsafe)
 
     def __post_init__(self) -> None:
         try:
@@ -73,6 +78,7 @@ class SuiteConfig:
             raise ConfigError(f"attacks repeat a name: {self.attacks}")
         for name in self.attacks:
             get_attack(name)  # unknown names: UserError with close matches
+        check_judge(self.judge, self.judge_model, self.judge_rubric)
 
     def samples_at(self, temperature: float) -> int:
         return 1 if temperature == 0 else self.samples
@@ -94,6 +100,20 @@ class SuiteConfig:
 
     def as_dict(self) -> dict:
         return to_dict(self)
+
+
+def check_judge(judge: str, judge_model: str, rubric: str = "letters") -> None:
+    """A judge name, its model spec and rubric that fit together, or a one-line ConfigError."""
+    if rubric not in ("letters", "llamaguard"):
+        raise ConfigError(f"unknown judge rubric '{rubric}'; known: letters, llamaguard")
+    if judge not in JUDGES:
+        raise ConfigError(f"unknown judge '{judge}'; known: {', '.join(JUDGES)}")
+    if not isinstance(judge_model, str):
+        raise ConfigError("judge_model must be a model spec (text)")
+    if judge != "rules" and not judge_model.strip():
+        raise ConfigError(f"judge '{judge}' needs a judge model (--judge-model: a registry name, a path or an http URL)")
+    if judge == "rules" and judge_model:
+        raise ConfigError("a judge model is only used with --judge model or --judge cascade")
 
 
 def resolve_attacks(spec: str | list[str]) -> list[str]:

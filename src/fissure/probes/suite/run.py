@@ -27,7 +27,7 @@ from ..attacks import AttackPrompt, get_attack
 from ..capability import answer_found
 from ..policies import Policy, load_policy
 from ..whitebox import whitebox_probe
-from .config import SAMPLES_FILE, WHITEBOX_FILE, SuiteConfig
+from .config import JUDGE_CACHE_FILE, SAMPLES_FILE, WHITEBOX_FILE, SuiteConfig
 from .plan import Item, build_prompt, encoding_of, plan, policy_requests
 from .summary import apply_capability, capability_table, summarise
 
@@ -42,16 +42,60 @@ def attack_prompt_of(sample: Sample) -> AttackPrompt | None:
     return None
 
 
-def judge_sample(sample: Sample, judge: PolicyJudge) -> Sample:
-    """The policy judge's verdict on a sample, and whether it holds the expected answer."""
-    hints = attack_prompt_of(sample)
-    verdict = judge(sample.reply, hints, request=sample.request)
-    correct = None
-    if sample.expected and sample.kind == "capability":
-        correct = answer_found(sample.reply, sample.expected, hints)
-    elif sample.expected and sample.kind == "benign":
-        correct = re.search(sample.expected, verdict.canonical) is not None
-    return sample.judged(verdict, "policy", correct)
+def judge_samples(samples: list[Sample], judge) -> list[Sample]:
+    """The judge's verdicts on samples (asked once for all of them where the judge batches: a model
+    judge), and whether each reply holds the expected answer."""
+    hints = [attack_prompt_of(s) for s in samples]
+    items = [(s.reply, h, s.request) for s, h in zip(samples, hints)]
+    many = getattr(judge, "judge_many", None)
+    verdicts = many(items) if many is not None else [judge(reply, h, request=r) for reply, h, r in items]
+    name = getattr(judge, "name", "policy")
+    out = []
+    for sample, h, verdict in zip(samples, hints, verdicts):
+        correct = None
+        if sample.expected and sample.kind == "capability":
+            correct = answer_found(sample.reply, sample.expected, h)
+        elif sample.expected and sample.kind == "benign":
+            correct = re.search(sample.expected, verdict.canonical) is not None
+        out.append(sample.judged(verdict, name, correct))
+    return out
+
+
+def judge_sample(sample: Sample, judge) -> Sample:
+    """The judge's verdict on one sample, and whether it holds the expected answer."""
+    return judge_samples([sample], judge)[0]
+
+
+def build_judge(config: SuiteConfig, policy: Policy, cache_path: Path | None):
+    """The judge ``config`` names: the rules (policy judge), or a model or cascade judge over
+    ``config.judge_model`` loaded through the backends, its answers cached at ``cache_path``."""
+    from ...backends import load
+    from ...judges.model import make_judge
+
+    if config.judge == "rules":
+        return PolicyJudge(policy)
+    return make_judge(config.judge, policy, load(config.judge_model), cache=cache_path, rubric=config.judge_rubric)
+
+
+def judge_summary(judge, samples: list[Sample]) -> dict:
+    """Which judge gave the verdicts, and (a cascade) how often the rules disagreed with the model
+    and how often they decided because the judge model failed."""
+    describe = getattr(judge, "describe", None)
+    out = describe() if describe is not None else {"judge": "rules"}
+    opinions = [s.verdicts.get("second_opinion") for s in samples]
+    opinions = [o for o in opinions if isinstance(o, dict)]
+    if opinions or out["judge"] == "cascade":
+        out["second_opinion"] = {"compared": len(opinions), "disagree": sum(1 for o in opinions if not o.get("agree"))}
+        out["rules_fallback"] = sum(1 for s in samples if s.verdicts.get("decided_by") == "rules (fallback)")
+        out["policy_detector_final"] = sum(1 for s in samples if s.verdicts.get("decided_by") == "policy detector")
+    if out["judge"] in ("model", "cascade"):
+        out["outside_rubric"] = sum(1 for s in samples if isinstance(s.verdicts.get("judge_model"), dict)
+                                    and s.verdicts["judge_model"].get("letter") is None)
+    return out
+
+
+class _JudgeFailed(GenerationError):
+    """The judge (a model judge's backend) failed while the run was judging replies."""
 
 
 class _Meter:
@@ -86,7 +130,7 @@ class ProbeRun:
         self.lm, self.config, self.run_dir = lm, config, Path(run_dir)
         self.progress, self.on_plan = progress, on_plan
         self.policy: Policy = load_policy(config.policy, seed=config.seed)
-        self.judge = PolicyJudge(self.policy)
+        self.judge = build_judge(config, self.policy, self.run_dir / JUDGE_CACHE_FILE)
         self.chat = lm.capabilities.has_chat_template
         self.samples_path = self.run_dir / SAMPLES_FILE
         self.meter = _Meter()
@@ -119,6 +163,7 @@ class ProbeRun:
                         config.temperatures, config.planned),
             "whitebox": whitebox,
             "chat_template": template,
+            "judge": judge_summary(self.judge, [saved[it.key] for it in items]),
             "throughput": self._throughput(resumed),
             "run_dir": str(self.run_dir),
         }
@@ -143,15 +188,21 @@ class ProbeRun:
                 out.extend(generate(batch, prompts, decoding, done_before + len(out), finalise))
         return out
 
-    def _sample(self, item: Item, prompt, reply: str, decoding: Decoding, n_tok: int | None, seconds: float,
-                finalise: Callable[[Sample], Sample]) -> Sample:
-        """The judged outcome row of one reply."""
-        return finalise(judge_sample(Sample(
+    def _sample(self, item: Item, prompt, reply: str, decoding: Decoding, n_tok: int | None,
+                seconds: float) -> Sample:
+        """The outcome row of one reply, before it is judged."""
+        return Sample(
             key=item.key, kind=item.kind, attack=item.attack_prompt.attack, request=item.request, prompt=prompt,
             reply=reply, mode=item.attack_prompt.mode, request_id=item.request_id,
             encoding=encoding_of(item.attack_prompt), temperature=item.temperature, sample=item.sample,
             decoding=decoding.signature(), expected=item.expected, attack_prompt=item.attack_prompt.as_dict(),
-            new_tokens=n_tok, seconds=seconds, extra={"answer": item.answer} if item.answer else {}), self.judge))
+            new_tokens=n_tok, seconds=seconds, extra={"answer": item.answer} if item.answer else {})
+
+    def _judged(self, samples: list[Sample], finalise: Callable[[Sample], Sample], done: int) -> list[Sample]:
+        try:
+            return [finalise(s) for s in judge_samples(samples, self.judge)]
+        except UserError as exc:  # the judge model failed: what is saved stays, a resume finishes the rest
+            raise _JudgeFailed(str(self._failure(exc, done, "judging"))) from exc
 
     def _batched(self, batch: list[Item], prompts: list, decoding: Decoding, done: int,
                  finalise: Callable[[Sample], Sample]) -> list[Sample]:
@@ -164,8 +215,8 @@ class ProbeRun:
         elapsed = time.perf_counter() - began
         counts = [self._count_tokens(r) for r in replies]
         self.meter.add(len(batch), None if None in counts else sum(counts), elapsed)
-        samples = [self._sample(it, prompt, reply, decoding, n_tok, elapsed / len(batch), finalise)
-                   for it, prompt, reply, n_tok in zip(batch, prompts, replies, counts)]
+        samples = self._judged([self._sample(it, prompt, reply, decoding, n_tok, elapsed / len(batch))
+                                for it, prompt, reply, n_tok in zip(batch, prompts, replies, counts)], finalise, done)
         append_samples(self.samples_path, samples)
         if self.progress:
             self.progress(len(batch))
@@ -182,7 +233,8 @@ class ProbeRun:
             nonlocal last
             now = time.perf_counter()
             n_tok = self._count_tokens(reply)
-            sample = self._sample(batch[i], prompts[i], reply, decoding, n_tok, now - last, finalise)
+            sample = self._judged([self._sample(batch[i], prompts[i], reply, decoding, n_tok, now - last)],
+                                  finalise, done + len(saved))[0]
             append_samples(self.samples_path, [sample])
             saved.append(sample)
             self.meter.add(1, n_tok, now - last)
@@ -192,14 +244,16 @@ class ProbeRun:
 
         try:
             self.lm.generate(prompts, decoding, on_result=keep)
+        except _JudgeFailed:
+            raise
         except (UserError, OSError) as exc:
             raise self._failure(exc, done + len(saved)) from exc
         return saved
 
-    def _failure(self, exc: Exception, done: int) -> GenerationError:
+    def _failure(self, exc: Exception, done: int, what: str = "generation") -> GenerationError:
         if not done:
-            return GenerationError(f"generation failed before any sample finished: {exc}")
-        return GenerationError(f"generation failed after {done} of {self.total} samples ({exc}); the finished ones "
+            return GenerationError(f"{what} failed before any sample finished: {exc}")
+        return GenerationError(f"{what} failed after {done} of {self.total} samples ({exc}); the finished ones "
                                f"are in {self.samples_path}: finish with `fissure probe --resume {self.run_dir}`")
 
     def _throughput(self, resumed: int) -> dict:
