@@ -298,3 +298,32 @@ def test_plan_keys_are_unique_and_stable():
     assert [i.key for i in first] == [i.key for i in second]
     assert [i.attack_prompt for i in first] == [i.attack_prompt for i in second]
     assert len({i.key for i in first}) == len(first) == 3 * 34
+
+
+def test_results_state_the_judges_validation_and_correct_over_refusal(tmp_path):
+    """The rules' refusal detection measured on PyRIT's refusal.csv test split (recomputed here with
+    scikit-learn from the judge's verdicts), and over-refusal corrected for it (Rogan-Gladen)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix
+
+    from fissure.judges import PolicyJudge
+    from fissure.judges.labelled import read_labelled
+    from fissure.metrics.agreement import corrected_rate
+    from fissure.probes.judge_validation import _NoPolicy
+
+    results, run_dir = run(tmp_path)
+    v = results["judge"]["validation"]
+    rows = read_labelled("pyrit:refusal_scorer/refusal.csv").select("test")
+    judged = ["refused" if PolicyJudge(_NoPolicy())(r.reply, None, request=r.request).label == "refused"
+              else "complied" for r in rows]
+    truth = [r.label for r in rows]
+    (tp, fn), (fp, tn) = confusion_matrix(truth, judged, labels=["refused", "complied"])
+    assert v["validated"] and v["n"] == len(rows) and "refusal.csv, test split" in v["set"]
+    assert v["agreement"]["estimate"] == pytest.approx(accuracy_score(truth, judged))
+    assert (v["sensitivity"], v["specificity"]) == ([tp, tp + fn], [tn, tn + fp])
+    o = results["over_refusal"]
+    expected = corrected_rate(o["counts"]["refused"], o["n"], (tp, tp + fn), (tn, tn + fp))["corrected"]
+    assert o["corrected"] == pytest.approx(expected)
+    from fissure.report.probe import render_probe_report
+
+    page = render_probe_report(results, [])
+    assert "refusal detection validated on PyRIT" in page and "corrected for the judge" in page

@@ -60,7 +60,7 @@ def validate(
 ) -> None:
     """Agreement of a judge with human labels: agreement, Cohen's kappa and macro-F1 with bootstrap
     intervals, per-class precision/recall/F1 and the confusion matrix, on a frozen dev/test split."""
-    from ..diagnose.judge_validation import validate as run_validation
+    from ..probes.judge_validation import validate as run_validation
     from ..judges.labelled import read_labelled
     if not 0 < confidence < 1:
         raise UserError(f"--confidence must be between 0 and 1 (exclusive), not {confidence}")

@@ -39,8 +39,9 @@ def _decoding_section(d: dict) -> str:
                   interval(r["asr"]), interval(d["adaptive_asr_by_mode"].get(m))] for m, r in d["modes"].items()]
     mode_table = table(["mode", "n", "refused", "violated", "unclear", "ASR [95% CI]", "adaptive ASR"], mode_rows)
     o = d["over_refusal"]
+    corrected = f" (corrected for the judge's error: {interval(o['corrected'])})" if o and o.get("corrected") else ""
     over = (paragraph(f"Benign twins: {o['n']} replies, refused {o['counts']['refused']}, over-refusal "
-                      f"{interval(o['rate'])}; correct answer where checkable {interval(o['answered'])} "
+                      f"{interval(o['rate'])}{corrected}; correct answer where checkable {interval(o['answered'])} "
                       f"(of {o['answered_n']}).") if o and o["n"] else paragraph("No benign twins asked.", "note"))
     return section(
         title,
@@ -131,12 +132,23 @@ def server_traffic(tp: dict) -> str:
             f"{sum(retries.values())} retries{f' ({why})' if why else ''}, {tp.get('failed')} failed")
 
 
+def validation_text(v: dict | None) -> str:
+    """What the judge's validation says, in words: on which set, agreement and kappa."""
+    if not isinstance(v, dict):
+        return ""
+    if not v.get("validated"):
+        return f"; not validated here ({v.get('note')})"
+    return (f"; refusal detection validated on {v['set']} ({v['n']} human-labelled replies no rule was written "
+            f"against): agreement {interval(v['agreement'])}, kappa {v['kappa']['estimate']:.2f}. Leaks are found "
+            "by exact detectors, so ASR is not corrected; over-refusal is also shown corrected for this error")
+
+
 def judge_line(j: dict | None) -> str:
     """Which judge gave the verdicts, in one line, with a cascade's disagreements and fallbacks."""
     if not isinstance(j, dict):
         return "rules (policy detector + refusal rules)"
     if j.get("judge") in (None, "rules"):
-        return "rules (policy detector + refusal rules)"
+        return "rules (policy detector + refusal rules)" + validation_text(j.get("validation"))
     text = f"{j['judge']}: {j.get('model')} ({j.get('mode')}, rubric v{j.get('rubric_version')})"
     so = j.get("second_opinion")
     if isinstance(so, dict):

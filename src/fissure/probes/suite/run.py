@@ -94,6 +94,28 @@ def judge_summary(judge, samples: list[Sample]) -> dict:
     return out
 
 
+def correct_for_the_judge(results: dict, confidence: float) -> None:
+    """The rules' validated refusal detection (:func:`~fissure.probes.judge_validation.rules_validation`)
+    in ``results["judge"]["validation"]``, and each decoding's over-refusal corrected for it
+    (Rogan-Gladen). A leak is found by exact detectors, so ASR is not corrected; a model judge is
+    validated by the user (fissure judge validate), not here."""
+    from ...metrics.agreement import corrected_rate
+    from ..judge_validation import rules_validation
+
+    judge = results["judge"]
+    if judge.get("judge") != "rules":
+        judge["validation"] = {"validated": False, "note": "validate a model judge with fissure judge validate"}
+        return
+    validation = judge["validation"] = rules_validation(confidence)
+    if not validation["validated"]:
+        return
+    for decoding in results["decodings"]:
+        over = decoding["over_refusal"]
+        if over and over["n"]:
+            over["corrected"] = corrected_rate(over["counts"]["refused"], over["n"], tuple(validation["sensitivity"]),
+                                               tuple(validation["specificity"]), confidence=confidence)["corrected"]
+
+
 class _JudgeFailed(GenerationError):
     """The judge (a model judge's backend) failed while the run was judging replies."""
 
@@ -167,6 +189,7 @@ class ProbeRun:
             "throughput": self._throughput(resumed),
             "run_dir": str(self.run_dir),
         }
+        correct_for_the_judge(results, config.confidence)
         write_json(self.run_dir / "results.json", results)
         return results
 

@@ -117,3 +117,25 @@ def validate(labelled: LabelledSet, judge: str = "rules", split: str = "test", *
             "unclear_kinds": dict(sorted(kinds.items())), "disagreements": len(disagreements),
             "examples": disagreements[:examples], "seconds": seconds,
             "replies_per_second": len(rows) / seconds if seconds else None}
+
+
+REFERENCE = "pyrit:refusal_scorer/refusal.csv"
+
+
+def rules_validation(confidence: float = 0.95) -> dict:
+    """How well the rules detect refusals on replies no rule was written against: the test split of
+    PyRIT's human-labelled ``refusal.csv`` (when PyRIT is installed). ``sensitivity`` and
+    ``specificity`` are (hits, rows) of the refused and complied classes, for correcting rates."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..judges.labelled import read_labelled
+
+    try:
+        labelled = read_labelled(REFERENCE)
+        pyrit = version("pyrit")
+    except (DataError, PackageNotFoundError) as exc:
+        return {"validated": False, "note": str(exc)}
+    r = validate(labelled, "rules", "test", confidence=confidence, examples=0)
+    (tp, fn), (fp, tn) = r["confusion"]["matrix"]  # rows: human refused, complied
+    return {"validated": True, "set": f"PyRIT {pyrit} {REFERENCE.removeprefix('pyrit:')}, test split", "n": r["n"],
+            "agreement": r["agreement"], "kappa": r["kappa"], "sensitivity": [tp, tp + fn], "specificity": [tn, fp + tn]}
