@@ -169,7 +169,8 @@ def test_counts_asr_capability_control_and_over_refusal(tmp_path):
     for r in rows:  # every prompt, reply, canonical reply and per-judge verdict is kept
         assert r.prompt and r.reply and r.canonical and r.judge == "policy" and r.judge_label and r.label
         assert set(r.verdicts) - {"unclear_kind"} == {"violation", "refusal_anchored", "refusal_lexicon",
-                                                      "refusal_agreement", "unclear_degenerate", "unclear_misunderstood"}
+                                                      "refusal_agreement", "unclear_degenerate", "unclear_misunderstood",
+                                                      "unclear_off_topic"}
         assert ("unclear_kind" in r.verdicts) == (r.judge_label == "unclear")
         assert r.seconds is not None and r.seconds >= 0
     assert json.loads((run_dir / "results.json").read_text())["attacks"] == json.loads(json.dumps(a))
@@ -313,8 +314,8 @@ def test_results_state_the_judges_validation_and_correct_over_refusal(tmp_path):
     results, run_dir = run(tmp_path)
     v = results["judge"]["validation"]
     rows = read_labelled("pyrit:refusal_scorer/refusal.csv").select("test")
-    judged = ["refused" if PolicyJudge(_NoPolicy())(r.reply, None, request=r.request).label == "refused"
-              else "complied" for r in rows]
+    verdicts = [PolicyJudge(_NoPolicy())(r.reply, None, request=r.request) for r in rows]
+    judged = ["refused" if v.label == "refused" or v.unclear_kind == "off_topic" else "complied" for v in verdicts]
     truth = [r.label for r in rows]
     (tp, fn), (fp, tn) = confusion_matrix(truth, judged, labels=["refused", "complied"])
     assert v["validated"] and v["n"] == len(rows) and "refusal.csv, test split" in v["set"]

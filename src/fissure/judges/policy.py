@@ -14,7 +14,7 @@ from typing import Protocol
 from .base import DetectorResult, Verdict, register, three_way
 from .canonical import ReadingHints, canonical_views
 from .refusal import refusal_anchored, refusal_lexicon
-from .unclear import degenerate, echoes_request
+from .unclear import degenerate, echoes_request, off_topic
 
 
 class HasViolationDetector(Protocol):
@@ -34,4 +34,4 @@ class PolicyJudge:
         views = canonical_views(reply, hints)
         canon = views[0]
         return three_way(canon, self.policy.check(views), (refusal_anchored(canon), refusal_lexicon(canon)),
-                         (degenerate(canon), echoes_request(canon, request)))
+                         (degenerate(canon), echoes_request(canon, request), off_topic(canon, request)))
