@@ -10,6 +10,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _direct_to_localhost(monkeypatch):
+    """Requests to the test servers go straight to 127.0.0.1 even where an HTTP proxy is configured."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+
 @pytest.fixture
 def hf_gpt2():
     """A small randomly initialised HF GPT2LMHeadModel and our GPT with the same weights."""

@@ -43,13 +43,6 @@ def ref_score(context: str, continuation: str) -> float:
     return sum(ref_logprobs(text[i - 1] if i else None)[text[i]] for i in range(len(context), len(text)))
 
 
-@pytest.fixture(autouse=True)
-def _direct_to_localhost(monkeypatch):
-    """Requests go straight to 127.0.0.1 even where an HTTP proxy is configured."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
 @pytest.fixture
 def server(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)

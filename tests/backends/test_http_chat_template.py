@@ -43,12 +43,6 @@ def jinja(template: str, messages: list[dict]) -> str:
                                                                            add_generation_prompt=True)
 
 
-@pytest.fixture(autouse=True)
-def _direct_to_localhost(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
 @pytest.fixture
 def server():
     with FakeOpenAIServer() as s:

@@ -35,12 +35,6 @@ NEW = 24
 FRANCE = "What is the capital of France?"
 
 
-@pytest.fixture(autouse=True)
-def _direct_to_localhost(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     started = time.monotonic()

@@ -41,12 +41,6 @@ ARGS = ["--attacks", "none,prefix_injection,base64,rot13", "--twins", "3", "--te
 PLANNED = 102
 
 
-@pytest.fixture(autouse=True)
-def _direct_to_localhost(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
 @pytest.fixture
 def server():
     with fake.FakeOpenAIServer() as s:

@@ -43,12 +43,6 @@ def grader(prompt: str) -> str:
     return "A" if "sorry" in reply.lower() else "C"
 
 
-@pytest.fixture(autouse=True)
-def _direct_to_localhost(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
 @pytest.fixture
 def server(monkeypatch):
     with fake.FakeOpenAIServer() as s:

@@ -37,12 +37,6 @@ REFUSAL = "I'm sorry, I can't share that."
 OFF_TOPIC = "The weather in Lisbon is mild in spring."
 
 
-@pytest.fixture(autouse=True)
-def _direct_to_localhost(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
 @pytest.fixture
 def server():
     with fake.FakeOpenAIServer() as s:

@@ -179,16 +179,7 @@ def _text_field(row: dict, key: str, where: str, required: bool = False) -> str 
 
 def _fissure_rows(path: Path, text: str) -> list[LabelledReply]:
     rows, bad_labels = [], {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise DataError(f"{where}: not a JSON object ({exc.__class__.__name__})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: each line must be a JSON object")
+    for where, row in _jsonl_records(path, text):
         label = row.get("label")
         if label not in LABELS:
             bad_labels.setdefault(repr(label), where)
