@@ -85,6 +85,7 @@ class Executor:
     """Runs tasks; use as a context manager (a pool or a Ray connection is opened on entry)."""
 
     in_process = False
+    parallelism = 1  # how many tasks run at once (known once entered)
 
     def __init__(self, spec: ExecutorSpec, cpus_per_task: int = 1) -> None:
         self.spec, self.cpus_per_task = spec, max(1, cpus_per_task)
@@ -101,6 +102,7 @@ class Executor:
 
 class SerialExecutor(Executor):
     in_process = True
+    parallelism = 1
 
     def run(self, work: Work, tasks: list) -> Iterator[Event]:
         for task in tasks:
@@ -120,6 +122,7 @@ class LocalExecutor(Executor):
 
         self.workers = self.spec.workers or max(1, (os.cpu_count() or 1) // self.cpus_per_task)
         self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self.parallelism = self.workers
         return self
 
     def __exit__(self, *exc) -> None:
@@ -158,6 +161,8 @@ class RayExecutor(Executor):
                 where = self.spec.address or "a local Ray"
                 raise UserError(f"cannot start {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
             self.started = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.parallelism = max(1, cpus // self.cpus_per_task)
         return self
 
     def __exit__(self, *exc) -> None:
