@@ -6,7 +6,9 @@ rows and writes nothing. :meth:`Executor.run` hands back :class:`Event`\\ s in c
 order, and the caller (the driver) writes every row as it arrives: a task that fails or a
 worker that is lost costs only its own rows, and ``--resume`` redoes only the missing tasks.
 In-process, rows arrive one by one as they are made; from a pool or Ray, a task's rows
-arrive together when it finishes.
+arrive together when it finishes. A pool worker killed by the system breaks the whole pool: the
+tasks not yet finished are all reported failed (what finished is kept); Ray retries a task whose
+worker died and reports it failed only past its retries.
 
 Every executor runs the same function on the same inputs, so results do not depend on the
 executor as long as each task sets its own torch threads (the lab's and the probes' tasks do).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -155,11 +158,14 @@ class RayExecutor(Executor):
         self.ray, self.started = ray, False
         if not ray.is_initialized():
             try:
-                ray.init(address=self.spec.address, include_dashboard=False, logging_level="ERROR",
-                         log_to_driver=True)
+                with warnings.catch_warnings():  # its connection warning repeats the error below
+                    warnings.simplefilter("ignore")
+                    ray.init(address=self.spec.address, include_dashboard=False, logging_level="ERROR",
+                             log_to_driver=True)
             except Exception as exc:  # noqa: BLE001 - unreachable address, no client support, ...
-                where = self.spec.address or "a local Ray"
-                raise UserError(f"cannot start {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+                what = f"connect to the Ray cluster at {self.spec.address}" if self.spec.address else "start Ray"
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise UserError(f"cannot {what}: {reason}") from None
             self.started = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.parallelism = max(1, cpus // self.cpus_per_task)

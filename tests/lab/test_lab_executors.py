@@ -101,3 +101,13 @@ def test_cli_refuses_a_bad_executor_before_making_a_run_directory(tmp_path):
     assert result.exit_code == 2 and "pool size" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_cli_says_in_one_line_when_a_ray_cluster_cannot_be_reached(tmp_path):
+    pytest.importorskip("ray")
+    result = CliRunner().invoke(app, ["lab", "run", "jailbroken", "--executor", "ray://127.0.0.1:1",
+                                      "--out-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert "cannot connect to the Ray cluster at ray://127.0.0.1:1" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
