@@ -43,7 +43,7 @@ def run(
         "serial", "--executor",
         help="Where the seeds run, one task each: serial (this process), local[:N] (a pool of N processes; "
              "default N = cores / threads), ray (a local Ray) or ray://host:port (a Ray cluster; "
-             "pip install 'fissure[scale]'). Results are the same on each. Default serial: on a 2-core "
+             "pip install 'fissure\\[scale]'). Results are the same on each. Default serial: on a 2-core "
              "machine a pool was not faster (benchmarks/README.md)."),
     as_json: JsonOption = False,
 ) -> None:

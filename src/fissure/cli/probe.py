@@ -63,7 +63,7 @@ def run(
     executor: Annotated[str, typer.Option(
         "--executor", help="Where batches are generated: serial (this process), local[:N] (N worker processes, "
                            "each loading the model; default N = cores / threads), ray or ray://host:port (pip "
-                           "install 'fissure[scale]'). Shards are whole batches, so replies match a serial run. "
+                           "install 'fissure\\[scale]'). Shards are whole batches, so replies match a serial run. "
                            "Not for a served model (it keeps requests in flight itself). [default: serial]")] = "serial",
     out_dir: OutDirOption = "runs",
     as_json: JsonOption = False,
