@@ -50,6 +50,7 @@ def run(
     """Train the organisms of a study, attack them, and write results.json and report.html."""
     from ..config import load_toml
     from ..executors import open_executor, parse_executor
+    from ..utils import default_threads
     from ..lab.runner import run_study
     from ..lab.study import MAX_SEEDS, load_study, study_dict
     from ..report.lab import write_lab_report
@@ -73,7 +74,7 @@ def run(
             overrides.append(f"threads={threads}")
         spec = load_study(study, overrides)
         run_dir = None
-    with open_executor(where, cpus_per_task=spec.threads or 1) as pool:  # a Ray that cannot start: no run dir
+    with open_executor(where, cpus_per_task=spec.threads or default_threads()) as pool:  # a Ray that cannot start: no run dir
         if run_dir is None:
             run_dir = start_run("lab", study_dict(spec), spec.seeds[0], root=out_dir, threads=spec.threads)
         err.print(f"run directory: {run_dir}")

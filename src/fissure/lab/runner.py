@@ -45,11 +45,13 @@ def _point_file(run_dir: Path, point: Point, seed: int) -> Path:
 
 @dataclass
 class SeedTask:
-    """One seed of a study and the indices of its points to run."""
+    """One seed of a study, the indices of its points to run, and the torch threads to use (the
+    driver's, resolved once: the same count gives the same numbers)."""
 
     study: Study
     seed: int
     points: list[int]
+    threads: int
     progress: bool = False
 
     def __str__(self) -> str:
@@ -82,7 +84,7 @@ def _stderr_log(message: str) -> None:
 def run_seed(task: SeedTask, log: Log = _stderr_log) -> Iterator[SeedStarted | PointDone]:
     """The work of one seed, row by row; writes nothing but the stage-1 cache."""
     study, seed = task.study, task.seed
-    set_threads(study.threads)
+    set_threads(task.threads)
     points = study.points()
     world = World(study.world, seed)
     base, tokenizer, info = pretrain(world, study.model, study.stage1, seed, progress=task.progress, log=log)
@@ -123,7 +125,7 @@ def run_study(study: Study, run_dir: Path, *, executor: Executor | None = None, 
     for seed in study.seeds:
         todo = [p.index for p in points if not _point_file(run_dir, p, seed).is_file()]
         if todo:
-            tasks.append(SeedTask(study, seed, todo, progress=progress and executor.in_process))
+            tasks.append(SeedTask(study, seed, todo, threads, progress=progress and executor.in_process))
         else:
             log(f"seed {seed}: all {len(points)} points already done")
     work = functools.partial(run_seed, log=log) if executor.in_process else run_seed
