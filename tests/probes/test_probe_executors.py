@@ -32,10 +32,19 @@ def test_split_cuts_batches_into_contiguous_nearly_equal_shards():
 
 
 @pytest.mark.slow
-def test_pool_shards_give_the_serial_samples_and_results(tiny_llama, tmp_path):
+@pytest.mark.parametrize("executor", ["local:2", "ray"])
+def test_shards_give_the_serial_samples_and_results(tiny_llama, tmp_path, executor):
     serial, serial_samples = probe(tmp_path, str(tiny_llama[0]), "serial")
-    pooled, pooled_samples = probe(tmp_path, str(tiny_llama[0]), "local:2")
-    assert pooled["executor"] == "local:2" and serial["executor"] == "serial"
+    if executor == "ray":
+        ray = pytest.importorskip("ray")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")  # the executor uses this one
+        try:
+            pooled, pooled_samples = probe(tmp_path, str(tiny_llama[0]), executor)
+        finally:
+            ray.shutdown()
+    else:
+        pooled, pooled_samples = probe(tmp_path, str(tiny_llama[0]), executor)
+    assert pooled["executor"] == executor and serial["executor"] == "serial"
     assert pooled_samples == serial_samples and len(serial_samples) == serial["throughput"]["prompts"]
     assert any(s["temperature"] == 1.0 for s in serial_samples)  # sampled replies are the same too
     assert {k: v for k, v in pooled.items() if k not in RUN_ONLY} == \
