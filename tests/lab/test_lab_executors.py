@@ -111,3 +111,30 @@ def test_cli_says_in_one_line_when_a_ray_cluster_cannot_be_reached(tmp_path):
     assert result.exit_code == 2, result.output
     assert "cannot connect to the Ray cluster at ray://127.0.0.1:1" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def pretrain_in_worker(seed: int):
+    """A pool task: stage 1 of the tiny study (longer, so two workers overlap); its cache hit and weights."""
+    import hashlib
+
+    import torch
+
+    from fissure.lab.organism import pretrain
+    from fissure.lab.world import World
+
+    torch.set_num_threads(1)
+    study = load_study({**TINY, "stage1": {"steps": 150, "batch_size": 4}})
+    model, _, info = pretrain(World(study.world, seed), study.model, study.stage1, seed)
+    digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest()
+    yield info["cache_hit"], digest
+
+
+@pytest.mark.slow
+def test_two_workers_building_one_stage1_entry_take_turns(tmp_path, monkeypatch):
+    monkeypatch.setenv("FISSURE_CACHE", str(tmp_path / "cache"))  # the spawned workers inherit it
+    with open_executor("local:2") as pool:
+        rows = [event.row for event in pool.run(pretrain_in_worker, [0, 0])]
+    assert sorted(hit for hit, _ in rows) == [False, True]  # one trained, the other waited and loaded it
+    assert rows[0][1] == rows[1][1]
+    entries = [p.name for p in (tmp_path / "cache" / "lab").iterdir() if not p.name.endswith(".lock")]
+    assert len(entries) == 1 and (tmp_path / "cache" / "lab" / entries[0] / "stage1.json").is_file()
