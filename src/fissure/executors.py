@@ -163,6 +163,7 @@ class RayExecutor(Executor):
                     ray.init(address=self.spec.address, include_dashboard=False, logging_level="ERROR",
                              log_to_driver=True)
             except Exception as exc:  # noqa: BLE001 - unreachable address, no client support, ...
+                ray.shutdown()  # a failed client connection leaves state behind that breaks a later ray.init
                 what = f"connect to the Ray cluster at {self.spec.address}" if self.spec.address else "start Ray"
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise UserError(f"cannot {what}: {reason}") from None
