@@ -10,7 +10,7 @@ ROOT = Path(fissure.__file__).parent
 
 # Lowest first. A module may import from its own layer and the layers before it, never after.
 LAYERS = [
-    ("errors", "_version", "utils", "config", "runs"),  # foundation: no model, no torch code paths
+    ("errors", "_version", "utils", "config", "runs", "executors"),  # foundation: no model, no torch code paths
     ("text",),  # corpora, tokenizers, token files, text encodings
     ("models",),  # GPT, Llama and their loaders
     ("decode",),  # processors, search: any model with the causal-model protocol

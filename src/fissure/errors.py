@@ -26,3 +26,10 @@ class CheckpointError(UserError):
 
 class GenerationError(UserError):
     """A generation request the model cannot serve (e.g. prompt longer than its context)."""
+
+
+class TaskFailed(UserError):
+    """Some tasks of a run failed (each named); what the others finished is saved, and resuming
+    the run redoes only the failed ones. Not the user's input: exit code 1."""
+
+    exit_code = 1

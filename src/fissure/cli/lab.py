@@ -38,16 +38,25 @@ def run(
     set_: list[str] = typer.Option(None, "--set", help="Override a study field, e.g. stage1.steps=300 (repeatable)."),
     resume: Path = typer.Option(None, "--resume", help="Finish an interrupted run directory (its config is reused)."),
     out_dir: str = typer.Option("runs", help="Where run directories go."),
-    threads: int = typer.Option(None, help="Torch threads (default: the study's)."),
+    threads: int = typer.Option(None, help="Torch threads per task (default: the study's)."),
+    executor: str = typer.Option(
+        "serial", "--executor",
+        help="Where the seeds run, one task each: serial (this process), local[:N] (a pool of N processes; "
+             "default N = cores / threads), ray (a local Ray) or ray://host:port (a Ray cluster; "
+             "pip install 'fissure\\[scale]'). Results are the same on each. Default serial: on a 2-core "
+             "machine a pool was not faster (benchmarks/README.md)."),
     as_json: JsonOption = False,
 ) -> None:
     """Train the organisms of a study, attack them, and write results.json and report.html."""
     from ..config import load_toml
+    from ..executors import open_executor, parse_executor
+    from ..utils import default_threads
     from ..lab.runner import run_study
     from ..lab.study import MAX_SEEDS, load_study, study_dict
     from ..report.lab import write_lab_report
     from ..runs import start_run
 
+    where = parse_executor(executor)
     if resume is not None:
         if not (resume / "config.toml").is_file():
             raise UserError(f"{resume} is not a lab run directory (no config.toml)")
@@ -64,10 +73,13 @@ def run(
         if threads is not None:
             overrides.append(f"threads={threads}")
         spec = load_study(study, overrides)
-        run_dir = start_run("lab", study_dict(spec), spec.seeds[0], root=out_dir, threads=spec.threads)
-    err.print(f"run directory: {run_dir}")
-    results = run_study(spec, run_dir, progress=not as_json,
-                        log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+        run_dir = None
+    with open_executor(where, cpus_per_task=spec.threads or default_threads()) as pool:  # a Ray that cannot start: no run dir
+        if run_dir is None:
+            run_dir = start_run("lab", study_dict(spec), spec.seeds[0], root=out_dir, threads=spec.threads)
+        err.print(f"run directory: {run_dir}")
+        results = run_study(spec, run_dir, executor=pool, progress=not as_json,
+                            log=lambda m: err.print(m, highlight=False, soft_wrap=True))
     write_lab_report(run_dir, spec, results)
     results["run_dir"] = str(run_dir)
     if as_json:

@@ -76,6 +76,11 @@ def run(
     resume: Annotated[Path, typer.Option("--resume", help="Finish an interrupted probe run (its config is reused).")]
     = None,
     threads: ThreadsOption = 0,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="Where batches are generated: serial (this process), local[:N] (N worker processes, "
+                           "each loading the model; default N = cores / threads), ray or ray://host:port (pip "
+                           "install 'fissure\\[scale]'). Shards are whole batches, so replies match a serial run. "
+                           "Not for a served model (it keeps requests in flight itself). [default: serial]")] = "serial",
     out_dir: OutDirOption = "runs",
     as_json: JsonOption = False,
 ) -> None:
@@ -84,15 +89,17 @@ def run(
     Every ASR has a Wilson interval; refusals in an encoding the model cannot read count as unclear."""
     from dataclasses import fields
 
+    from ..executors import parse_executor
     from ..probes.suite import SuiteConfig
 
+    where = parse_executor(executor)
     # every option named like a SuiteConfig field defines the run (temperature -> temperatures)
     run_fields = {f.name for f in fields(SuiteConfig)} | {"temperature"}
     given = {k: v for k, v in ctx.params.items() if k in run_fields - {"model"} and v is not None}
     if resume is not None:
-        _resume(model, given, resume, threads, as_json)
+        _resume(model, given, resume, threads, where, as_json)
     else:
-        _run(_config_from(model, given), threads, out_dir, as_json)
+        _run(_config_from(model, given), threads, where, out_dir, as_json)
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -119,7 +126,7 @@ def _config_from(model: str | None, given: dict):
     return config
 
 
-def _resume(model: str | None, given: dict, resume: Path, threads: int, as_json: bool) -> None:
+def _resume(model: str | None, given: dict, resume: Path, threads: int, where, as_json: bool) -> None:
     from ..probes.suite import load_config
 
     if given:
@@ -127,22 +134,22 @@ def _resume(model: str | None, given: dict, resume: Path, threads: int, as_json:
     config = load_config(resume)
     if model is not None and model != config.model:
         raise UserError(f"{resume} probed '{config.model}', not '{model}'")
-    _run(config, threads, None, as_json, run_dir=resume)
+    _run(config, threads, where, None, as_json, run_dir=resume)
 
 
-def _run(config, threads: int, out_dir: str | None, as_json: bool, run_dir: Path | None = None) -> None:
+def _run(config, threads: int, executor_spec, out_dir: str | None, as_json: bool, run_dir: Path | None = None) -> None:
     from tqdm import tqdm
 
-    from ..backends import load
+    from ..executors import open_executor
     from ..probes.suite import run_suite
+    from ..probes.suite.run import load_model
     from ..report.probe import write_probe_report
     from ..runs import run_directory
     from ..utils import set_threads
 
     remote = http_options(config.model, config.concurrency, config.chat_template, config.template_from or None)
     n_threads = set_threads(threads)
-    lm = load(config.model, backend=config.backend, model=config.served_model or None, dtype=config.dtype,
-              batch_size=config.batch_size, **remote)
+    lm = load_model(config, **remote)
     bars: list = []
 
     def on_plan(total: int, done: int) -> None:
@@ -151,16 +158,18 @@ def _run(config, threads: int, out_dir: str | None, as_json: bool, run_dir: Path
     def work(where: Path) -> dict:
         err.print(f"run directory: {where}")
         try:
-            return run_suite(lm, config, where, progress=lambda n: bars[0].update(n), on_plan=on_plan)
+            return run_suite(lm, config, where, progress=lambda n: bars[0].update(n), on_plan=on_plan,
+                             executor=pool, threads=n_threads)
         finally:
             for bar in bars:
                 bar.close()
 
-    if run_dir is not None:
-        results = work(run_dir)
-    else:
-        with run_directory("probe", config.as_dict(), config.seed, root=out_dir, threads=n_threads) as run_dir:
+    with open_executor(executor_spec, cpus_per_task=n_threads) as pool:  # a Ray that cannot start: no run dir
+        if run_dir is not None:
             results = work(run_dir)
+        else:
+            with run_directory("probe", config.as_dict(), config.seed, root=out_dir, threads=n_threads) as run_dir:
+                results = work(run_dir)
     write_probe_report(run_dir, results)
     for warning in (results.get("chat_template") or {}).get("warnings", []):
         err.print(f"warning: {warning}", soft_wrap=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from ..models.gpt import GPT, GPTConfig
 from ..models.limits import build
 from ..text.tokenizers import CharTokenizer
 from ..train import Trainer, TrainConfig
-from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..train.checkpoint import load_checkpoint, save_checkpoint, write_fissure_model
 from ..runs import cache_dir, write_json
 from ..utils import seed_everything
 from .data import PackedMixture
@@ -101,26 +103,47 @@ def stage1_dir(key: str) -> Path:
     return cache_dir() / "lab" / f"stage1-{key}"
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Hold an exclusive lock on ``path``'s lock file (beside it): processes that build the same
+    cache entry (the workers of a pool, two runs at once) take turns instead of writing it at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def pretrain(world: World, spec: ModelSpec, cfg: Stage1Config, seed: int, *, progress: bool = False,
              log: Log = lambda m: None) -> tuple[GPT, CharTokenizer, dict]:
-    """Stage 1, loaded from the cache when an identical configuration was trained before."""
+    """Stage 1, loaded from the cache when an identical configuration was trained before.
+
+    The entry is built under a lock and appears whole (model, tokenizer and ``stage1.json`` in
+    one atomic checkpoint save): a second process waits, then finds it in the cache."""
     key = stage1_key(world, spec, cfg, seed)
     path = stage1_dir(key)
-    if (path / "stage1.json").is_file():
-        info = json.loads((path / "stage1.json").read_text())
-        log(f"stage 1 (seed {seed}): cache hit {path}")
-        model, tokenizer = load_checkpoint(path)
-        return model, tokenizer, {**info, "cache_hit": True}
-    log(f"stage 1 (seed {seed}): training {cfg.steps} steps -> {path}")
-    tokenizer = world_tokenizer(world)
-    seed_everything(seed)
-    model = build_model(spec, tokenizer)
-    info = _train(model, stage1_mixture(world, cfg, tokenizer), steps=cfg.steps, lr=cfg.lr, min_lr=cfg.min_lr,
-                  warmup=cfg.warmup_steps, batch_size=cfg.batch_size, block_size=spec.block_size, seed=seed,
-                  progress=progress)
-    info.update(key=key, params=model.num_params())
-    save_checkpoint(path, model, tokenizer)
-    write_json(path / "stage1.json", info)  # written last: marks a complete entry
+    with _exclusive(path):
+        if (path / "stage1.json").is_file():
+            info = json.loads((path / "stage1.json").read_text())
+            log(f"stage 1 (seed {seed}): cache hit {path}")
+            model, tokenizer = load_checkpoint(path)
+            return model, tokenizer, {**info, "cache_hit": True}
+        log(f"stage 1 (seed {seed}): training {cfg.steps} steps -> {path}")
+        tokenizer = world_tokenizer(world)
+        seed_everything(seed)
+        model = build_model(spec, tokenizer)
+        info = _train(model, stage1_mixture(world, cfg, tokenizer), steps=cfg.steps, lr=cfg.lr, min_lr=cfg.min_lr,
+                      warmup=cfg.warmup_steps, batch_size=cfg.batch_size, block_size=spec.block_size, seed=seed,
+                      progress=progress)
+        info.update(key=key, params=model.num_params())
+
+        def write(directory: Path) -> None:
+            write_fissure_model(directory, model, tokenizer)
+            write_json(directory / "stage1.json", info)  # marks an entry of this cache
+
+        save_checkpoint(path, writer=write)
     return model, tokenizer, {**info, "cache_hit": False}
 
 

@@ -1,22 +1,33 @@
 """Run a study: stage 1 per seed (cached), stage 2 + evaluation per sweep point, pooled results.
 
-Every finished (point, seed) is saved to ``points/<point>-s<seed>.json`` in the run directory
-(and its samples to ``samples.jsonl``) before the next starts, so running again on the same
-directory finishes an interrupted study without redoing what was done. The report is built from
-``results.json`` and ``samples.jsonl`` by :mod:`fissure.report.lab`.
+A task is one seed and its points that are not done yet (:class:`SeedTask`): stage 1 trains
+(or loads from the cache) once per seed, and points that differ only in inference settings
+share one stage-2 model. Tasks run on an :mod:`~fissure.executors` executor: in this process,
+on a local process pool or on Ray; every seed's work is a function of the study and the seed
+alone, so the results are the same on each.
+
+This process (the driver) saves every finished (point, seed) to ``points/<point>-s<seed>.json``
+(and its samples to ``samples.jsonl``) as it comes back, so a failed task or a lost worker costs
+only its own seed's unfinished points, and running again on the same directory (``--resume``)
+finishes the study without redoing what was done. The report is built from ``results.json``
+and ``samples.jsonl`` by :mod:`fissure.report.lab`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends import TorchLM
-from ..errors import UserError
-from ..judges import LABELS, append_samples
+from ..errors import TaskFailed, UserError
+from ..executors import Executor, open_executor
+from ..judges import LABELS, Sample, append_samples
 from ..judges.records import drop_samples
 from ..runs import write_json
 from ..utils import set_threads
@@ -32,46 +43,117 @@ def _point_file(run_dir: Path, point: Point, seed: int) -> Path:
     return run_dir / "points" / f"{point.id}-s{seed}.json"
 
 
-def run_study(study: Study, run_dir: Path, *, progress: bool = False, log: Log = lambda m: None) -> dict:
-    """Run (or finish) ``study`` in ``run_dir``; returns and writes ``results.json``."""
+@dataclass
+class SeedTask:
+    """One seed of a study, the indices of its points to run, and the torch threads to use (the
+    driver's, resolved once: the same count gives the same numbers)."""
+
+    study: Study
+    seed: int
+    points: list[int]
+    threads: int
+    progress: bool = False
+
+    def __str__(self) -> str:
+        return f"seed {self.seed}"
+
+
+@dataclass
+class SeedStarted:
+    """Stage 1 of a seed is ready: its world and what stage 1 cost (or that the cache had it)."""
+
+    seed: int
+    world: dict
+    stage1: dict
+
+
+@dataclass
+class PointDone:
+    """A finished (point, seed): its point file and its samples."""
+
+    point_id: str
+    seed: int
+    record: dict
+    samples: list[Sample]
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_seed(task: SeedTask, log: Log = _stderr_log) -> Iterator[SeedStarted | PointDone]:
+    """The work of one seed, row by row; writes nothing but the stage-1 cache."""
+    study, seed = task.study, task.seed
+    set_threads(task.threads)
+    points = study.points()
+    world = World(study.world, seed)
+    base, tokenizer, info = pretrain(world, study.model, study.stage1, seed, progress=task.progress, log=log)
+    yield SeedStarted(seed, world.describe(), info)
+    tuned: dict[tuple, tuple] = {}  # points that differ only in inference settings share a model
+    for point in (points[i] for i in task.points):
+        log(f"seed {seed} point {point.index + 1}/{len(points)} ({point.label}): stage 2")
+        t = time.perf_counter()
+        key = point.config.training_key()
+        if key not in tuned:
+            tuned[key] = safety_tune(base, world, tokenizer, point.config, seed, progress=task.progress)
+        model, train_info = tuned[key]
+        log(f"seed {seed} point {point.index + 1}/{len(points)}: evaluating {len(study.eval.attacks)} attacks")
+        lm = TorchLM(model, tokenizer, name=f"lab {study.name} {point.id} seed {seed}",
+                     batch_size=study.eval.batch_size, prepend_start=True)
+        results, samples, borderline = evaluate(
+            lm, world, study.eval.attacks, guard=point.config.guard, max_new_tokens=study.eval.max_new_tokens,
+            batch_size=study.eval.batch_size, confidence=study.eval.confidence)
+        samples = [dataclasses.replace(s, key=f"{point.id}|s{seed}|{s.key}",
+                                       extra={"point": point.id, "seed": seed, **s.extra}) for s in samples]
+        yield PointDone(point.id, seed, {
+            "point": point.id, "label": point.label, "seed": seed, "overrides": point.overrides,
+            "stage2": train_info, "seconds": time.perf_counter() - t, "attacks": results,
+            "borderline": borderline}, samples)
+
+
+def run_study(study: Study, run_dir: Path, *, executor: Executor | None = None, progress: bool = False,
+              log: Log = lambda m: None) -> dict:
+    """Run (or finish) ``study`` in ``run_dir`` on ``executor`` (default: this process); returns
+    and writes ``results.json``. Raises :class:`TaskFailed` naming the seeds that failed after
+    saving everything the others finished."""
+    executor = executor or open_executor("serial")
     threads = set_threads(study.threads)
     (run_dir / "points").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     points = study.points()
-    stage1_info: dict[str, dict] = {}
+    tasks = []
     for seed in study.seeds:
-        todo = [p for p in points if not _point_file(run_dir, p, seed).is_file()]
-        if not todo:
+        todo = [p.index for p in points if not _point_file(run_dir, p, seed).is_file()]
+        if todo:
+            tasks.append(SeedTask(study, seed, todo, threads, progress=progress and executor.in_process))
+        else:
             log(f"seed {seed}: all {len(points)} points already done")
-            continue
-        world = World(study.world, seed)
-        write_json(run_dir / f"world-s{seed}.json", world.describe())
-        base, tokenizer, info = pretrain(world, study.model, study.stage1, seed, progress=progress, log=log)
-        stage1_info[str(seed)] = info
-        tuned: dict[tuple, tuple] = {}  # points that differ only in inference settings share a model
-        for point in todo:
-            log(f"seed {seed} point {point.index + 1}/{len(points)} ({point.label}): stage 2")
-            t = time.perf_counter()
-            key = point.config.training_key()
-            if key not in tuned:
-                tuned[key] = safety_tune(base, world, tokenizer, point.config, seed, progress=progress)
-            model, train_info = tuned[key]
-            log(f"seed {seed} point {point.index + 1}/{len(points)}: evaluating {len(study.eval.attacks)} attacks")
-            lm = TorchLM(model, tokenizer, name=f"lab {study.name} {point.id} seed {seed}",
-                         batch_size=study.eval.batch_size, prepend_start=True)
-            results, samples, borderline = evaluate(
-                lm, world, study.eval.attacks, guard=point.config.guard, max_new_tokens=study.eval.max_new_tokens,
-                batch_size=study.eval.batch_size, confidence=study.eval.confidence)
-            drop_samples(run_dir / "samples.jsonl", f"{point.id}|s{seed}|")  # left by a kill before the point file
-            append_samples(run_dir / "samples.jsonl",
-                           [dataclasses.replace(s, key=f"{point.id}|s{seed}|{s.key}",
-                                                extra={"point": point.id, "seed": seed, **s.extra}) for s in samples])
-            write_json(_point_file(run_dir, point, seed),
-                       {"point": point.id, "label": point.label, "seed": seed, "overrides": point.overrides,
-                        "stage2": train_info, "seconds": time.perf_counter() - t, "attacks": results,
-                        "borderline": borderline})
+    work = functools.partial(run_seed, log=log) if executor.in_process else run_seed
+    if tasks and not executor.in_process:
+        log(f"{len(tasks)} seed task(s) on {executor.spec}")
+    stage1_info: dict[str, dict] = {}
+    failed: list[str] = []
+    for event in executor.run(work, tasks):
+        if event.error:
+            log(f"{event.task} failed: {event.detail or event.error}")
+            failed.append(f"{event.task}: {event.error}")
+        elif isinstance(event.row, SeedStarted):
+            stage1_info[str(event.row.seed)] = event.row.stage1
+            write_json(run_dir / f"world-s{event.row.seed}.json", event.row.world)
+        else:
+            done = event.row
+            prefix = f"{done.point_id}|s{done.seed}|"
+            drop_samples(run_dir / "samples.jsonl", prefix)  # left by a kill before the point file
+            append_samples(run_dir / "samples.jsonl", done.samples)
+            write_json(run_dir / "points" / f"{done.point_id}-s{done.seed}.json", done.record)
+            if not executor.in_process:
+                log(f"seed {done.seed} point {done.point_id}: saved")
+    if failed:
+        raise TaskFailed(f"{len(failed)} of {len(tasks)} tasks failed ({'; '.join(failed)}); the other seeds' "
+                         f"points are saved: finish with `fissure lab run --resume {run_dir}`")
     results = collect(study, run_dir)
-    results.update(threads=threads, wall_seconds=time.perf_counter() - t0, stage1=stage1_info or None)
+    results.update(threads=threads, executor=str(executor.spec), wall_seconds=time.perf_counter() - t0,
+                   stage1=stage1_info or None)
     write_json(run_dir / "results.json", results)
     return results
 

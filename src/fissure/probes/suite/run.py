@@ -6,6 +6,12 @@ requests succeed or fail one by one), each reply is judged and appended to ``sam
 moment it arrives, and a batch is a whole temperature x sample group (the backend bounds what is
 in flight); elsewhere every finished batch of ``batch_size`` is appended at once. So a run that
 dies mid-way keeps every finished sample, and running again on the same directory finishes the rest.
+
+On a process pool or Ray (``executor``), the batches are cut into shards of whole batches, the
+very batches a serial run makes (so greedy replies are the same: batching changes padding); each
+worker loads the model from its spec and generates its shard (:func:`generate_shard`), and this
+process judges and appends each shard's samples as it comes back. A served model is not sharded:
+it keeps many requests in flight by itself.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import re
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...backends.base import LanguageModel
 from ...decode.config import Decoding
 from ...errors import GenerationError, UserError
+from ...executors import Executor
 from ...judges import PolicyJudge, Sample, append_samples, read_samples
 from ...runs import write_json
 from ..attacks import AttackPrompt, get_attack
@@ -120,6 +128,62 @@ class _JudgeFailed(GenerationError):
     """The judge (a model judge's backend) failed while the run was judging replies."""
 
 
+@dataclass
+class Shard:
+    """Whole batches of a run, generated together by one worker: ``(index, prompts, decoding)``."""
+
+    config: SuiteConfig
+    threads: int
+    batches: list[tuple[int, list, Decoding]]
+
+    def __str__(self) -> str:
+        return f"shard of batches {self.batches[0][0]}-{self.batches[-1][0]}"
+
+
+@dataclass
+class ShardBatch:
+    """One generated batch of a shard: the replies, their new-token counts and the call's seconds."""
+
+    index: int
+    replies: list[str]
+    new_tokens: list[int | None]
+    seconds: float
+
+
+def load_model(config: SuiteConfig, **remote) -> LanguageModel:
+    """The model a probe run attacks, loaded from its spec (``remote``: a served model's HTTP options)."""
+    from ...backends import load
+
+    return load(config.model, backend=config.backend, model=config.served_model or None, dtype=config.dtype,
+                batch_size=config.batch_size, **remote)
+
+
+def count_tokens(lm: LanguageModel, text: str) -> int | None:
+    tokenizer = getattr(lm, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    return len(tokenizer.encode(text)) if text else 0
+
+
+def generate_shard(shard: Shard) -> Iterator[ShardBatch]:
+    """A worker's work: load the model, generate each batch of the shard with the run's threads."""
+    from ...utils import set_threads
+
+    set_threads(shard.threads)
+    lm = load_model(shard.config)
+    for index, prompts, decoding in shard.batches:
+        began = time.perf_counter()
+        replies = lm.generate(prompts, decoding)
+        yield ShardBatch(index, replies, [count_tokens(lm, r) for r in replies], time.perf_counter() - began)
+
+
+def _split(n: int, parts: int) -> list[range]:
+    """``range(n)`` cut into at most ``parts`` contiguous, nearly equal pieces."""
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 class _Meter:
     """Prompts, new tokens and seconds spent in ``generate``."""
 
@@ -148,8 +212,13 @@ class ProbeRun:
 
     def __init__(self, lm: LanguageModel, config: SuiteConfig, run_dir: Path,
                  progress: Callable[[int], None] | None = None,
-                 on_plan: Callable[[int, int], None] | None = None):
+                 on_plan: Callable[[int, int], None] | None = None, executor: Executor | None = None,
+                 threads: int = 1):
         self.lm, self.config, self.run_dir = lm, config, Path(run_dir)
+        self.executor, self.threads = executor, threads
+        if executor is not None and not executor.in_process and getattr(lm, "streams_results", False):
+            raise UserError(f"--executor {executor.spec}: a served model is not sharded (it keeps many "
+                            "requests in flight itself): drop --executor")
         self.progress, self.on_plan = progress, on_plan
         self.policy: Policy = load_policy(config.policy, seed=config.seed)
         self.judge = build_judge(config, self.policy, self.run_dir / JUDGE_CACHE_FILE)
@@ -187,28 +256,60 @@ class ProbeRun:
             "chat_template": template,
             "judge": judge_summary(self.judge, [saved[it.key] for it in items]),
             "throughput": self._throughput(resumed),
+            "executor": str(self.executor.spec) if self.executor else "serial",
             "run_dir": str(self.run_dir),
         }
         correct_for_the_judge(results, config.confidence)
         write_json(self.run_dir / "results.json", results)
         return results
 
-    def _generate(self, items: list[Item], done_before: int, finalise: Callable[[Sample], Sample]) -> list[Sample]:
-        """Generate ``items`` in batches (one decoding each); judge and append every sample."""
+    def _batches(self, items: list[Item]) -> list[tuple[list[Item], list, Decoding]]:
+        """``items`` in batches of one decoding each: similar prompt lengths together (less padding)."""
         groups: dict[tuple[float, int], list[Item]] = defaultdict(list)
         for item in items:
             groups[(item.temperature, item.sample)].append(item)
-        streams = getattr(self.lm, "streams_results", False)
-        out: list[Sample] = []
+        size = None if getattr(self.lm, "streams_results", False) else self.config.batch_size
+        out = []
         for (t, s), group in groups.items():
-            group.sort(key=lambda it: len(it.attack_prompt.text))  # similar lengths together: less padding
-            size = len(group) if streams else self.config.batch_size
-            for start in range(0, len(group), size):
-                batch = group[start:start + size]
+            group.sort(key=lambda it: len(it.attack_prompt.text))
+            for start in range(0, len(group), size or len(group)):
+                batch = group[start:start + (size or len(group))]
                 prompts = [build_prompt(self.policy.system_prompt, it.attack_prompt.text, self.chat) for it in batch]
                 decoding = self.config.decoding(t, zlib.crc32(f"{self.config.seed}|{t}|{s}|{batch[0].key}".encode()))
-                generate = self._streamed if streams else self._batched
-                out.extend(generate(batch, prompts, decoding, done_before + len(out), finalise))
+                out.append((batch, prompts, decoding))
+        return out
+
+    def _generate(self, items: list[Item], done_before: int, finalise: Callable[[Sample], Sample]) -> list[Sample]:
+        """Generate ``items`` in batches (one decoding each); judge and append every sample."""
+        batches = self._batches(items)
+        if self.executor is not None and not self.executor.in_process:
+            return self._sharded(batches, done_before, finalise)
+        generate = self._streamed if getattr(self.lm, "streams_results", False) else self._batched
+        out: list[Sample] = []
+        for batch, prompts, decoding in batches:
+            out.extend(generate(batch, prompts, decoding, done_before + len(out), finalise))
+        return out
+
+    def _sharded(self, batches: list, done_before: int, finalise: Callable[[Sample], Sample]) -> list[Sample]:
+        """The batches in shards on the executor; each shard's samples judged and appended as it returns."""
+        if not batches:
+            return []
+        shards = [Shard(self.config, self.threads, [(i, batches[i][1], batches[i][2]) for i in part])
+                  for part in _split(len(batches), self.executor.parallelism)]
+        out: list[Sample] = []
+        failed: list[str] = []
+        for event in self.executor.run(generate_shard, shards):
+            if event.error:
+                failed.append(f"{event.task}: {event.error}")
+                continue
+            done: ShardBatch = event.row
+            batch, prompts, decoding = batches[done.index]
+            out.extend(self._save_batch(batch, prompts, decoding, done.replies, done.new_tokens, done.seconds,
+                                        finalise, done_before + len(out)))
+        if failed:
+            raise GenerationError(f"{len(failed)} of {len(shards)} shards failed ({'; '.join(failed)}); the "
+                                  f"{done_before + len(out)} finished samples are in {self.samples_path}: "
+                                  f"finish with `fissure probe --resume {self.run_dir}`")
         return out
 
     def _sample(self, item: Item, prompt, reply: str, decoding: Decoding, n_tok: int | None,
@@ -236,7 +337,13 @@ class ProbeRun:
         except (UserError, OSError) as exc:
             raise self._failure(exc, done) from exc
         elapsed = time.perf_counter() - began
-        counts = [self._count_tokens(r) for r in replies]
+        counts = [count_tokens(self.lm, r) for r in replies]
+        return self._save_batch(batch, prompts, decoding, replies, counts, elapsed, finalise, done)
+
+    def _save_batch(self, batch: list[Item], prompts: list, decoding: Decoding, replies: list[str],
+                    counts: list[int | None], elapsed: float, finalise: Callable[[Sample], Sample],
+                    done: int) -> list[Sample]:
+        """Judge a generated batch and append its samples (a batch's time shared among its rows)."""
         self.meter.add(len(batch), None if None in counts else sum(counts), elapsed)
         samples = self._judged([self._sample(it, prompt, reply, decoding, n_tok, elapsed / len(batch))
                                 for it, prompt, reply, n_tok in zip(batch, prompts, replies, counts)], finalise, done)
@@ -255,7 +362,7 @@ class ProbeRun:
         def keep(i: int, reply: str) -> None:
             nonlocal last
             now = time.perf_counter()
-            n_tok = self._count_tokens(reply)
+            n_tok = count_tokens(self.lm, reply)
             sample = self._judged([self._sample(batch[i], prompts[i], reply, decoding, n_tok, now - last)],
                                   finalise, done + len(saved))[0]
             append_samples(self.samples_path, [sample])
@@ -302,12 +409,6 @@ class ProbeRun:
                     f"({c['method']}: {c['detail']})" for c in checks if c.get("agree") is False]
         return {**{k: v for k, v in info.items() if v is not None}, "checks": checks, "warnings": warnings}
 
-    def _count_tokens(self, text: str) -> int | None:
-        tokenizer = getattr(self.lm, "tokenizer", None)
-        if tokenizer is None:
-            return None
-        return len(tokenizer.encode(text)) if text else 0
-
     def _whitebox(self) -> dict:
         path = self.run_dir / WHITEBOX_FILE
         if path.is_file():
@@ -323,6 +424,8 @@ class ProbeRun:
 
 def run_suite(lm: LanguageModel, config: SuiteConfig, run_dir: Path,
               progress: Callable[[int], None] | None = None,
-              on_plan: Callable[[int, int], None] | None = None) -> dict:
-    """Run (or finish) the probe suite in ``run_dir``; writes and returns ``results.json``."""
-    return ProbeRun(lm, config, run_dir, progress, on_plan).run()
+              on_plan: Callable[[int, int], None] | None = None, executor: Executor | None = None,
+              threads: int = 1) -> dict:
+    """Run (or finish) the probe suite in ``run_dir``; writes and returns ``results.json``. With a
+    pool or Ray ``executor``, workers load ``config.model`` themselves and use ``threads`` each."""
+    return ProbeRun(lm, config, run_dir, progress, on_plan, executor, threads).run()
