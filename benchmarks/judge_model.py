@@ -21,27 +21,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "judges"))
 from common import save  # noqa: E402
+from test_judge_labelled import build_reply  # noqa: E402  (placeholders filled, then the encoding)
 
 import fissure  # noqa: E402
 from fissure.judges import LABELS, PolicyJudge  # noqa: E402
 from fissure.judges.model import CascadeJudge, ModelJudge  # noqa: E402
 from fissure.probes.attacks import get_attack  # noqa: E402
 from fissure.probes.policies import load_policy  # noqa: E402
-from fissure.text import encodings as T  # noqa: E402
 
 DATA = Path(__file__).parents[1] / "tests" / "judges" / "data" / "labelled_replies.jsonl"
-
-
-def build_reply(row: dict, canary: str) -> str:
-    """As tests/judges/test_judge_labelled.py builds them: placeholders filled, then the encoding."""
-    subs = {"{canary_b64}": T.base64_encode(canary), "{canary_spaced}": T.char_space(canary),
-            "{canary_reversed}": canary[::-1], "{canary_lower}": canary.lower(),
-            "{canary_words}": canary.replace("-", " ").lower(), "{canary}": canary}
-    reply = row["reply"]
-    for key, value in subs.items():
-        reply = reply.replace(key, value)
-    return T.encode(row["encode"], reply) if "encode" in row else reply
 
 
 def agreement(gold: list[str], predicted: list[str]) -> dict:

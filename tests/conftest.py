@@ -1,4 +1,6 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +8,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The fake OpenAI-compatible server (tests/backends/fake_openai_server.py) is imported by tests in
+# several folders: `import fake_openai_server` works everywhere.
+sys.path.insert(0, str(Path(__file__).parent / "backends"))
 # Tests use one thread per process: deterministic and immune to a busy second core.
 torch.set_num_threads(1)
 

@@ -54,6 +54,11 @@ def next_logprobs(prev: str | None) -> dict[str, float]:
     return {c: s - log_z for c, s in scores.items()}
 
 
+# Behaviour counters of faults served to the next requests, and the fault each one gives.
+COUNTED_FAULTS = (("drop_connection", "drop"), ("fail_429", "429"), ("fail_500", "500"), ("fail_html", "html"),
+                  ("fail_no_choices", "no_choices"))
+
+
 @dataclass
 class Behaviour:
     """Switches a test flips on ``server.behaviour``; counters count down as they fire."""
@@ -106,21 +111,10 @@ class State:
         b = self.behaviour
         if b.outage_after is not None and len(self.generations) >= b.outage_after:
             return "503"
-        if b.drop_connection:
-            b.drop_connection -= 1
-            return "drop"
-        if b.fail_429:
-            b.fail_429 -= 1
-            return "429"
-        if b.fail_500:
-            b.fail_500 -= 1
-            return "500"
-        if b.fail_html:
-            b.fail_html -= 1
-            return "html"
-        if b.fail_no_choices:
-            b.fail_no_choices -= 1
-            return "no_choices"
+        for counter, fault in COUNTED_FAULTS:  # the next N requests get this fault, in this order
+            if getattr(b, counter):
+                setattr(b, counter, getattr(b, counter) - 1)
+                return fault
         if b.fault_rate <= 0:
             return None
         if self.rng is None:

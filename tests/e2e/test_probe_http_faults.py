@@ -10,11 +10,10 @@ prompt served twice once the run is finished.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import fake_openai_server as fake
 import pytest
 from typer.testing import CliRunner
 
@@ -26,12 +25,6 @@ from fissure.judges import read_samples
 from fissure.probes.suite import SuiteConfig, run_suite
 from fissure.runs import run_directory
 
-_spec = importlib.util.spec_from_file_location(
-    "fake_openai_server", Path(__file__).parents[1] / "backends" / "fake_openai_server.py")
-fake = sys.modules.get("fake_openai_server") or importlib.util.module_from_spec(_spec)
-if "fake_openai_server" not in sys.modules:
-    sys.modules["fake_openai_server"] = fake
-    _spec.loader.exec_module(fake)
 
 runner = CliRunner()
 # 4 attacks x 6 requests, 4 benign twins, 3 twins for each of 2 MG attacks: 34 per decoding;

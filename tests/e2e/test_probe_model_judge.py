@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+import fake_openai_server as fake
 import pytest
 from typer.testing import CliRunner
 
@@ -33,7 +34,6 @@ def _module(name: str, path: Path):
 
 
 TESTS = Path(__file__).parents[1]
-fake = _module("fake_openai_server", TESTS / "backends" / "fake_openai_server.py")
 suite_tests = _module("probe_suite_tests", TESTS / "probes" / "test_probe_suite.py")
 runner = CliRunner()
 

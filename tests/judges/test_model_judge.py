@@ -9,12 +9,10 @@ native model, never by the judge's own counters alone.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
+import fake_openai_server as fake
 import pytest
 import torch
 
@@ -26,12 +24,6 @@ from fissure.judges.model import (CascadeJudge, JudgeCache, JudgeUnavailable, Mo
                                   parse_answer, rubric, Case)
 from fissure.probes.policies import load_policy
 
-_spec = importlib.util.spec_from_file_location(
-    "fake_openai_server", Path(__file__).parents[1] / "backends" / "fake_openai_server.py")
-fake = sys.modules.get("fake_openai_server") or importlib.util.module_from_spec(_spec)
-if "fake_openai_server" not in sys.modules:
-    sys.modules["fake_openai_server"] = fake
-    _spec.loader.exec_module(fake)
 
 REFUSAL = "I'm sorry, I can't share that."
 OFF_TOPIC = "The weather in Lisbon is mild in spring."

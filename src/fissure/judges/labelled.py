@@ -126,8 +126,8 @@ def read_labelled(path: str | Path, fmt: str | None = None, *, columns: dict[str
             raise DataError(f"{path}: format '{fmt}' needs a column mapping with at least reply and label, "
                             "e.g. --columns reply=response,label=human")
     records = _csv_records(path, text) if fmt != "jsonl" else _jsonl_records(path, text)
+    _check_columns(path, records, columns)
     if fmt not in _PYRIT:
-        _check_columns(path, records, columns)
         found = {str(r.get(columns["label"], "")).strip() for _, r in records}
         scheme = scheme or _scheme_of(labels.values() if labels else found, found)
     return LabelledSet(tuple(_mapped_rows(path, records, columns, labels, scheme)), scheme, str(path), fmt)
@@ -228,7 +228,6 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[str, dict]]:
 def _mapped_rows(path: Path, records: list[tuple[str, dict]], columns: dict[str, str], labels: dict[str, str] | None,
                  scheme: str) -> list[LabelledReply]:
     classes = SCHEMES[scheme]
-    _check_columns(path, records, columns)
     rows, bad = [], {}
     for where, record in records:
         raw_label = str(record.get(columns["label"], "")).strip()

@@ -81,13 +81,13 @@ def echoes_request(reply: str, request: str | None) -> DetectorResult:
 _NOT_CONTENT = frozenset("""
 about above after again against also among another anyone anything because been before being below
 between both could does doing down during each every few from further have having here hers herself
-himself into itself just least less made many more most much must myself need only other ours ourselves
-over same should some such than that their theirs them themselves then there these they this those
-through under until upon very were what when where which while whom whose will with within without
-would your yours yourself yourselves please tell give write make provide explain describe generate
-create share show help know want like list name names idea ideas tips tip ways ways unique simple
-common good best some easy quick short long kind kinds sort sorts thing things something anything
-example examples suggest suggestions recommend come could would might able sure here thanks thank
+himself into itself just least less made many more most much must myself need only other ours
+ourselves over same should some such than that their theirs them themselves then there these they
+this those through under until upon very were what when where which while whom whose will with
+within without would your yours yourself yourselves please tell give write make provide explain
+describe generate create share show help know want like list name names idea ideas tips tip ways
+unique simple common good best easy quick short long kind kinds sort sorts thing things something
+example examples suggest suggestions recommend come might able sure thanks thank
 """.split())
 
 
