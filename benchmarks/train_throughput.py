@@ -17,7 +17,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from common import matmul_peak, save  # noqa: E402
 
-from fissure.models import GPT, GPTConfig  # noqa: E402
+from fissure.models import GPTConfig  # noqa: E402
 from fissure.train.trainer import TrainConfig, make_optimizer  # noqa: E402
 
 
