@@ -50,22 +50,21 @@ def reply_features(lm, rows: Sequence[LabelledReply], batch_size: int = 8) -> np
     for row in rows:
         head = tok.encode(f"Request: {row.request or ''}")[:MAX_REQUEST_TOKENS]
         sequences.append([lm.start_token] + head + tok.encode(f"\nReply: {row.reply}")[:MAX_REPLY_TOKENS])
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    out = np.zeros((len(rows), 0), dtype=np.float32)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths: less padding
+    pooled: list = [None] * len(rows)
     for start in range(0, len(order), batch_size):
-        batch = [sequences[i] for i in order[start:start + batch_size]]
-        width = max(map(len, batch))
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, seq in enumerate(batch):
-            ids[b, :len(seq)] = torch.tensor(seq)
-            mask[b, :len(seq)] = 1
+        chunk = order[start:start + batch_size]
+        width = max(len(sequences[i]) for i in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for b, i in enumerate(chunk):
+            ids[b, :len(sequences[i])] = torch.tensor(sequences[i])
+            mask[b, :len(sequences[i])] = 1
         hidden = model.hidden_states(ids, attention_mask=mask).float()
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        if out.shape[1] == 0:
-            out = np.zeros((len(rows), pooled.shape[1]), dtype=np.float32)
-        out[order[start:start + batch_size]] = pooled.numpy()
-    return out
+        means = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        for i, vector in zip(chunk, means.numpy()):
+            pooled[i] = vector
+    return np.stack(pooled).astype(np.float32)
 
 
 @dataclass
