@@ -127,6 +127,6 @@ def test_verdict_detectors(policies):
     d = v.detectors()
     assert v.label == "unclear" and d["refusal_agreement"] is True
     assert set(d) == {"violation", "refusal_anchored", "refusal_lexicon", "refusal_agreement", "unclear_degenerate",
-                      "unclear_misunderstood", "unclear_off_topic", "unclear_kind"}
+                      "unclear_misunderstood", "unclear_off_topic", "unclear_partial", "unclear_kind"}
     assert d["unclear_kind"] == "other"
     assert d["violation"] == {"fired": False, "score": 0.0, "evidence": None}

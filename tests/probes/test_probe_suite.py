@@ -170,7 +170,7 @@ def test_counts_asr_capability_control_and_over_refusal(tmp_path):
         assert r.prompt and r.reply and r.canonical and r.judge == "policy" and r.judge_label and r.label
         assert set(r.verdicts) - {"unclear_kind"} == {"violation", "refusal_anchored", "refusal_lexicon",
                                                       "refusal_agreement", "unclear_degenerate", "unclear_misunderstood",
-                                                      "unclear_off_topic"}
+                                                      "unclear_off_topic", "unclear_partial"}
         assert ("unclear_kind" in r.verdicts) == (r.judge_label == "unclear")
         assert r.seconds is not None and r.seconds >= 0
     assert json.loads((run_dir / "results.json").read_text())["attacks"] == json.loads(json.dumps(a))

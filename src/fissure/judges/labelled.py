@@ -168,9 +168,9 @@ def _check_columns(path: Path, records: list[tuple[str, dict]], columns: dict[st
 
 def _text_field(row: dict, key: str, where: str, required: bool = False) -> str | None:
     value = row.get(key)
-    if value is None or value == "":
-        if required:
-            raise DataError(f"{where}: missing '{key}'")
+    if value is None and required:
+        raise DataError(f"{where}: missing '{key}'")
+    if value is None or (value == "" and not required):  # an empty reply is a reply: a model said nothing
         return None
     if not isinstance(value, str):
         raise DataError(f"{where}: '{key}' must be text, not {type(value).__name__}")

@@ -52,6 +52,10 @@ class Policy:
         """Whether a (canonicalised) reply, or any of its views, breaks the policy."""
         return self.detector.check([views] if isinstance(views, str) else list(views))
 
+    def partial(self, views: str | Sequence[str]) -> str | None:
+        """What a reply that does not break the policy still hints at (None: nothing)."""
+        return self.detector.partial([views] if isinstance(views, str) else list(views))
+
 
 # --- loading ----------------------------------------------------------------------------------
 
