@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..errors import UserError
 
@@ -86,6 +87,33 @@ def three_way(canonical: str, violation: DetectorResult, refusals: Sequence[Dete
     else:
         label, kind = "unclear", (fired[0].name if fired else "other") if unclear else None
     return Verdict(label, canonical, violation, tuple(refusals), unclear_kind=kind, unclear=tuple(unclear))
+
+
+class JudgeItem(NamedTuple):
+    """One reply to judge: the reply as the model wrote it, how to read it (the attack's
+    :class:`~fissure.judges.canonical.ReadingHints`: its encodings, a forced prefix) and the plain
+    request it answers (to tell an echo or an answer to something else)."""
+
+    reply: str
+    hints: object = None  # ReadingHints | None
+    request: str | None = None
+
+
+class Judge:
+    """What every three-way judge of replies offers, one calling convention for all: ``judge_many``
+    on :class:`JudgeItem` rows (a model judge asks its model once for all of them) and a call on
+    one reply. Subclasses implement ``judge_many``."""
+
+    name = "judge"
+
+    def judge_many(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        raise NotImplementedError
+
+    def __call__(self, reply: str, hints: object = None, request: str | None = None) -> Verdict:
+        return self.judge_many([JudgeItem(reply, hints, request)])[0]
+
+    def describe(self) -> dict:
+        return {"judge": self.name}
 
 
 def benign_label(judge_label: str, correct: bool | None) -> str:

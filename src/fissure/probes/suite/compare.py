@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from ...errors import UserError
-from ...judges import PolicyJudge, Sample, read_samples
+from ...judges import Sample, read_samples
 from ...judges.records import KINDS
 from ..attacks import AttackPrompt, get_attack
 from ..policies import load_policy
@@ -131,7 +131,7 @@ def rejudge(raw: list, policy_name: str, seed: int = 0, capability_threshold: fl
     from ...judges.model import make_judge
 
     policy = load_policy(policy_name, seed=seed)
-    judge_obj = PolicyJudge(policy) if judge == "rules" else make_judge(judge, policy, judge_lm, cache=cache, rubric=rubric)
+    judge_obj = make_judge(judge, policy, judge_lm, cache=cache, rubric=rubric)
     samples = normalise_replies(raw)
     judged = [dataclasses.replace(new, extra={**new.extra, "previous_label": old.judge_label or None})
               for old, new in zip(samples, judge_samples(samples, judge_obj))]

@@ -29,7 +29,8 @@ from ...backends.base import LanguageModel
 from ...decode.config import Decoding
 from ...errors import GenerationError, UserError
 from ...executors import Executor
-from ...judges import PolicyJudge, Sample, append_samples, read_samples
+from ...judges import JudgeItem, Sample, append_samples, read_samples
+
 from ...runs import write_json
 from ..attacks import AttackPrompt, get_attack
 from ..capability import answer_found
@@ -54,10 +55,7 @@ def judge_samples(samples: list[Sample], judge) -> list[Sample]:
     """The judge's verdicts on samples (asked once for all of them where the judge batches: a model
     judge), and whether each reply holds the expected answer."""
     hints = [attack_prompt_of(s) for s in samples]
-    items = [(s.reply, h, s.request) for s, h in zip(samples, hints)]
-    many = getattr(judge, "judge_many", None)
-    verdicts = many(items) if many is not None else [judge(reply, h, request=r) for reply, h, r in items]
-    name = getattr(judge, "name", "policy")
+    verdicts = judge.judge_many([JudgeItem(s.reply, h, s.request) for s, h in zip(samples, hints)])
     out = []
     for sample, h, verdict in zip(samples, hints, verdicts):
         correct = None
@@ -65,7 +63,7 @@ def judge_samples(samples: list[Sample], judge) -> list[Sample]:
             correct = answer_found(sample.reply, sample.expected, h)
         elif sample.expected and sample.kind == "benign":
             correct = re.search(sample.expected, verdict.canonical) is not None
-        out.append(sample.judged(verdict, name, correct))
+        out.append(sample.judged(verdict, judge.name, correct))
     return out
 
 
@@ -80,16 +78,14 @@ def build_judge(config: SuiteConfig, policy: Policy, cache_path: Path | None):
     from ...backends import load
     from ...judges.model import make_judge
 
-    if config.judge == "rules":
-        return PolicyJudge(policy)
-    return make_judge(config.judge, policy, load(config.judge_model), cache=cache_path, rubric=config.judge_rubric)
+    judge_lm = None if config.judge == "rules" else load(config.judge_model)
+    return make_judge(config.judge, policy, judge_lm, cache=cache_path, rubric=config.judge_rubric)
 
 
 def judge_summary(judge, samples: list[Sample]) -> dict:
     """Which judge gave the verdicts, and (a cascade) how often the rules disagreed with the model
     and how often they decided because the judge model failed."""
-    describe = getattr(judge, "describe", None)
-    out = describe() if describe is not None else {"judge": "rules"}
+    out = judge.describe()
     opinions = [s.verdicts.get("second_opinion") for s in samples]
     opinions = [o for o in opinions if isinstance(o, dict)]
     if opinions or out["judge"] == "cascade":
