@@ -52,6 +52,12 @@ class TorchLM(LanguageModel):
             raise BackendError(f"{self.capabilities.name} has no chat template; give plain-text prompts")
         return self.chat_template(prompt)
 
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The token ids a generation starts from: the rendered prompt, after :attr:`start_token`
+        when the model expects it (``prepend_start``) or the prompt is empty."""
+        enc = self.tokenizer.encode(self.render(prompt))
+        return [self.start_token, *enc] if self.prepend_start or not enc else enc
+
     def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Tokens of context and continuation, as lm-eval splits them: encode the whole string, so
         the continuation's first token is the one the model would really see after the context."""
@@ -111,10 +117,7 @@ class TorchLM(LanguageModel):
                  on_token: Callable[[int, int], None] | None = None) -> list[str]:
         decoding = decoding or Decoding()
         eos = decoding.eos_token_id if decoding.eos_token_id is not None else self.tokenizer.eos_id
-        ids = []
-        for p in prompts:
-            enc = self.tokenizer.encode(self.render(p))
-            ids.append([self.start_token, *enc] if self.prepend_start or not enc else enc)
+        ids = [self.prompt_ids(p) for p in prompts]
         outputs: list[str] = []
         for start in range(0, len(ids), max(self.batch_size, 1) * 4):
             chunk = ids[start:start + self.batch_size * 4]

@@ -1,0 +1,198 @@
+"""The refusal direction (Arditi et al. 2024, "Refusal in language models is mediated by a single
+direction"), and what it says about each attack.
+
+1. **Activations**: the residual stream after every layer at the prompt's last token (where the
+   reply starts), for restricted requests and for benign ones, from a local model
+   (:func:`last_token_states`: forward hooks on the model's ``blocks``; no generation).
+2. **Direction**: per layer, the difference of the two classes' means. The prompts are split in
+   half (seeded); the direction is fitted on one half and each layer is scored by how well its
+   projection separates the *other* half (AUROC); the best layer is the one reported
+   (:func:`fit_direction`). The threshold between the classes is the midpoint of the two fitted
+   means' projections.
+3. **Mode attribution**: an attack prompt whose projection falls below the threshold was *not
+   recognised* as a restricted request: its success is mismatched generalization (MG). One that
+   still projects above it but whose reply complied was *recognised and overridden*: competing
+   objectives (CO) (:func:`attribute`).
+4. **Causal check**: :func:`ablated` removes the direction from the residual stream at every layer
+   (x - (x . r)r, r the unit direction), which should stop refusals of plain restricted requests;
+   :func:`added` adds the difference of means at the chosen layer, which should make the model
+   refuse benign ones.
+
+A backend without activations (an HTTP server) cannot do any of this: :func:`require_local` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..backends.base import LanguageModel, Prompt
+from ..errors import UserError
+from ..metrics.stats import wilson_interval
+
+MIN_PER_CLASS = 4  # prompts per class in each half: 8 restricted and 8 benign prompts at least
+
+
+def require_local(lm: LanguageModel) -> torch.nn.Module:
+    """The torch model behind ``lm``, or a one-line error naming the backends that have activations."""
+    model = getattr(lm, "model", None)
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "blocks") or not hasattr(lm, "prompt_ids"):
+        raise UserError(f"{lm.capabilities.name} ({lm.capabilities.backend}) does not expose activations: a refusal "
+                        "direction needs a local model run by fissure (a registry name such as smollm2, a checkpoint, "
+                        "a local HF Llama directory or a GGUF file), not an HTTP server")
+    return model
+
+
+@torch.inference_mode()
+def last_token_states(lm: LanguageModel, prompts: Sequence[Prompt], batch_size: int = 16) -> torch.Tensor:
+    """``(layers, prompts, hidden)``: the residual stream after each layer at each prompt's last token."""
+    model = require_local(lm)
+    ids = [lm.prompt_ids(p) for p in prompts]
+    captured: list[torch.Tensor] = []
+    hooks = [block.register_forward_hook(lambda _m, _a, out: captured.append(out)) for block in model.blocks]
+    rows: list[torch.Tensor] = []
+    try:
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            width = max(len(x) for x in chunk)
+            batch = torch.zeros((len(chunk), width), dtype=torch.long)
+            mask = torch.zeros_like(batch)
+            for i, x in enumerate(chunk):
+                batch[i, :len(x)], mask[i, :len(x)] = torch.tensor(x), 1
+            captured.clear()
+            model(batch, attention_mask=mask)
+            last = mask.sum(1) - 1
+            rows.append(torch.stack([h[torch.arange(len(chunk)), last].float() for h in captured]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat(rows, dim=1)
+
+
+def difference_of_means(restricted: torch.Tensor, benign: torch.Tensor) -> torch.Tensor:
+    """``(layers, hidden)``: mean restricted state minus mean benign state, per layer."""
+    return restricted.mean(dim=1) - benign.mean(dim=1)
+
+
+def project(states: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """Each state's coordinate along the unit direction: ``states . unit``."""
+    return states @ unit
+
+
+def ablate(states: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """The states with their component along ``unit`` removed: x - (x . u) u."""
+    return states - project(states, unit)[..., None] * unit
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """P(a random positive scores above a random negative), ties counting half (Mann-Whitney U)."""
+    pos, neg = torch.as_tensor(positive, dtype=torch.float64), torch.as_tensor(negative, dtype=torch.float64)
+    greater = (pos[:, None] > neg[None, :]).sum().item()
+    ties = (pos[:, None] == neg[None, :]).sum().item()
+    return (greater + 0.5 * ties) / (len(pos) * len(neg))
+
+
+@dataclass(frozen=True)
+class RefusalDirection:
+    layer: int  # the layer whose held-out separation is best (0 = after the first block)
+    mean_diff: torch.Tensor  # (hidden,) difference of means at that layer (fit half)
+    unit: torch.Tensor  # mean_diff / |mean_diff|
+    threshold: float  # midpoint of the two fitted class means' projections
+    separation: tuple[float, ...]  # held-out AUROC per layer
+    n_restricted: int
+    n_benign: int
+
+    def recognised(self, states: torch.Tensor) -> torch.Tensor:
+        """Whether each state (``(n, hidden)`` at :attr:`layer`) projects above the threshold."""
+        return project(states, self.unit) > self.threshold
+
+    def as_dict(self) -> dict:
+        return {"layer": self.layer, "threshold": self.threshold, "norm": float(self.mean_diff.norm()),
+                "heldout_auroc": list(self.separation), "n_restricted": self.n_restricted, "n_benign": self.n_benign}
+
+
+def _halves(n: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    order = list(range(n))
+    rng.shuffle(order)
+    return order[: n // 2], order[n // 2:]
+
+
+def fit_direction(restricted: torch.Tensor, benign: torch.Tensor, seed: int = 0) -> RefusalDirection:
+    """The refusal direction from ``(layers, n, hidden)`` states of restricted and benign prompts:
+    fitted on one seeded half of each class, the layer chosen by AUROC on the other half."""
+    n_r, n_b = restricted.shape[1], benign.shape[1]
+    if min(n_r, n_b) < 2 * MIN_PER_CLASS:
+        raise UserError(f"a refusal direction needs at least {2 * MIN_PER_CLASS} restricted and "
+                        f"{2 * MIN_PER_CLASS} benign prompts (half to fit, half to choose the layer); got "
+                        f"{n_r} and {n_b}")
+    rng = random.Random(seed)
+    (fit_r, held_r), (fit_b, held_b) = _halves(n_r, rng), _halves(n_b, rng)
+    diffs = difference_of_means(restricted[:, fit_r], benign[:, fit_b])
+    separation = []
+    for layer, diff in enumerate(diffs):
+        unit = diff / diff.norm().clamp_min(1e-12)
+        separation.append(auroc(project(restricted[layer, held_r], unit).tolist(),
+                                project(benign[layer, held_b], unit).tolist()))
+    layer = max(range(len(separation)), key=lambda i: (separation[i], -i))  # ties: the earlier layer
+    diff = diffs[layer]
+    unit = diff / diff.norm().clamp_min(1e-12)
+    mid = 0.5 * (project(restricted[layer, fit_r].mean(0), unit) + project(benign[layer, fit_b].mean(0), unit))
+    return RefusalDirection(layer, diff, unit, float(mid), tuple(separation), n_r, n_b)
+
+
+# --- interventions --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def ablated(model: torch.nn.Module, unit: torch.Tensor) -> Iterator[None]:
+    """Inside the block, every layer's residual input and the last layer's output lack ``unit``'s
+    component (directional ablation at every layer and position)."""
+    unit = unit.detach()
+
+    def pre(_module, args, kwargs):
+        return (ablate(args[0], unit.to(args[0].dtype)), *args[1:]), kwargs
+
+    hooks = [b.register_forward_pre_hook(pre, with_kwargs=True) for b in model.blocks]
+    hooks.append(model.blocks[-1].register_forward_hook(lambda _m, _a, out: ablate(out, unit.to(out.dtype))))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@contextlib.contextmanager
+def added(model: torch.nn.Module, layer: int, vector: torch.Tensor, scale: float = 1.0) -> Iterator[None]:
+    """Inside the block, ``scale * vector`` is added to the output of layer ``layer`` at every position."""
+    vector = vector.detach() * scale
+    hook = model.blocks[layer].register_forward_hook(lambda _m, _a, out: out + vector.to(out.dtype))
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
+# --- what each attack's prompts say ---------------------------------------------------------
+
+def attribute(recognised: dict[str, Sequence[bool]], complied: dict[str, Sequence[bool]],
+              registered: dict[str, str], confidence: float = 0.95) -> dict:
+    """Per attack: how often its prompts were recognised (projected above the threshold), how
+    often among the replies that complied, and the mode that implies: ``MG`` (mostly not
+    recognised) or ``CO`` (mostly recognised), beside the attack's registered mode."""
+    out = {}
+    for attack, flags in recognised.items():
+        flags = list(flags)
+        leaks = [f for f, c in zip(flags, complied.get(attack, ())) if c]
+        rate = wilson_interval(sum(flags), len(flags), confidence)
+        out[attack] = {
+            "registered": registered.get(attack, "none"),
+            "attributed": "MG" if rate.estimate < 0.5 else "CO",
+            "recognised": {"n": len(flags), **rate.as_dict()},
+            "recognised_when_complied": ({"n": len(leaks), **wilson_interval(sum(leaks), len(leaks), confidence).as_dict()}
+                                         if leaks else None),
+            "complied": len(leaks),
+        }
+    return out
