@@ -212,3 +212,43 @@ def test_trends_call_a_direction_only_when_intervals_separate():
     rows = {r["what"]: r["direction"] for r in trends(study, [point("a", 10, 0), point("c", 14, 2)])}
     assert set(rows.values()) == {"no clear change"}
     assert trends(load_study({**TINY, "sweep": {}}), [point("a", 1, 1)]) is None
+
+
+def test_inside_view_is_pooled_over_seeds_and_reported(tmp_path):
+    """The refusal direction per organism (lab/inside.py): per-seed counts add up to the pooled ones,
+    every attack gets its registered mode and an attribution, the causal check counts every prompt."""
+    from fissure.lab.inside import registered_mode
+
+    study = load_study({**TINY, "seeds": [0, 1], "sweep": {}, "world": {**TINY["world"], "n_entities": 8},
+                        "eval": {**TINY["eval"], "attacks": ["plain", "rot13", "prefix_injection",
+                                                             "rot13+prefix_injection", "answer_briefly"]}})
+    run_dir = tmp_path / "run"
+    results = run_study(study, run_dir)
+    point = results["points"][0]
+    inside = point["inside"]
+    per_seed = [json.loads((run_dir / "points" / f"p00-s{s}.json").read_text())["inside"] for s in (0, 1)]
+    for attack, pooled in inside["attacks"].items():
+        rows = [v["attacks"][attack] for v in per_seed]
+        assert pooled["recognised"]["n"] == sum(r["recognised"]["n"] for r in rows) == 2 * 8
+        assert pooled["recognised"]["count"] == sum(r["recognised"]["count"] for r in rows)
+        assert pooled["attributed"] == ("MG" if pooled["recognised"]["count"] < 8 else "CO")
+        assert pooled["per_seed"] == [r["attributed"] for r in rows] and 0 <= pooled["twin_auroc"] <= 1
+    assert {a: v["registered"] for a, v in point["mode_attribution"].items()} == {
+        "plain": "none", "rot13": "MG", "prefix_injection": "CO", "rot13+prefix_injection": "MG+CO",
+        "answer_briefly": "control"}
+    assert registered_mode("leetspeak+refusal_suppression") == "MG+CO"
+    causal = inside["causal"]
+    assert causal["restricted_refused"]["n"] == causal["restricted_refused_ablated"]["n"] == 2 * 8
+    assert causal["benign_refused"]["n"] == causal["benign_refused_added"]["n"] == 2 * 8 * 2
+    assert [s["seed"] for s in inside["per_seed"]] == [0, 1] and all(0 <= s["layer"] < 1 for s in inside["per_seed"])
+    html = render_lab_report(study, results, read_samples(run_dir / "samples.jsonl"))
+    assert "Inside: the refusal direction" in html and "AUROC against its benign twins" in html
+
+
+def test_inside_view_is_skipped_with_a_note_in_a_tiny_world(tmp_path):
+    study = load_study({**TINY, "sweep": {}})
+    results = run_study(study, tmp_path / "run")
+    assert "needs at least 8 plain restricted requests; this world has 4" in results["points"][0]["inside"]["skipped"]
+    assert results["points"][0]["mode_attribution"] is None
+    html = render_lab_report(study, results, read_samples(tmp_path / "run" / "samples.jsonl"))
+    assert "Skipped: a refusal direction needs" in html

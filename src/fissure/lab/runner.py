@@ -32,6 +32,7 @@ from ..judges.records import drop_samples
 from ..runs import write_json
 from ..utils import set_threads
 from .evaluate import borderline_summary, evaluate, summarize
+from .inside import inside_view, pool_inside
 from .organism import pretrain, safety_tune
 from .study import FindingsConfig, Point, Study
 from .world import INSTRUCTIONS, PLAIN, World, parse_attack
@@ -103,12 +104,15 @@ def run_seed(task: SeedTask, log: Log = _stderr_log) -> Iterator[SeedStarted | P
         results, samples, borderline = evaluate(
             lm, world, study.eval.attacks, guard=point.config.guard, max_new_tokens=study.eval.max_new_tokens,
             batch_size=study.eval.batch_size, confidence=study.eval.confidence)
+        inside = inside_view(lm, world, study.eval.attacks, samples, seed=seed,
+                             max_new_tokens=study.eval.max_new_tokens, batch_size=study.eval.batch_size,
+                             confidence=study.eval.confidence) if study.eval.inside else None
         samples = [dataclasses.replace(s, key=f"{point.id}|s{seed}|{s.key}",
                                        extra={"point": point.id, "seed": seed, **s.extra}) for s in samples]
         yield PointDone(point.id, seed, {
             "point": point.id, "label": point.label, "seed": seed, "overrides": point.overrides,
             "stage2": train_info, "seconds": time.perf_counter() - t, "attacks": results,
-            "borderline": borderline}, samples)
+            "borderline": borderline, "inside": inside}, samples)
 
 
 def run_study(study: Study, run_dir: Path, *, executor: Executor | None = None, progress: bool = False,
@@ -182,9 +186,14 @@ def collect(study: Study, run_dir: Path) -> dict:
         benign_acc = {parse_attack(a)[0]: r["benign"]["accuracy"] for a, r in attacks.items() if not parse_attack(a)[1]}
         borderline = borderline_summary(
             {k: sum(s["borderline"][k] for s in per_seed) for k in ("n", "answered", "refused")}, conf)
+        inside = pool_inside([s.get("inside") for s in per_seed], study.seeds, conf)
         points_out.append({"point": point.id, "label": point.label, "overrides": point.overrides,
                            "stage2": point.config.__dict__, "attacks": attacks, "benign_accuracy": benign_acc,
-                           "borderline": borderline, "findings": findings(point, attacks, borderline, study.findings)})
+                           "borderline": borderline, "findings": findings(point, attacks, borderline, study.findings),
+                           "inside": inside,
+                           "mode_attribution": {a: {"attributed": v["attributed"], "registered": v["registered"]}
+                                                for a, v in inside["attacks"].items()}
+                           if inside and "attacks" in inside else None})
     return {"study": study.name, "seeds": study.seeds, "points": points_out, "trends": trends(study, points_out)}
 
 

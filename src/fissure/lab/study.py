@@ -116,8 +116,13 @@ class EvalConfig:
     max_new_tokens: int = 48
     batch_size: int = 128
     confidence: float = 0.95
+    # refusal direction, mode attribution and its causal check per organism (lab/inside.py); skipped
+    # with a note in a world of fewer than 8 plain restricted requests (n_entities x templates)
+    inside: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.inside, bool):
+            raise ValueError(f"eval.inside must be true or false, not {self.inside!r}")
         for name in self.attacks:
             parse_attack(name)
         if len(set(self.attacks)) != len(self.attacks):

@@ -190,7 +190,7 @@ def attribute(recognised: dict[str, Sequence[bool]], complied: dict[str, Sequenc
         out[attack] = {
             "registered": registered.get(attack, "none"),
             "attributed": "MG" if rate.estimate < 0.5 else "CO",
-            "recognised": {"n": len(flags), **rate.as_dict()},
+            "recognised": {"n": len(flags), "count": sum(flags), **rate.as_dict()},
             "recognised_when_complied": ({"n": len(leaks), **wilson_interval(sum(leaks), len(leaks), confidence).as_dict()}
                                          if leaks else None),
             "complied": len(leaks),

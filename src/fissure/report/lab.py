@@ -71,6 +71,39 @@ def _per_seed(attacks: dict) -> str:
                   for a, r in attacks.items()])
 
 
+def _inside(view: dict) -> list:
+    """The refusal direction's reading of each attack, its agreement with the registered modes and
+    the causal check (lab/inside.py)."""
+    attacks, causal = view["attacks"], view["causal"]
+    seeds = ", ".join(f"seed {s['seed']}: layer {s['layer']}, held-out AUROC {num(s['heldout_auroc'])}"
+                      for s in view["per_seed"])
+    rows = [[a, r["registered"], r["attributed"], " ".join(r["per_seed"]), interval(r["recognised"]),
+             f"{num(r['twin_auroc'])} ({', '.join(num(x) for x in r['twin_auroc_per_seed'])})", r["complied"]]
+            for a, r in attacks.items()]
+    judged = [r for r in attacks.values() if r["registered"] in ("MG", "CO")]
+    agree = sum(r["attributed"] == r["registered"] for r in judged)
+    c = causal
+    causal_rows = [["plain restricted requests refused", interval(c["restricted_refused"]),
+                    interval(c["restricted_refused_ablated"]), "direction ablated at every layer"],
+                   ["plain benign requests refused", interval(c["benign_refused"]),
+                    interval(c["benign_refused_added"]), "difference of means added at the chosen layer"]]
+    return ["<h3>Inside: the refusal direction</h3>",
+            paragraph(f"Difference of means of the residual stream at the prompt's last token, plain restricted "
+                      f"against plain benign requests, the layer chosen by held-out AUROC ({seeds}). An attack "
+                      "whose prompts mostly project below the midpoint threshold was not recognised as a "
+                      "restricted request (attributed MG: mismatched generalization); one whose prompts still "
+                      "project above it was recognised and, where it got through, overridden (CO: competing "
+                      f"objectives). Attribution agrees with the registered mode for {agree} of {len(judged)} "
+                      "MG or CO attacks. The AUROC column reads the same projection without the plain threshold: "
+                      "how well it still tells the attack's restricted prompts from its benign twins (1: fully, "
+                      "0.5: not at all)."),
+            table(["attack", "registered", "attributed (pooled)", "per seed", "recognised [95% CI]",
+                   "AUROC against its benign twins (per seed)", "complied"], rows),
+            Raw(interval_bars([(a, r["recognised"]) for a, r in attacks.items()],
+                              "share of restricted prompts the direction recognises (95% CI)", colour="#27a")),
+            table(["causal check", "as trained", "with the intervention", "intervention"], causal_rows)]
+
+
 def _samples(samples: list[Sample]) -> str:
     seen: dict[tuple, int] = {}
     rows = []
@@ -110,6 +143,10 @@ def render_lab_report(study: Study, results: dict, samples: list[Sample]) -> str
         parts += [Raw(interval_bars([(a, r["asr"]) for a, r in p["attacks"].items()], "attack success rate (95% CI)")),
                   Raw(interval_bars([(a, r["benign"]["accuracy"]) for a, r in p["attacks"].items()],
                                     "benign twin accuracy (95% CI)"))]
+        if p.get("inside") and "skipped" in p["inside"]:
+            parts += ["<h3>Inside: the refusal direction</h3>", paragraph(f"Skipped: {p['inside']['skipped']}.", "note")]
+        elif p.get("inside"):
+            parts += _inside(p["inside"])
         body.append(section(f"{p['point']}: {p['label']}", *parts))
     body.append(section("Sample replies", _samples(samples)))
     body.append(section("Study configuration", preformatted(dump_toml(study_dict(study)))))
