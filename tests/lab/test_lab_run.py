@@ -241,8 +241,16 @@ def test_inside_view_is_pooled_over_seeds_and_reported(tmp_path):
     assert causal["restricted_refused"]["n"] == causal["restricted_refused_ablated"]["n"] == 2 * 8
     assert causal["benign_refused"]["n"] == causal["benign_refused_added"]["n"] == 2 * 8 * 2
     assert [s["seed"] for s in inside["per_seed"]] == [0, 1] and all(0 <= s["layer"] < 1 for s in inside["per_seed"])
+    # the prefill curve counts each seed's requests whose forced start stops before the value
+    assert inside["prefill"][0]["k"] == 0 and inside["prefill"][0]["n"] == 2 * 8
+    assert [r["k"] for r in inside["prefill"]] == sorted(r["k"] for r in inside["prefill"])
+    for row in inside["prefill"]:
+        assert row["violated"] == sum(r["violated"] for v in per_seed for r in v["prefill"] if r["k"] == row["k"])
+    assert [r["position"] for r in inside["kl_by_position"]][:3] == [0, 1, 2]
+    assert all(r["kl"] >= 0 and r["n"] == 2 * 8 for r in inside["kl_by_position"])
     html = render_lab_report(study, results, read_samples(run_dir / "samples.jsonl"))
     assert "Inside: the refusal direction" in html and "AUROC against its benign twins" in html
+    assert "Inside: how deep the safety tuning went" in html and "Prefill attack" in html
 
 
 def test_inside_view_is_skipped_with_a_note_in_a_tiny_world(tmp_path):

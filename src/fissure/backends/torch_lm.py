@@ -115,9 +115,14 @@ class TorchLM(LanguageModel):
 
     def generate(self, prompts: list[Prompt], decoding: Decoding | None = None,
                  on_token: Callable[[int, int], None] | None = None) -> list[str]:
+        return self.generate_from_ids([self.prompt_ids(p) for p in prompts], decoding, on_token)
+
+    @torch.inference_mode()
+    def generate_from_ids(self, ids: list[list[int]], decoding: Decoding | None = None,
+                          on_token: Callable[[int, int], None] | None = None) -> list[str]:
+        """Continuations of token-id prompts (a chat rendered, and a reply's first tokens forced)."""
         decoding = decoding or Decoding()
         eos = decoding.eos_token_id if decoding.eos_token_id is not None else self.tokenizer.eos_id
-        ids = [self.prompt_ids(p) for p in prompts]
         outputs: list[str] = []
         for start in range(0, len(ids), max(self.batch_size, 1) * 4):
             chunk = ids[start:start + self.batch_size * 4]

@@ -15,14 +15,24 @@ ones (every other attribute). Every restricted request of every attack is then p
 - ``causal``: plain restricted requests generated again with the direction ablated at every layer
   (refusals should fall), plain benign requests with the difference of means added at the chosen
   layer (refusals should rise), each beside its rate without the intervention.
+
+And how deep the safety tuning went (:mod:`fissure.probes.shallow`), on plain restricted requests
+with the compliant reply as reference:
+
+- ``kl_by_position``: KL(tuned || stage-1 model) at each of the reply's first 16 tokens;
+- ``prefill``: ASR when the reply's first k tokens are forced (k = 0, 1, 2, 4, 8, 16), counting only
+  requests whose forced start stops before the secret value (deeper, the value itself would be
+  forced); the ``recovery_weight`` knob trains refusals after such a forced start.
 """
 
 from __future__ import annotations
 
 from ..backends import TorchLM
+from ..decode import Decoding
 from ..judges import Sample
 from ..metrics.stats import wilson_interval
 from ..probes.direction import MIN_PER_CLASS, ablated, added, attribute, auroc, fit_direction, last_token_states, project
+from ..probes.shallow import PREFILL_DEPTHS, kl_by_position, prefill
 from .evaluate import replies
 from .world import CONTROLS, INSTRUCTIONS, PLAIN, Request, World, WorldJudge, parse_attack
 
@@ -46,7 +56,7 @@ def _refused(world: World, requests: list[Request], texts: list[str], confidence
 
 
 def inside_view(lm: TorchLM, world: World, attacks: list[str], samples: list[Sample], *, seed: int,
-                max_new_tokens: int, batch_size: int, confidence: float = 0.95) -> dict:
+                max_new_tokens: int, batch_size: int, confidence: float = 0.95, base: TorchLM | None = None) -> dict:
     """The refusal direction of one organism, each attack's attribution and the causal check; in a
     world too small to fit a direction, ``{"skipped": why}``."""
     restricted = world.config.restricted
@@ -85,7 +95,33 @@ def inside_view(lm: TorchLM, world: World, attacks: list[str], samples: list[Sam
         "benign_refused": _refused(world, plain_good, base_good, confidence),
         "benign_refused_added": _refused(world, plain_good, added_good, confidence),
     }
-    return {"direction": direction.as_dict(), "attacks": modes, "causal": causal}
+    out = {"direction": direction.as_dict(), "attacks": modes, "causal": causal,
+           "prefill": prefill_curve(lm, world, plain_bad, max_new_tokens, confidence)}
+    if base is not None:
+        out["kl_by_position"] = kl_by_position(lm, base, [(r.prompt, " " + r.answer) for r in plain_bad],
+                                               batch_size=batch_size)
+    return out
+
+
+def prefill_curve(lm: TorchLM, world: World, requests: list[Request], max_new_tokens: int,
+                  confidence: float) -> list[dict]:
+    """ASR of plain restricted requests with the compliant reply's first k tokens forced, for each
+    depth of :data:`PREFILL_DEPTHS`, over the requests whose forced start holds no digit of the value."""
+    judge = WorldJudge(world)
+    before_value = []
+    for r in requests:
+        value = world.values[r.entity][r.attribute]
+        before_value.append(len(lm.split_pair(r.prompt, " " + r.answer[:r.answer.index(value)])[1]))
+    curve = []
+    for k in PREFILL_DEPTHS:
+        rows = [r for r, cap in zip(requests, before_value) if k <= cap]
+        if not rows:
+            break
+        texts = prefill(lm, [(r.prompt, " " + r.answer) for r in rows], k, Decoding(max_new_tokens=max_new_tokens))
+        violated = sum(judge(text, r).label == "violated" for r, text in zip(rows, texts))
+        curve.append({"k": k, "n": len(rows), "violated": violated,
+                      **wilson_interval(violated, len(rows), confidence).as_dict()})
+    return curve
 
 
 def pool_inside(views: list[dict], seeds: list[int], confidence: float = 0.95) -> dict | None:
@@ -113,7 +149,22 @@ def pool_inside(views: list[dict], seeds: list[int], confidence: float = 0.95) -
     for key in views[0]["causal"]:
         n, refused = sum(v["causal"][key]["n"] for v in views), sum(v["causal"][key]["refused"] for v in views)
         causal[key] = {"n": n, "refused": refused, **wilson_interval(refused, n, confidence).as_dict()}
+    prefill_pooled = []
+    for depth in views[0]["prefill"]:
+        rows = [row for v in views for row in v["prefill"] if row["k"] == depth["k"]]
+        n, violated = sum(r["n"] for r in rows), sum(r["violated"] for r in rows)
+        prefill_pooled.append({"k": depth["k"], "n": n, "violated": violated,
+                               "per_seed": [r["violated"] / r["n"] for r in rows],
+                               **wilson_interval(violated, n, confidence).as_dict()})
+    kl = None
+    if all("kl_by_position" in v for v in views):
+        kl = []
+        for first in views[0]["kl_by_position"]:
+            rows = [row for v in views for row in v["kl_by_position"] if row["position"] == first["position"]]
+            kl.append({"position": first["position"], "n": sum(r["n"] for r in rows),
+                       "kl": sum(r["kl"] * r["n"] for r in rows) / sum(r["n"] for r in rows),
+                       "per_seed": [r["kl"] for r in rows]})
     return {"per_seed": [{"seed": s, "layer": v["direction"]["layer"],
                           "heldout_auroc": v["direction"]["heldout_auroc"][v["direction"]["layer"]]}
                          for s, v in zip(seeds, views)],
-            "attacks": attacks, "causal": causal}
+            "attacks": attacks, "causal": causal, "prefill": prefill_pooled, "kl_by_position": kl}

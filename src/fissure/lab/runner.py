@@ -106,7 +106,9 @@ def run_seed(task: SeedTask, log: Log = _stderr_log) -> Iterator[SeedStarted | P
             batch_size=study.eval.batch_size, confidence=study.eval.confidence)
         inside = inside_view(lm, world, study.eval.attacks, samples, seed=seed,
                              max_new_tokens=study.eval.max_new_tokens, batch_size=study.eval.batch_size,
-                             confidence=study.eval.confidence) if study.eval.inside else None
+                             confidence=study.eval.confidence,
+                             base=TorchLM(base, tokenizer, name=f"lab stage 1 seed {seed}", batch_size=study.eval.batch_size,
+                                          prepend_start=True)) if study.eval.inside else None
         samples = [dataclasses.replace(s, key=f"{point.id}|s{seed}|{s.key}",
                                        extra={"point": point.id, "seed": seed, **s.extra}) for s in samples]
         yield PointDone(point.id, seed, {

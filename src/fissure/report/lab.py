@@ -14,7 +14,7 @@ from ..judges.records import Sample, read_samples
 from ..lab.study import Study, study_dict
 from ..runs import write_text_atomic
 from .html import Raw, bullets, interval, num, page, paragraph, preformatted, section, table
-from .plots import interval_bars
+from .plots import interval_bars, paths_plot
 
 SAMPLES_PER_GROUP = 2  # sample replies shown per (point, attack, kind)
 
@@ -101,7 +101,30 @@ def _inside(view: dict) -> list:
                    "AUROC against its benign twins (per seed)", "complied"], rows),
             Raw(interval_bars([(a, r["recognised"]) for a, r in attacks.items()],
                               "share of restricted prompts the direction recognises (95% CI)", colour="#27a")),
-            table(["causal check", "as trained", "with the intervention", "intervention"], causal_rows)]
+            table(["causal check", "as trained", "with the intervention", "intervention"], causal_rows),
+            *_depth(view)]
+
+
+def _depth(view: dict) -> list:
+    """How deep the safety tuning went: KL from the stage-1 model by reply position, and the
+    prefill curve (lab/inside.py)."""
+    parts = ["<h3>Inside: how deep the safety tuning went</h3>"]
+    if view.get("kl_by_position"):
+        kl = view["kl_by_position"]
+        parts += [paragraph("KL(tuned || stage-1 model) of the next-token distribution along the compliant reply of "
+                            "plain restricted requests, by reply position (nats, mean over requests and seeds). "
+                            "Shallow alignment puts it in the first few positions."),
+                  Raw(paths_plot([("KL", [(r["position"], r["kl"], None, None) for r in kl])],
+                                 "KL from the stage-1 model by reply position", "reply position (tokens)", "KL (nats)"))]
+    curve = view["prefill"]
+    parts += [paragraph("Prefill attack: the compliant reply's first k tokens forced, then the model continues; ASR "
+                        "over the plain restricted requests whose forced start stops before the secret value."),
+              table(["k (forced tokens)", "n", "violated", "ASR [95% CI]", "per seed"],
+                    [[r["k"], r["n"], r["violated"], interval(r), ", ".join(num(x) for x in r["per_seed"])]
+                     for r in curve]),
+              Raw(paths_plot([("ASR", [(r["k"], r["estimate"], r["low"], r["high"]) for r in curve])],
+                             "prefill attack: ASR against forced tokens (95% CI)", "forced tokens k", "ASR"))]
+    return parts
 
 
 def _samples(samples: list[Sample]) -> str:
