@@ -1,0 +1,78 @@
+"""Residual-stream activations for a refusal direction on SmolLM2-135M-Instruct: fissure's
+``last_token_states`` (forward hooks on the native Llama, batched) against HF transformers'
+``output_hidden_states`` on the same weights and prompts (one prompt at a time: no padding to get
+wrong, as a user of transformers would write it first). Every
+built-in policy's restricted requests and benign twins, rendered with SmolLM2's chat template, in
+every registered attack's form: the white-box pass the probe suite would need.
+
+    python benchmarks/refusal_direction.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import save  # noqa: E402
+
+import fissure  # noqa: E402
+from fissure.probes.attacks import ATTACKS, get_attack  # noqa: E402
+from fissure.probes.direction import last_token_states  # noqa: E402
+from fissure.probes.policies import load_policy  # noqa: E402
+from fissure.runs import cache_dir  # noqa: E402
+from fissure.utils import set_threads  # noqa: E402
+
+
+def prompts() -> list[list[dict]]:
+    chats = []
+    for name in ("secret", "private_record", "topic_ban"):
+        policy = load_policy(name)
+        texts = list(policy.requests) + [t.prompt for t in policy.benign_twins]
+        for attack in sorted(ATTACKS):
+            for text in texts:
+                chats.append([{"role": "system", "content": policy.system_prompt},
+                              {"role": "user", "content": get_attack(attack).apply(text).text}])
+    return chats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N prompts (0: all)")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    from transformers import AutoModelForCausalLM
+
+    lm = fissure.load("smollm2")
+    chats = prompts()[: args.limit or None]
+    ids = [lm.prompt_ids(c) for c in chats]
+    hf = AutoModelForCausalLM.from_pretrained(str(cache_dir() / "smollm2-135m-instruct"),  # fissure.load's copy
+                                              torch_dtype=torch.float32).eval()
+
+    t = time.perf_counter()
+    ours = last_token_states(lm, chats, batch_size=16)
+    ours_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with torch.inference_mode():
+        ref = torch.stack([torch.stack(hf(torch.tensor([x]), output_hidden_states=True).hidden_states[1:])[:, 0, -1]
+                           for x in ids], dim=1)
+    hf_s = time.perf_counter() - t
+    # HF's last hidden state has the final norm applied; compare the layers before it
+    diff = (ours[:-1] - ref[:-1].float()).abs().max().item()
+    tokens = sum(len(x) for x in ids)
+    print(f"{len(chats)} prompts, {tokens:,} tokens, {ours.shape[0]} layers: fissure {ours_s:.1f} s, transformers "
+          f"(one prompt at a time) {hf_s:.1f} s, ratio {hf_s / ours_s:.2f}x; max |difference| {diff:.2e}")
+    path = save("refusal_direction", {"prompts": len(chats), "tokens": tokens, "fissure_seconds": ours_s,
+                                      "transformers_seconds": hf_s, "ratio": hf_s / ours_s,
+                                      "max_abs_difference": diff}, seed=0, threads=args.threads)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
