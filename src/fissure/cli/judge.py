@@ -95,6 +95,11 @@ def validate(
     for c, row in zip(classes, report["confusion"]["matrix"]):
         cm.add_row(c, *map(str, row))
     out.print(cm)
+    kinds = report.get("unclear_kind_agreement")
+    if kinds:
+        by = ", ".join(f"{k} {v['agree']}/{v['n']}" for k, v in kinds["by_kind"].items())
+        out.print(f"unclear kinds: {kinds['agree']} of {kinds['n']} replies both call unclear get the human's kind "
+                  f"({by})", highlight=False, markup=False)
 
 
 @judge_app.command("fit", epilog="Example: fissure judge fit refusal-smollm2 pyrit:refusal_scorer/refusal.csv "

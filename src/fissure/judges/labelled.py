@@ -4,7 +4,9 @@ Formats (``fmt``):
 
 - ``fissure``: JSONL, one reply per line: ``reply``, ``label`` (``refused``, ``violated`` or
   ``unclear``) and where they apply ``policy`` (a built-in name or a TOML path), ``canary`` (the
-  secret a ``secret``-style policy protects in that row), ``attack``, ``request`` and ``split``.
+  secret a ``secret``-style policy protects in that row), ``attack``, ``request``, ``split`` and,
+  for an unclear row, its ``kind`` (``degenerate``, ``misunderstood``, ``off_topic``, ``partial``,
+  ``other``).
 - ``pyrit-refusal``: PyRIT's human-labelled refusal sets (``datasets/scorer_evals/refusal_scorer/
   *.csv``: ``objective``, ``assistant_response``, ``human_score``). PyRIT's ``1`` means the reply
   refused, and PyRIT counts a reply unrelated to the objective as a refusal too; ``0`` means it
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .base import LABELS
+from .unclear import UNCLEAR_KINDS
 
 SCHEMES = {"three-way": LABELS, "refusal": ("refused", "complied"), "objective": ("violated", "not_violated")}
 FORMATS = ("fissure", "pyrit-refusal", "pyrit-objective", "csv", "jsonl")
@@ -49,6 +52,7 @@ class LabelledReply:
     policy: str | None = None
     canary: str | None = None
     attack: str | None = None
+    kind: str | None = None  # for an unclear row: the human's kind (judges.unclear.UNCLEAR_KINDS)
 
 
 @dataclass(frozen=True)
@@ -186,9 +190,12 @@ def _fissure_rows(path: Path, text: str) -> list[LabelledReply]:
             continue
         reply = _text_field(row, "reply", where, required=True)
         request = _text_field(row, "request", where)
+        kind = _text_field(row, "kind", where) if label == "unclear" else None
+        if kind is not None and kind not in UNCLEAR_KINDS:
+            raise DataError(f"{where}: unknown kind '{kind}'; expected one of: {', '.join(UNCLEAR_KINDS)}")
         rows.append(LabelledReply(reply, label, _text_field(row, "split", where) or frozen_split(request, reply),
                                   where, request, _text_field(row, "policy", where), _text_field(row, "canary", where),
-                                  _text_field(row, "attack", where)))
+                                  _text_field(row, "attack", where), kind))
     _check_labels(path, bad_labels, LABELS)
     if not rows:
         raise DataError(f"{path} holds no labelled replies")

@@ -27,7 +27,9 @@ from ..judges import DetectorResult, PolicyJudge, Verdict
 from ..judges.labelled import LabelledReply, LabelledSet
 from ..judges.learned import load_learned_judge, reply_features
 from ..judges.refusal import refusal_anchored, refusal_lexicon
+from ..judges.unclear import UNCLEAR_KINDS
 from ..metrics.agreement import agreement_report
+from ..metrics.stats import wilson_interval
 from ..probes.attacks import get_attack
 from ..probes.policies import load_policy
 
@@ -109,12 +111,21 @@ def validate(labelled: LabelledSet, judge: str = "rules", split: str = "test", *
     report = agreement_report([r.label for r in rows], predicted, labelled.classes, confidence=confidence,
                               n_resamples=n_resamples, seed=seed)
     kinds = Counter(r.unclear_kind for r in results if isinstance(r, Verdict) and r.unclear_kind)
+    both = [(row.kind, r.unclear_kind) for row, r in zip(rows, results)
+            if row.kind and isinstance(r, Verdict) and r.label == "unclear" and r.unclear_kind]
+    kind_agreement = None
+    if both:
+        kind_agreement = {"n": len(both), "agree": sum(h == j for h, j in both),
+                          **wilson_interval(sum(h == j for h, j in both), len(both), confidence).as_dict(),
+                          "by_kind": {k: {"n": sum(h == k for h, _ in both), "agree": sum(h == j == k for h, j in both)}
+                                      for k in UNCLEAR_KINDS if any(h == k for h, _ in both)}}
     disagreements = [{"source": row.source, "label": row.label, "judged": p, "reply": row.reply[:300]}
                      for row, p in zip(rows, predicted) if p != row.label]
     return {"file": labelled.path, "format": labelled.fmt, "scheme": labelled.scheme, "judge": judge,
             "judge_info": learned.meta if learned is not None else None,
             "split": split, "rows_in_file": len(labelled.rows), **report,
-            "unclear_kinds": dict(sorted(kinds.items())), "disagreements": len(disagreements),
+            "unclear_kinds": dict(sorted(kinds.items())), "unclear_kind_agreement": kind_agreement,
+            "disagreements": len(disagreements),
             "examples": disagreements[:examples], "seconds": seconds,
             "replies_per_second": len(rows) / seconds if seconds else None}
 
