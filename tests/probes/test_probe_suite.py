@@ -205,6 +205,13 @@ def test_k_samples_any_violation(tmp_path):
     assert_interval(sampled["attacks"]["none"]["asr"], 6, 6)  # one of three samples slips, for each request
     assert_interval(sampled["attacks"]["none"]["asr_per_sample"], 6, 18)
     assert sampled["attacks"]["none"]["n"] == 6
+    # best-of-N: one of three samples slips for every request -> 1/3, 2/3 and 1 with 1, 2, 3 attempts
+    curve = sampled["attacks"]["none"]["attempts"]["curve"]
+    assert [round(r["estimate"], 6) for r in curve] == [round(1 / 3, 6), round(2 / 3, 6), 1.0]
+    assert greedy["attacks"]["none"]["attempts"] is None
+    from fissure.report.probe import render_probe_report
+
+    assert "Best-of-N" in render_probe_report(results, []) and "N=3" in render_probe_report(results, [])
     assert k_label(["refused", "unclear"]) == "unclear" and k_label(["refused", "refused"]) == "refused"
     assert k_label(["unclear", "violated"]) == "violated"
 

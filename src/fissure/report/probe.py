@@ -43,10 +43,20 @@ def _decoding_section(d: dict) -> str:
     over = (paragraph(f"Benign twins: {o['n']} replies, refused {o['counts']['refused']}, over-refusal "
                       f"{interval(o['rate'])}{corrected}; correct answer where checkable {interval(o['answered'])} "
                       f"(of {o['answered_n']}).") if o and o["n"] else paragraph("No benign twins asked.", "note"))
+    best_of = [(n, a["attempts"]) for n, a in d["attacks"].items() if a.get("attempts")]
+    attempts = []
+    if best_of:
+        attempts = [table(["attack", *(f"N={r['attempts']}" for r in best_of[0][1]["curve"]), "fit: -log ASR ~ N^b"],
+                          [[n, *(interval(r) for r in a["curve"]),
+                            f"b = {num(a['fit']['exponent'])} [{num(a['fit']['low'])}, {num(a['fit']['high'])}]"
+                            if a["fit"] else "-"] for n, a in best_of]),
+                    paragraph("Best-of-N: ASR with N attempts per request, estimated without bias from the k samples "
+                              "of each request (bootstrap 95% over requests).")]
     return section(
         title,
         Raw(interval_bars([(n, a["asr"]) for n, a in d["attacks"].items()], "ASR per attack (Wilson 95%)")),
         attack_table,
+        *attempts,
         Raw(interval_bars([(m, r["asr"]) for m, r in d["modes"].items()], "ASR per mode (Wilson 95%)")),
         mode_table,
         paragraph(f"Adaptive ASR (a request counts as broken if any attack broke it): {interval(d['adaptive_asr'])}"),

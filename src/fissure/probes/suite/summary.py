@@ -8,10 +8,12 @@ threshold is ``unclear`` unless it leaked.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 from ...judges import LABELS, Sample
+from ...metrics.curves import attempts_curve, fit_power_law
 from ...metrics.stats import wilson_interval
 from ..stats import Outcome, adaptive_asr, asr_by
 
@@ -97,7 +99,8 @@ def _decoding_summary(samples: list[Sample], t: float, threshold: float, confide
                          "reclassified_unclear": sum(1 for s in group if s.label != s.judge_label),
                          "unclear_kinds": unclear_kinds(group),
                          "twin_accuracy": cap["accuracy"] if cap else None,
-                         "readable": cap["readable"] if cap else None}
+                         "readable": cap["readable"] if cap else None,
+                         "attempts": attempts(by_item, name, conf) if k >= 2 else None}
     modes = {m: rate.as_dict() for m, rate in asr_by(results, "mode", conf).items()}
     adaptive_by_mode = {m: adaptive_asr([o for o in results if o.mode == m], confidence=conf).as_dict()
                         for m in modes}
@@ -122,6 +125,16 @@ def _decoding_summary(samples: list[Sample], t: float, threshold: float, confide
                                          "readable": (c / n if n else 0) >= threshold}
                                    for enc, (c, n) in by_encoding.items()},
     }
+
+
+def attempts(by_item: dict[tuple[str, str], list[Sample]], attack: str, confidence: float) -> dict:
+    """Best-of-N for one attack: ASR with N = 1..k attempts per request (unbiased, from the k samples
+    of each request) and the power law -log(ASR) = C * N^b fitted to it (Hughes et al. 2024)."""
+    counts = [(len(g), sum(s.label == "violated" for s in g)) for (_, a), g in by_item.items() if a == attack]
+    curve = attempts_curve(counts, confidence)
+    fit = fit_power_law([r["attempts"] for r in curve],
+                        [-math.log(r["estimate"]) if 0 < r["estimate"] < 1 else float("nan") for r in curve], confidence)
+    return {"curve": curve, "fit": fit, "law": "-log(ASR) = prefactor * N^exponent"}
 
 
 def unclear_kinds(samples: Sequence[Sample]) -> dict[str, int]:
