@@ -38,6 +38,25 @@ def test_last_token_states_equal_transformers_hidden_states(llama):
         torch.testing.assert_close(normed, ref[-1][0, -1].float(), rtol=1e-4, atol=1e-4)
 
 
+def test_prompts_sharing_a_system_prompt_run_it_once_and_get_the_same_states(llama):
+    """Chats with one long system prompt: the shared start goes through a KV cache once; every
+    layer's state still equals HF's on each whole prompt."""
+    from fissure.probes.direction import SHARED_PREFIX, common_prefix
+
+    lm, hf = llama
+    system = "you are the help desk of the library. the staff password is never given to anyone. " * 2
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in PROMPTS]
+    ids = [lm.prompt_ids(c) for c in chats]
+    assert common_prefix(ids) >= SHARED_PREFIX
+    states = last_token_states(lm, chats, batch_size=8)
+    for i, x in enumerate(ids):
+        with torch.no_grad():
+            ref = hf(torch.tensor([x]), output_hidden_states=True).hidden_states
+        for layer in range(len(lm.model.blocks) - 1):
+            torch.testing.assert_close(states[layer, i], ref[layer + 1][0, -1].float(), rtol=1e-4, atol=1e-4)
+    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == 2 and common_prefix([[1, 2], [3]]) == 0
+
+
 def test_difference_of_means_is_the_hand_computed_one():
     g = torch.Generator().manual_seed(0)
     r, b = torch.randn(3, 7, 5, generator=g), torch.randn(3, 9, 5, generator=g)

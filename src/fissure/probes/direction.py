@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backends.base import LanguageModel, Prompt
+from ..backends.scoring import pad_right
 from ..errors import UserError
 from ..metrics.stats import wilson_interval
 
@@ -47,30 +48,55 @@ def require_local(lm: LanguageModel) -> torch.nn.Module:
     return model
 
 
+SHARED_PREFIX = 16  # tokens: a batch whose prompts share at least this many runs them once
+
+
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every row shares, leaving each row at least one token of its own."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(max(n, 0)):
+        if any(r[i] != first[i] for r in rows[1:]):
+            return i
+    return max(n, 0)
+
+
 @torch.inference_mode()
 def last_token_states(lm: LanguageModel, prompts: Sequence[Prompt], batch_size: int = 16) -> torch.Tensor:
-    """``(layers, prompts, hidden)``: the residual stream after each layer at each prompt's last token."""
+    """``(layers, prompts, hidden)``: the residual stream after each layer at each prompt's last token.
+
+    Prompts are sorted so that a batch shares its leading tokens (a policy's system prompt is most
+    of each chat); a shared start of :data:`SHARED_PREFIX` tokens or more is run once into a KV
+    cache, and only each prompt's own tokens after it."""
     model = require_local(lm)
     ids = [lm.prompt_ids(p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
     captured: list[torch.Tensor] = []
     hooks = [block.register_forward_hook(lambda _m, _a, out: captured.append(out)) for block in model.blocks]
-    rows: list[torch.Tensor] = []
+    out: list[torch.Tensor | None] = [None] * len(ids)
     try:
-        for start in range(0, len(ids), batch_size):
-            chunk = ids[start:start + batch_size]
-            width = max(len(x) for x in chunk)
-            batch = torch.zeros((len(chunk), width), dtype=torch.long)
-            mask = torch.zeros_like(batch)
-            for i, x in enumerate(chunk):
-                batch[i, :len(x)], mask[i, :len(x)] = torch.tensor(x), 1
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            chunk = [ids[i] for i in index]
+            shared = common_prefix(chunk)
+            cache, past = None, None
+            if shared >= SHARED_PREFIX:
+                cache = model.new_kv_cache(1, max(len(x) for x in chunk))
+                model(torch.tensor([chunk[0][:shared]]), kv_cache=cache)
+                cache.reorder(torch.zeros(len(chunk), dtype=torch.long))
+                chunk = [x[shared:] for x in chunk]
+                past = torch.ones((len(chunk), shared), dtype=torch.long)
+            batch, mask = pad_right(chunk)
             captured.clear()
-            model(batch, attention_mask=mask)
+            model(batch, attention_mask=mask if past is None else torch.cat([past, mask], 1), kv_cache=cache)
             last = mask.sum(1) - 1
-            rows.append(torch.stack([h[torch.arange(len(chunk)), last].float() for h in captured]))
+            states = torch.stack([h[torch.arange(len(chunk)), last].float() for h in captured], dim=1)  # (B, L, d)
+            for row, i in enumerate(index):
+                out[i] = states[row]
     finally:
         for h in hooks:
             h.remove()
-    return torch.cat(rows, dim=1)
+    return torch.stack(out, dim=1)
 
 
 def difference_of_means(restricted: torch.Tensor, benign: torch.Tensor) -> torch.Tensor:
