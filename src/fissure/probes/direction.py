@@ -49,6 +49,7 @@ def require_local(lm: LanguageModel) -> torch.nn.Module:
 
 
 SHARED_PREFIX = 16  # tokens: a batch whose prompts share at least this many runs them once
+SORT_KEY = 32  # prompts are grouped by their first tokens, then sorted by length (less padding)
 
 
 def common_prefix(rows: Sequence[Sequence[int]]) -> int:
@@ -65,12 +66,12 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
 def last_token_states(lm: LanguageModel, prompts: Sequence[Prompt], batch_size: int = 16) -> torch.Tensor:
     """``(layers, prompts, hidden)``: the residual stream after each layer at each prompt's last token.
 
-    Prompts are sorted so that a batch shares its leading tokens (a policy's system prompt is most
-    of each chat); a shared start of :data:`SHARED_PREFIX` tokens or more is run once into a KV
+    Prompts are grouped by their first tokens and sorted by length within a group, so that a batch
+    shares its leading tokens (a policy's system prompt) and pads little; a shared start of :data:`SHARED_PREFIX` tokens or more is run once into a KV
     cache, and only each prompt's own tokens after it."""
     model = require_local(lm)
     ids = [lm.prompt_ids(p) for p in prompts]
-    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    order = sorted(range(len(ids)), key=lambda i: (ids[i][:SORT_KEY], len(ids[i])))  # same start, then length
     captured: list[torch.Tensor] = []
     hooks = [block.register_forward_hook(lambda _m, _a, out: captured.append(out)) for block in model.blocks]
     out: list[torch.Tensor | None] = [None] * len(ids)
