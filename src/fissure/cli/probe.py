@@ -3,7 +3,8 @@
 - ``fissure probe run MODEL [options]`` (or just ``fissure probe MODEL``): run the suite;
 - ``fissure probe list``: the attacks, their mode, controls and description (also ``--list``);
 - ``fissure probe compare RUN_A RUN_B``: McNemar's exact test per attack;
-- ``fissure probe judge REPLIES.jsonl --policy NAME``: judge saved replies again.
+- ``fissure probe judge REPLIES.jsonl --policy NAME``: judge saved replies again;
+- ``fissure probe curve MODEL --dose shots|prefill|attempts``: an attack's dose-response curve.
 """
 
 from __future__ import annotations
@@ -291,6 +292,89 @@ def compare(
     out.print(t)
     for note in result["notes"]:
         out.print(styled(("note:", "yellow"), f" {note}"))
+    err.print(f"run directory: {run_dir}")
+
+
+@probe_app.command("curve", epilog="Examples: fissure probe curve smollm2 --dose shots --shots 0,1,2,4,8,16;  "
+                                   "fissure probe curve smollm2 --dose prefill;  "
+                                   "fissure probe curve http://HOST:8000/v1 --model M --dose attempts --attempts 16")
+@guard
+def curve(
+    model: ModelArgument,
+    dose: Annotated[str, typer.Option(help="shots (many-shot faux dialogues), prefill (forced reply tokens; a local "
+                                           "model) or attempts (best-of-N sampling). [default: shots]")] = "shots",
+    policy: PolicyOption = "secret",
+    requests: Annotated[int, typer.Option(help="The policy's first N requests (0 = all). [default: 0]")] = 0,
+    shots: Annotated[str, typer.Option(help="Comma list of shot counts. [default: 0,1,2,4,8,16,32,64]")] = "",
+    depths: Annotated[str, typer.Option(help="Comma list of forced tokens. [default: 0,1,2,4,8,16]")] = "",
+    attempts: Annotated[int, typer.Option(help="Samples per request for --dose attempts. [default: 8]")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature for --dose attempts. [default: 1.0]")] = 1.0,
+    sample: Annotated[bool, typer.Option("--sample/--no-sample", help="Shots: also generate and judge replies "
+                                                                       "(ASR), not only log-likelihoods.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per reply. [default: 48]")] = 48,
+    seed: SeedOption = 0,
+    backend: BackendOption = "auto",
+    served_model: ServedModelOption = None,
+    concurrency: ConcurrencyOption = None,
+    threads: ThreadsOption = 0,
+    out_dir: OutDirOption = "runs",
+    as_json: JsonOption = False,
+) -> None:
+    """One attack's dose-response curve on a policy, with the power law fitted to it (see probes/curves.py)."""
+    from ..backends import load
+    from ..probes import curves
+    from ..probes.policies import load_policy
+    from ..probes.shallow import PREFILL_DEPTHS
+    from ..runs import run_directory, write_json
+    from ..utils import set_threads
+
+    if dose not in curves.KINDS:
+        raise UserError(f"--dose must be one of {', '.join(curves.KINDS)}, not '{dose}'")
+    if not 1 <= attempts <= 1024:
+        raise UserError(f"--attempts must be from 1 to 1024, not {attempts}")
+    shot_counts = _floats(shots, "--shots") if shots else list(curves.SHOTS)
+    depth_counts = _floats(depths, "--depths") if depths else list(PREFILL_DEPTHS)
+    if any(x < 0 or x != int(x) or x > 4096 for x in shot_counts + depth_counts):
+        raise UserError("--shots and --depths must be whole counts from 0 to 4096")
+    shot_counts, depth_counts = [int(x) for x in shot_counts], [int(x) for x in depth_counts]
+    pol = load_policy(policy, seed=seed)
+    curves.target_of(pol)  # a policy without a compliant reply: the error before anything loads
+    chosen = list(pol.requests[:requests] if requests else pol.requests)
+    remote = http_options(model, concurrency, None, None)
+    n_threads = set_threads(threads)
+    lm = load(model, backend=backend, model=served_model, **remote)
+    config = {"model": model, "dose": dose, "policy": policy, "requests": len(chosen), "shots": shot_counts,
+              "depths": depth_counts, "attempts": attempts, "temperature": temperature, "sample": sample,
+              "max_new_tokens": max_new_tokens, "seed": seed}
+    with run_directory("curve", config, seed, root=out_dir, threads=n_threads) as run_dir:
+        if dose == "shots":
+            result = curves.shots_curve(lm, pol, chosen, shot_counts, seed=seed, sample=sample,
+                                        max_new_tokens=max_new_tokens)
+        elif dose == "prefill":
+            result = curves.prefill_points(lm, pol, chosen, depth_counts, max_new_tokens=max_new_tokens)
+        else:
+            result = curves.attempts_points(lm, pol, chosen, attempts, temperature=temperature, seed=seed,
+                                            max_new_tokens=max_new_tokens)
+        result.update(model=model, backend=lm.capabilities.backend, policy=pol.name, run_dir=str(run_dir))
+        write_json(run_dir / "results.json", result)
+    if as_json:
+        print_json(result)
+        return
+    for point in result["points"]:
+        x = {"shots": "shots", "prefill": "k", "attempts": "attempts"}[dose]
+        parts = [f"{x} {point[x]}"]
+        if "nll_per_token" in point:
+            parts.append(f"NLL/token {point['nll_per_token']:.3f}")
+        asr = point.get("asr") or (point if dose == "attempts" else None)
+        if asr:
+            parts.append(f"ASR {asr['estimate']:.2f} [{asr['low']:.2f}, {asr['high']:.2f}]")
+        out.print("  ".join(parts), highlight=False, markup=False)
+    fit = result.get("fit")
+    if fit:
+        out.print(f"fit {result['law']}: exponent {fit['exponent']:.3f} [{fit['low']:.3f}, {fit['high']:.3f}], "
+                  f"R^2 {fit['r2']:.2f}", highlight=False, markup=False)
+    if result.get("note"):
+        out.print(styled(("note:", "yellow"), f" {result['note']}"))
     err.print(f"run directory: {run_dir}")
 
 
