@@ -44,6 +44,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="only the first N prompts (0: all)")
+    ap.add_argument("--layers", type=int, default=0, help="also time fissure's pass stopped after this many layers "
+                                                        "(what projecting on a chosen layer needs; 0: skip)")
     args = ap.parse_args()
     set_threads(args.threads)
     from transformers import AutoModelForCausalLM
@@ -58,6 +60,13 @@ def main() -> None:
     ours = last_token_states(lm, chats, batch_size=16)
     ours_s = time.perf_counter() - t
 
+    partial_s = None
+    if args.layers:
+        t = time.perf_counter()
+        upto = last_token_states(lm, chats, batch_size=16, layers=args.layers)
+        partial_s = time.perf_counter() - t
+        assert torch.equal(upto, ours[:args.layers])
+
     t = time.perf_counter()
     with torch.inference_mode():
         ref = torch.stack([torch.stack(hf(torch.tensor([x]), output_hidden_states=True).hidden_states[1:])[:, 0, -1]
@@ -67,10 +76,12 @@ def main() -> None:
     diff = (ours[:-1] - ref[:-1].float()).abs().max().item()
     tokens = sum(len(x) for x in ids)
     print(f"{len(chats)} prompts, {tokens:,} tokens, {ours.shape[0]} layers: fissure {ours_s:.1f} s, transformers "
-          f"(one prompt at a time) {hf_s:.1f} s, ratio {hf_s / ours_s:.2f}x; max |difference| {diff:.2e}")
+          f"(one prompt at a time) {hf_s:.1f} s, ratio {hf_s / ours_s:.2f}x; max |difference| {diff:.2e}"
+          + (f"; fissure up to layer {args.layers}: {partial_s:.1f} s" if partial_s else ""))
     path = save("refusal_direction", {"prompts": len(chats), "tokens": tokens, "fissure_seconds": ours_s,
                                       "transformers_seconds": hf_s, "ratio": hf_s / ours_s,
-                                      "max_abs_difference": diff}, seed=0, threads=args.threads)
+                                      "max_abs_difference": diff, "layers": args.layers or None,
+                                      "fissure_seconds_up_to_layers": partial_s}, seed=0, threads=args.threads)
     print(f"wrote {path}")
 
 

@@ -156,3 +156,21 @@ def test_attribution_follows_the_recognised_share():
     assert out["rot13"]["attributed"] == "MG" and out["prefix"]["attributed"] == "CO"
     assert out["rot13"]["recognised"]["n"] == 10 and out["rot13"]["recognised"]["estimate"] == pytest.approx(0.1)
     assert out["prefix"]["recognised_when_complied"]["n"] == 5 and out["prefix"]["complied"] == 5
+
+
+def test_stopping_at_a_layer_gives_the_same_states_below_it(llama):
+    """``layers=1`` runs only the first block (the rest never runs) and its states equal the full pass's,
+    with and without a shared system prompt in a KV cache."""
+    lm, _ = llama
+    system = "you are the help desk of the library. the staff password is never given to anyone. " * 2
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in PROMPTS]
+    for prompts in (PROMPTS, chats):
+        full = last_token_states(lm, prompts, batch_size=4)
+        calls = []
+        hook = lm.model.blocks[1].register_forward_hook(lambda *a: calls.append(1))
+        first = last_token_states(lm, prompts, batch_size=4, layers=1)
+        hook.remove()
+        assert first.shape[0] == 1 and not calls
+        torch.testing.assert_close(first[0], full[0])
+    with pytest.raises(UserError, match="layers must be from 1 to 2"):
+        last_token_states(lm, PROMPTS, layers=0)

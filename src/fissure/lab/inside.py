@@ -73,7 +73,8 @@ def inside_view(lm: TorchLM, world: World, attacks: list[str], samples: list[Sam
         encoding, instructions = parse_attack(attack)
         requests = world.requests([restricted], [encoding], instructions)
         good = world.requests(world.benign_attributes, [encoding], instructions)
-        states = last_token_states(lm, [r.prompt for r in requests + good], batch_size)[direction.layer]
+        states = last_token_states(lm, [r.prompt for r in requests + good], batch_size,
+                                   layers=direction.layer + 1)[direction.layer]
         bad_states, good_states = states[:len(requests)], states[len(requests):]
         recognised[attack] = direction.recognised(bad_states).tolist()
         twins[attack] = auroc(project(bad_states, direction.unit).tolist(), project(good_states, direction.unit).tolist())

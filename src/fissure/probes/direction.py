@@ -24,6 +24,7 @@ A backend without activations (an HTTP server) cannot do any of this: :func:`req
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -62,18 +63,45 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
+class _Enough(Exception):
+    """Raised by the last hook that is needed: the layers above it are not run."""
+
+
 @torch.inference_mode()
-def last_token_states(lm: LanguageModel, prompts: Sequence[Prompt], batch_size: int = 16) -> torch.Tensor:
-    """``(layers, prompts, hidden)``: the residual stream after each layer at each prompt's last token.
+def last_token_states(lm: LanguageModel, prompts: Sequence[Prompt], batch_size: int = 16,
+                      layers: int | None = None) -> torch.Tensor:
+    """``(layers, prompts, hidden)``: the residual stream after each layer at each prompt's last token
+    (only the first ``layers`` layers, and the model stops there: projecting on a chosen layer's
+    direction needs nothing above it).
 
     Prompts are grouped by their first tokens and sorted by length within a group, so that a batch
-    shares its leading tokens (a policy's system prompt) and pads little; a shared start of :data:`SHARED_PREFIX` tokens or more is run once into a KV
-    cache, and only each prompt's own tokens after it."""
+    shares its leading tokens (a policy's system prompt) and pads little; a shared start of
+    :data:`SHARED_PREFIX` tokens or more is run once into a KV cache, and only each prompt's own
+    tokens after it."""
     model = require_local(lm)
     ids = [lm.prompt_ids(p) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: (ids[i][:SORT_KEY], len(ids[i])))  # same start, then length
+    blocks = list(model.blocks)[:layers]
+    if not blocks:
+        raise UserError(f"layers must be from 1 to {len(model.blocks)}, not {layers}")
     captured: list[torch.Tensor] = []
-    hooks = [block.register_forward_hook(lambda _m, _a, out: captured.append(out)) for block in model.blocks]
+
+    stop_after = len(blocks) - 1 if len(blocks) < len(model.blocks) else None
+
+    def keep(_module, _args, output, layer: int):
+        captured.append(output)
+        if layer == stop_after:
+            raise _Enough
+
+    hooks = [b.register_forward_hook(functools.partial(keep, layer=i)) for i, b in enumerate(blocks)]
+
+    def forward(ids: torch.Tensor, kv_cache=None, **kwargs) -> None:
+        try:
+            model(ids, kv_cache=kv_cache, **kwargs)
+        except _Enough:  # stopped above the last layer needed: the cache still holds these positions
+            if kv_cache is not None:
+                kv_cache.advance(ids.shape[1])
+
     out: list[torch.Tensor | None] = [None] * len(ids)
     try:
         for start in range(0, len(order), batch_size):
@@ -83,13 +111,13 @@ def last_token_states(lm: LanguageModel, prompts: Sequence[Prompt], batch_size: 
             cache, past = None, None
             if shared >= SHARED_PREFIX:
                 cache = model.new_kv_cache(1, max(len(x) for x in chunk))
-                model(torch.tensor([chunk[0][:shared]]), kv_cache=cache)
+                forward(torch.tensor([chunk[0][:shared]]), kv_cache=cache)
                 cache.reorder(torch.zeros(len(chunk), dtype=torch.long))
                 chunk = [x[shared:] for x in chunk]
                 past = torch.ones((len(chunk), shared), dtype=torch.long)
             batch, mask = pad_right(chunk)
             captured.clear()
-            model(batch, attention_mask=mask if past is None else torch.cat([past, mask], 1), kv_cache=cache)
+            forward(batch, attention_mask=mask if past is None else torch.cat([past, mask], 1), kv_cache=cache)
             last = mask.sum(1) - 1
             states = torch.stack([h[torch.arange(len(chunk)), last].float() for h in captured], dim=1)  # (B, L, d)
             for row, i in enumerate(index):
