@@ -23,6 +23,7 @@ LAYERS = [
     ("diagnose",),  # adapt a model and measure the cost: specialisation against forgetting
     ("lab",),  # model organisms: a client of probes and backends
     ("report",),  # HTML pages from results and samples
+    ("pipelines",),  # fissure.pipeline(task, model=...): HF pipelines' call shapes over every layer above
     ("cli", "__init__", "__main__"),  # the command line and the package's public face
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

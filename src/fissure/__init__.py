@@ -21,7 +21,11 @@ def __getattr__(name):  # lazy: `import fissure` stays cheap for the CLI's --hel
         from .decode import Decoding
 
         return Decoding
+    if name == "pipeline":
+        from .pipelines import pipeline
+
+        return pipeline
     raise AttributeError(f"module 'fissure' has no attribute '{name}'")
 
 
-__all__ = ["__version__", "load", "Decoding"]
+__all__ = ["__version__", "load", "Decoding", "pipeline"]

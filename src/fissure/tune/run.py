@@ -258,7 +258,7 @@ def run_tune(config: TuneConfig, data: TuningData | list[TuningData], run_dir: P
             "tasks": [{"name": t.name, "objective": t.objective, "weight": t.weight, "source": t.data.source,
                        "classes": t.data.labels or None, "head": _head_file(t, tasks) if t.classifier else None}
                       for t in tasks],
-            "pooling": config.pooling if "classify" in objectives else None}
+            "pooling": config.pooling if "classify" in objectives else None, "max_length": config.max_length}
     trainer = Trainer(model, config.train, train_data, val_data, block_size=config.max_length, seed=config.seed,
                       checkpoint_dir=run_dir / "checkpoint", objective=loss, writer=writer_for(lm, tasks, config, meta))
     if resume is not None:
