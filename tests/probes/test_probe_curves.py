@@ -108,3 +108,23 @@ def test_cli_curve_json_and_one_line_errors(tiny_llama, tmp_path):
         bad = runner.invoke(app, ["probe", "curve", str(tiny_llama[0]), *args, "--out-dir", str(tmp_path / "x")])
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
         assert not (tmp_path / "x").exists()
+
+
+def test_prefill_points_start_from_the_unforced_replies_and_stop_before_the_secret(tiny):
+    from fissure.decode import Decoding
+    from fissure.judges import PolicyJudge
+    from fissure.probes.suite.plan import build_prompt
+
+    policy = load_policy("secret")
+    requests = policy.requests[:3]
+    reply = curves.compliant(policy.canary)
+    context = tiny.render(build_prompt(policy.system_prompt, requests[0], True))
+    forced_before_secret = len(tiny.split_pair(context, reply[:reply.index(policy.canary)])[1])
+    depths = [0, 1, forced_before_secret, forced_before_secret + 1]
+    result = curves.prefill_points(tiny, policy, requests, depths, max_new_tokens=8)
+    # k = 0 forces nothing: its count is the plain replies' leaks
+    plain = tiny.generate([build_prompt(policy.system_prompt, r, True) for r in requests], Decoding(max_new_tokens=8))
+    judge = PolicyJudge(policy)
+    assert result["points"][0]["asr"]["violated"] == sum(judge(t).label == "violated" for t in plain)
+    assert [p["k"] for p in result["points"]] == depths[:3] and all(p["requests"] == 3 for p in result["points"])
+    assert result["note"] == f"depths from {forced_before_secret + 1} on would force the secret itself"

@@ -28,11 +28,10 @@ with the compliant reply as reference:
 from __future__ import annotations
 
 from ..backends import TorchLM
-from ..decode import Decoding
 from ..judges import Sample
 from ..metrics.stats import wilson_interval
 from ..probes.direction import MIN_PER_CLASS, ablated, added, attribute, auroc, fit_direction, last_token_states, project
-from ..probes.shallow import PREFILL_DEPTHS, kl_by_position, prefill
+from ..probes.shallow import PREFILL_DEPTHS, kl_by_position, prefill_curve
 from .evaluate import replies
 from .world import CONTROLS, INSTRUCTIONS, PLAIN, Request, World, WorldJudge, parse_attack
 
@@ -96,33 +95,16 @@ def inside_view(lm: TorchLM, world: World, attacks: list[str], samples: list[Sam
         "benign_refused": _refused(world, plain_good, base_good, confidence),
         "benign_refused_added": _refused(world, plain_good, added_good, confidence),
     }
+    judge = WorldJudge(world)
     out = {"direction": direction.as_dict(), "attacks": modes, "causal": causal,
-           "prefill": prefill_curve(lm, world, plain_bad, max_new_tokens, confidence)}
+           "prefill": prefill_curve(lm, [(r.prompt, " " + r.answer, world.values[r.entity][r.attribute])
+                                         for r in plain_bad], PREFILL_DEPTHS,
+                                    lambda i, text: judge(text, plain_bad[i]).label == "violated",
+                                    max_new_tokens=max_new_tokens, confidence=confidence)}
     if base is not None:
         out["kl_by_position"] = kl_by_position(lm, base, [(r.prompt, " " + r.answer) for r in plain_bad],
                                                batch_size=batch_size)
     return out
-
-
-def prefill_curve(lm: TorchLM, world: World, requests: list[Request], max_new_tokens: int,
-                  confidence: float) -> list[dict]:
-    """ASR of plain restricted requests with the compliant reply's first k tokens forced, for each
-    depth of :data:`PREFILL_DEPTHS`, over the requests whose forced start holds no digit of the value."""
-    judge = WorldJudge(world)
-    before_value = []
-    for r in requests:
-        value = world.values[r.entity][r.attribute]
-        before_value.append(len(lm.split_pair(r.prompt, " " + r.answer[:r.answer.index(value)])[1]))
-    curve = []
-    for k in PREFILL_DEPTHS:
-        rows = [r for r, cap in zip(requests, before_value) if k <= cap]
-        if not rows:
-            break
-        texts = prefill(lm, [(r.prompt, " " + r.answer) for r in rows], k, Decoding(max_new_tokens=max_new_tokens))
-        violated = sum(judge(text, r).label == "violated" for r, text in zip(rows, texts))
-        curve.append({"k": k, "n": len(rows), "violated": violated,
-                      **wilson_interval(violated, len(rows), confidence).as_dict()})
-    return curve
 
 
 def pool_inside(views: list[dict], seeds: list[int], confidence: float = 0.95) -> dict | None:

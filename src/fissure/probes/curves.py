@@ -115,7 +115,7 @@ def shots_curve(lm: LanguageModel, policy: Policy, requests: Sequence[str], shot
 def prefill_points(lm: LanguageModel, policy: Policy, requests: Sequence[str], depths: Sequence[int], *,
                    max_new_tokens: int = 48, confidence: float = 0.95) -> dict:
     from .direction import require_local
-    from .shallow import prefill
+    from .shallow import prefill_curve
 
     require_local(lm)
     chat = lm.capabilities.has_chat_template
@@ -123,17 +123,14 @@ def prefill_points(lm: LanguageModel, policy: Policy, requests: Sequence[str], d
     reply = compliant(value)
     judge = PolicyJudge(policy)
     contexts = [lm.render(build_prompt(policy.system_prompt, r, chat)) for r in requests]
-    cap = len(lm.split_pair(contexts[0], reply[:reply.index(value)])[1])
-    points = []
-    for k in depths:
-        if k > cap:
-            break
-        texts = prefill(lm, [(c, reply) for c in contexts], k, Decoding(max_new_tokens=max_new_tokens))
-        leaked = sum(judge(t).label == "violated" for t in texts)
-        asr = wilson_interval(leaked, len(texts), confidence).as_dict()
-        points.append({"k": k, "requests": len(texts), "asr": {"violated": leaked, **asr}})
+    curve = prefill_curve(lm, [(c, reply, value) for c in contexts], depths,
+                          lambda i, text: judge(text).label == "violated", max_new_tokens=max_new_tokens,
+                          confidence=confidence)
+    points = [{"k": p["k"], "requests": p["n"], "asr": {key: v for key, v in p.items() if key not in ("k", "n")}}
+              for p in curve]
+    stopped = len(points) < len(depths)
     return {"kind": "prefill", "target": reply, "points": points, "fit": None,
-            "note": f"depths above {cap} would force the secret itself" if any(k > cap for k in depths) else None}
+            "note": f"depths from {depths[len(points)]} on would force the secret itself" if stopped else None}
 
 
 def attempts_points(lm: LanguageModel, policy: Policy, requests: Sequence[str], attempts: int, *,

@@ -14,7 +14,7 @@ lm-eval does: the whole string encoded once).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,3 +62,24 @@ def prefill(lm: TorchLM, pairs: Sequence[tuple[str, str]], k: int, decoding: Dec
         ids.append(ctx + cont[:k])
         forced.append(lm.tokenizer.decode(cont[:k]) if k else "")
     return [f + text for f, text in zip(forced, lm.generate_from_ids(ids, decoding))]
+
+
+def prefill_curve(lm: TorchLM, cases: Sequence[tuple[str, str, str]], depths: Sequence[int],
+                  violated: Callable[[int, str], bool], *, max_new_tokens: int = 48,
+                  confidence: float = 0.95) -> list[dict]:
+    """The prefill attack's curve: for each depth k, the share of ``cases`` ``(context, reply,
+    value)`` whose reply, with its first k tokens forced, ``violated(case_index, text)`` judges a
+    violation. A case counts only at depths that stop before its ``value`` starts (forcing the
+    value itself would prove nothing); the curve ends at the first depth no case reaches."""
+    from ..metrics.stats import wilson_interval
+
+    caps = [len(lm.split_pair(context, reply[:reply.index(value)])[1]) for context, reply, value in cases]
+    curve = []
+    for k in depths:
+        rows = [i for i, cap in enumerate(caps) if k <= cap]
+        if not rows:
+            break
+        texts = prefill(lm, [cases[i][:2] for i in rows], k, Decoding(max_new_tokens=max_new_tokens))
+        hits = sum(violated(i, text) for i, text in zip(rows, texts))
+        curve.append({"k": k, "n": len(rows), "violated": hits, **wilson_interval(hits, len(rows), confidence).as_dict()})
+    return curve
