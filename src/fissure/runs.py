@@ -74,13 +74,16 @@ def package_versions() -> dict[str, str]:
 
 
 def provenance(seed: int | None, threads: int | None = None, **extra: Any) -> dict[str, Any]:
-    """What ``meta.json`` holds: seed, versions, git commit, machine and the command line."""
+    """What ``meta.json`` holds: seed, versions, git commit, machine (with the CPU's torch dispatch
+    level and bf16 flags) and the command line."""
+    from .utils import cpu_features  # torch, imported only once a run starts
+
     return {
         "seed": seed,
         "versions": package_versions(),
         "git_commit": git_commit(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "threads": threads},
+                    "cpu_count": os.cpu_count(), "threads": threads, "cpu": cpu_features()},
         "argv": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,

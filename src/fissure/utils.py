@@ -56,3 +56,19 @@ def set_threads(threads: int | None) -> int:
     n = threads or default_threads()
     torch.set_num_threads(n)
     return n
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide which dtype is fast
+
+
+def cpu_features() -> dict:
+    """What this CPU can do for torch: its dispatch level (``DEFAULT``, ``AVX2``, ``AVX512``...) and
+    the instruction-set flags that make bf16 fast or slow. Machines of one kind differ here, so every
+    run and benchmark records it beside its numbers."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return {"torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "flags": [flag for flag in CPU_FLAGS if flag in flags]}

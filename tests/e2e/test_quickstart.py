@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,11 @@ def test_quickstart_beats_unigram_baseline(tmp_path):
     run = tmp_path / summary["run_dir"].split("/")[-1]
     meta = json.loads((run / "meta.json").read_text())
     assert meta["seed"] == 0 and "torch" in meta["versions"] and meta["git_commit"]
+    import torch
+
+    assert meta["machine"]["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert ("avx2" in meta["machine"]["cpu"]["flags"]) == (" avx2 " in cpuinfo.replace("\n", " "))
     assert (run / "config.toml").is_file() and (run / "checkpoint" / "model.safetensors").is_file()
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert {s["decoding"] for s in samples} == {"greedy", "top_k", "top_p"}
