@@ -56,6 +56,7 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[dict] | list[
         for score, token in zip(row_scores, row_tokens):
             filled = list(ids)
             filled[position] = token
+            filled = [t for t in filled if t != tokenizer.pad_id]  # as HF: a predicted [PAD] is left out
             row.append({"score": score, "token": token, "token_str": tokenizer.decode([token]),
                         "sequence": tokenizer.decode(filled, skip_special_tokens=single)})
         results.append(row)
