@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import typer
 
 from ..config import apply_overrides, load_toml, to_dict
+from ..errors import ConfigError
 from ..runs import run_directory
 from .app import app
 from .common import JsonOption, err, guard, out, print_json
+
+# The config's top-level ``task`` picks what is trained. "causal_lm" (the default) is the GPT path
+# below; every other task names a module with load_config(raw), check_resume(cfg, resume) and
+# train(cfg, run_dir, resume) -> summary.
+TASKS = {"mlm": "fissure.train.mlm_pipeline"}
 
 
 @app.command(epilog="Example: fissure train examples/tiny-gpt.toml --set train.max_steps=200 --set train.lr=3e-4")
@@ -27,6 +34,9 @@ def train(
     from ..train.pipeline import check_resume, load_run_config, train_from_config
 
     raw = apply_overrides(load_toml(config), set_ or [])
+    task = raw.pop("task", "causal_lm")
+    if task != "causal_lm":
+        return train_task(task, raw, resume, out_dir, as_json)
     cfg = load_run_config(raw)
     if resume:
         check_resume(cfg, resume)  # before the run directory: a checkpoint this config cannot continue is an error
@@ -52,4 +62,24 @@ def train(
         print_json(summary)
     else:
         out.print(f"trained {summary['steps']} steps, val loss {summary['val_loss_before']:.3f} -> "
+                  f"{summary['val_loss']:.3f}; checkpoint: {summary['checkpoint']}")
+
+
+def train_task(task: str, raw: dict, resume: Path | None, out_dir: str | None, as_json: bool) -> None:
+    """``fissure train`` for a task of :data:`TASKS` (one process)."""
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of causal_lm, {', '.join(TASKS)}; not {task!r}")
+    module = importlib.import_module(TASKS[task])
+    cfg = module.load_config(raw)
+    if resume:
+        module.check_resume(cfg, resume)
+    with run_directory("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir,
+                       threads=cfg.train.threads) as run_dir:
+        err.print(f"run directory: {run_dir}")
+        summary = module.train(cfg, run_dir, resume=resume)
+    summary["run_dir"] = str(run_dir)
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(f"trained {task} {summary['steps']} steps, val loss {summary['val_loss_before']:.3f} -> "
                   f"{summary['val_loss']:.3f}; checkpoint: {summary['checkpoint']}")

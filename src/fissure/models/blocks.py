@@ -63,6 +63,19 @@ class SwiGLU(nn.Module):
         del self.gate, self.up
 
 
+class PostLNBlock(nn.Module):
+    """norm(x + attn(x)), then norm(x + mlp(x)): the post-LN residual block of the original
+    Transformer and BERT (the norm after the residual sum, not before the sublayer)."""
+
+    def __init__(self, attn: CausalSelfAttention, mlp: nn.Module, norm1: nn.Module, norm2: nn.Module):
+        super().__init__()
+        self.attn, self.norm1, self.mlp, self.norm2 = attn, norm1, mlp, norm2
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.attn(x, mask=mask))
+        return self.norm2(x + self.mlp(x))
+
+
 class PreLNBlock(nn.Module):
     """x + attn(norm(x)), then x + mlp(norm(x)): the pre-LN residual block of GPT-2 and Llama."""
 

@@ -1,6 +1,7 @@
-"""Tokenizers: byte-level BPE (HF ``tokenizers``) and characters with a byte fallback.
+"""Tokenizers: byte-level BPE (HF ``tokenizers``), characters with a byte fallback, and BERT's
+WordPiece (:class:`WordPieceTokenizer`, for masked language models: see its docstring).
 
-Both round-trip any UTF-8 text exactly, both reserve ``<|endoftext|>`` (id 0) as the
+BPE and characters round-trip any UTF-8 text exactly, both reserve ``<|endoftext|>`` (id 0) as the
 document separator and BOS, and both save to one ``tokenizer.json``. A literal
 ``<|endoftext|>`` inside a text is encoded as ordinary characters, never as the special
 id: a document (or a prompt under attack) cannot forge a document boundary; only code
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from fissure.errors import CheckpointError, ConfigError, DataError
 
@@ -198,6 +199,104 @@ class CharTokenizer(Tokenizer):
         return path
 
 
+# --------------------------------------------------------------------------- WordPiece (BERT)
+
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in a tokenizer we train
+WORDPIECE_PREFIX = "##"  # marks a piece that continues the word before it
+
+
+class WordPieceTokenizer(Tokenizer):
+    """BERT's tokenizer around an HF ``tokenizers.Tokenizer``: BERT's normaliser (lower case by
+    default) and pre-tokenizer (words and punctuation), WordPiece with ``##`` continuation pieces,
+    and the special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]``.
+
+    It does not round-trip (case, accents and spacing are normalised away; rare characters become
+    ``[UNK]``); what it gives a masked LM is whole words, and word boundaries for free: a piece is
+    the start of a word unless it begins with ``##`` (:attr:`continues_word`), which is what
+    whole-word masking needs. As with BPE, a literal ``[MASK]`` or ``[SEP]`` inside a text encodes
+    as ordinary characters; only code that places the special ids (``[CLS] a [SEP] b [SEP]``, the
+    mask of fill-mask) can use them. ``eos_id`` is ``[SEP]``.
+    """
+
+    name = "wordpiece"
+
+    def __init__(self, hf: HFTokenizer):
+        ids = {t: hf.token_to_id(t) for t in BERT_SPECIAL_TOKENS}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise CheckpointError(f"WordPiece tokenizer lacks BERT's special tokens {', '.join(missing)}")
+        hf.encode_special_tokens = True  # not serialised by HF: set on every construction
+        self.hf = hf
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (ids[t] for t in BERT_SPECIAL_TOKENS)
+        self.mask_token = "[MASK]"
+        self.special_ids = frozenset(ids.values())
+        vocab = hf.get_vocab(with_added_tokens=True)
+        self.continues_word = [False] * self.vocab_size
+        for token, i in vocab.items():
+            self.continues_word[i] = token.startswith(WORDPIECE_PREFIX) and len(token) > len(WORDPIECE_PREFIX)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self.sep_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.hf.decode(_ids(ids), skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, i: int) -> str:
+        return self.hf.id_to_token(i)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.hf.save(str(path))
+        return path
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
+                    lowercase: bool = True) -> WordPieceTokenizer:
+    """Train BERT's WordPiece tokenizer (the specials get ids 0..4, in :data:`BERT_SPECIAL_TOKENS` order).
+
+    Like BERT's uncased models it lower-cases and strips accents unless ``lowercase`` is False.
+    ``[CLS] A [SEP] B [SEP]`` is its post-processor (what HF's BERT tokenizers do with pairs).
+    """
+    if not isinstance(vocab_size, int) or vocab_size < len(BERT_SPECIAL_TOKENS) + 1:
+        raise ConfigError(f"vocab_size {vocab_size} is too small for a WordPiece tokenizer")
+    if min_frequency < 1:
+        raise ConfigError(f"min_frequency must be at least 1, not {min_frequency}")
+    hf = HFTokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=WORDPIECE_PREFIX))
+    hf.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None if lowercase else False)
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf.decoder = decoders.WordPiece(prefix=WORDPIECE_PREFIX)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=list(BERT_SPECIAL_TOKENS), show_progress=False,
+                                        continuing_subword_prefix=WORDPIECE_PREFIX)
+    seen = 0
+
+    def counted():
+        nonlocal seen
+        for text in texts:
+            seen += len(text)
+            yield text
+
+    hf.train_from_iterator(counted(), trainer)
+    if seen == 0:
+        raise DataError("no text to train the tokenizer on")
+    cls, sep = hf.token_to_id("[CLS]"), hf.token_to_id("[SEP]")
+    hf.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return WordPieceTokenizer(hf)
+
+
 # --------------------------------------------------------------------------- loading
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -222,10 +321,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         except (TypeError, ValueError):
             raise CheckpointError(f"{file} is a corrupted character tokenizer") from None
     model_type = data.get("model", {}).get("type") if isinstance(data.get("model"), dict) else None
-    if model_type != "BPE":
-        raise CheckpointError(f"{file} is not a fissure tokenizer (expected a byte-level BPE or character tokenizer)")
+    if model_type not in ("BPE", "WordPiece"):
+        raise CheckpointError(f"{file} is not a fissure tokenizer (expected a byte-level BPE, WordPiece or character "
+                              "tokenizer)")
     try:
         hf = HFTokenizer.from_str(raw)
     except Exception as exc:  # the Rust side raises a plain Exception on any malformed field
-        raise CheckpointError(f"{file} is a corrupted BPE tokenizer: {exc}") from None
-    return BPETokenizer(hf)
+        raise CheckpointError(f"{file} is a corrupted {model_type} tokenizer: {exc}") from None
+    return BPETokenizer(hf) if model_type == "BPE" else WordPieceTokenizer(hf)

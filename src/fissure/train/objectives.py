@@ -7,7 +7,8 @@ Registered by name (``train.objective``):
 - ``sft``: the same loss, named for supervised fine-tuning (loss on completions / assistant turns);
 - ``dpo``: Direct Preference Optimization (Rafailov et al. 2023), as the paper writes it;
 - ``classify``: cross-entropy of a sequence classifier's logits;
-- ``multitask``: a weighted mixture of the above over shared weights (:class:`MultiTask`).
+- ``multitask``: a weighted mixture of the above over shared weights (:class:`MultiTask`);
+- ``mlm``: BERT's masked-LM (+ next-sentence) pretraining (:class:`~fissure.train.mlm.MaskedLM`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .batches import IGNORE
+from .mlm import MaskedLM
 
 
 class Objective(Protocol):
@@ -186,4 +188,4 @@ class MultiTask:
         return {"task_val_loss": val, "gradient_cosine": cosines}
 
 
-OBJECTIVES: dict[str, type] = {cls.name: cls for cls in (CausalLM, SFT, DPO, Classify, MultiTask)}
+OBJECTIVES: dict[str, type] = {cls.name: cls for cls in (CausalLM, SFT, DPO, Classify, MultiTask, MaskedLM)}
