@@ -17,6 +17,10 @@ Tasks (HF's names; ``sentiment-analysis`` is an alias of ``text-classification``
   ``[{"label", "score"}]`` per text, or with ``top_k`` every label sorted by score (HF's legacy and
   ``top_k`` shapes, both).
 
+- ``fill-mask``: a BERT (a fissure checkpoint trained with ``task = "mlm"``, or an HF BERT
+  directory); ``top_k`` (default 5) ``{score, token, token_str, sequence}`` per ``[MASK]``: one list
+  for one mask, a list per mask for several, and one such result per text for a list of texts.
+
 Every pipeline also takes ``batch_size``. Scores are softmax probabilities.
 """
 
@@ -107,8 +111,27 @@ class TextClassification(Pipeline):
         return ranked[0] if single else ranked
 
 
+class FillMask(Pipeline):
+    task = "fill-mask"
+
+    def __init__(self, model, batch_size: int = 8):
+        from .backends.masked_lm import load_masked_lm
+
+        self.model, self.tokenizer = load_masked_lm(model)
+        self.name = str(model)
+
+    def __call__(self, inputs, top_k: int = 5):
+        from .decode.fill_mask import fill_mask
+
+        if isinstance(inputs, str):
+            return fill_mask(self.model, self.tokenizer, inputs, top_k)
+        if not inputs or not all(isinstance(t, str) for t in inputs):
+            raise ConfigError("fill-mask takes a string or a list of strings")
+        return [fill_mask(self.model, self.tokenizer, text, top_k) for text in inputs]
+
+
 TASKS: dict[str, Callable[..., Pipeline]] = {"text-generation": TextGeneration,
-                                             "text-classification": TextClassification}
+                                             "text-classification": TextClassification, "fill-mask": FillMask}
 
 
 def pipeline(task: str, model: Any = None, *, batch_size: int = 8, **kwargs) -> Pipeline:

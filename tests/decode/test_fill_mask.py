@@ -60,3 +60,20 @@ def test_bad_texts(hf_dir):
         fill_mask(model, tokenizer, " ".join(["[MASK]"] * (MAX_MASKS + 1)))
     with pytest.raises(UserError, match="reads at most 64"):
         fill_mask(model, tokenizer, "the cat " * 40 + "[MASK]")
+
+
+def test_the_fill_mask_pipeline_returns_what_hf_returns(hf_dir):
+    import fissure
+
+    path, hf_model, fast = hf_dir
+    texts = ["the [MASK] sat on the mat.", "a [MASK] sang in the [MASK]."]
+    reference = transformers.pipeline("fill-mask", model=hf_model, tokenizer=fast, device="cpu")
+    ours = fissure.pipeline("fill-mask", model=path)
+
+    def rounded(value):
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        return {k: round(v, 4) if k == "score" else v for k, v in value.items()}
+
+    assert rounded(ours(texts[0])) == rounded(reference(texts[0]))  # default top_k 5, one list
+    assert rounded(ours(texts, top_k=3)) == rounded(reference(texts, top_k=3))  # per text, per mask
