@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import bias, data, evaluate, generate, info, judge, lab, models, probe, quickstart, specialise, train, tune  # noqa: F401
+from . import attention, bias, data, evaluate, generate, info, judge, lab, models, probe, quickstart, specialise, train, tune  # noqa: F401
 from .app import app
 
 
