@@ -24,9 +24,10 @@ def attention(
     out_dir: OutDirOption = "runs",
     as_json: JsonOption = False,
 ) -> None:
-    """Attention weights of TEXT at every layer and head: report.html with heat maps, attention.safetensors
-    with the maps, results.json with tokens and per-head entropies. Needs a model fissure runs itself
-    (checkpoint, smollm2, HF Llama directory, .gguf Llama)."""
+    """Attention heat maps of TEXT at every layer and head, for a model fissure runs itself.
+
+    Writes report.html (heat maps), attention.safetensors (the maps) and results.json (tokens, per-head
+    entropies). Models: a checkpoint, smollm2, an HF Llama directory, a .gguf Llama. See docs/attention.md."""
     import json
 
     from safetensors.torch import save_file

@@ -32,8 +32,10 @@ def bias(
     out_dir: OutDirOption = "runs",
     as_json: JsonOption = False,
 ) -> None:
-    """Score template pairs that differ only in a group term (she/he, young/elderly, ...): the mean
-    log-likelihood gap and the share of pairs preferring the first group, per axis and per filler."""
+    """Bias probes: do template pairs that differ only in a group term (she/he) get different likelihoods?
+
+    Per axis and per filler: the mean log-likelihood gap (group A minus group B, nats) with a bootstrap
+    interval and the share of pairs preferring A with a Wilson interval. See docs/bias.md."""
     from ..backends import load
     from ..diagnose.bias import make_pairs, pair_record, resolve_axes, run_bias
     from ..errors import UserError
