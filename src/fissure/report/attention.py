@@ -19,10 +19,14 @@ def _label(token: str) -> str:
 
 def heatmap_grid(maps, tokens: list[str], heads: list[int], title: str) -> bytes:
     """A PNG with one heat map per head of one layer's ``maps`` ``(H, T, T)``: queries down, keys across."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # a token the font cannot draw
 
     T = len(tokens)
     cols = min(len(heads), 4)
