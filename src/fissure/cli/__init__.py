@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from . import data, evaluate, fill_mask, generate, info, judge, lab, models, probe, quickstart, specialise, train, tune  # noqa: F401
+from . import (  # noqa: F401
+    attention, bias, data, evaluate, fill_mask, generate, info, judge, lab, models, probe, quickstart, specialise, train,
+    tune,
+)
 from .app import app
 
 

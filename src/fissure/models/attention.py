@@ -169,16 +169,7 @@ class CausalSelfAttention(nn.Module):
                 kv_cache: KVCache | None = None,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        if self.fused_qkv:
-            q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-            q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        q, k, v = self.project(x, rotary)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
         if T == 1 and not self.training:
@@ -194,6 +185,24 @@ class CausalSelfAttention(nn.Module):
         )
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.out(y))
+
+    def project(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries ``(B, n_head, T, head_dim)``, keys and values ``(B, n_kv_head, T, head_dim)`` of
+        ``x``, rotary positions applied: what :meth:`forward` attends with (and what
+        :func:`fissure.models.attention_maps.attention_maps` recomputes the weights from)."""
+        B, T, _ = x.shape
+        if self.fused_qkv:
+            q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+            q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        return q, k, v
 
     @torch.no_grad()
     def fuse(self) -> None:

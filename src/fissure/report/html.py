@@ -17,7 +17,7 @@ table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ccc;p
 vertical-align:top}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 td.text{text-align:left;white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:85%;max-width:34em}
 .note{color:#666}.bad{color:#b00;font-weight:bold}.good{color:#075}code{font-size:90%}
-pre{background:#f7f7f7;padding:.6em;overflow-x:auto}"""
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto}img{max-width:100%}"""
 
 
 class Raw(str):
@@ -71,6 +71,13 @@ def bullets(items: Iterable[tuple[str, str | None]]) -> str:
 
 def preformatted(text: str) -> str:
     return f"<pre>{esc(text)}</pre>"
+
+
+def image(png: bytes, alt: str) -> str:
+    """A PNG embedded in the page (a ``data:`` URI, so the page stays one self-contained file)."""
+    import base64
+
+    return f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{esc(alt)}">'
 
 
 def page(title: str, body: Sequence[str]) -> str:

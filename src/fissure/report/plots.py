@@ -136,3 +136,47 @@ def paths_plot(series: Sequence[tuple[str, Sequence[tuple[float, float, float | 
                      f'<text x="{width - right + 24}" y="{ly + 1}" font-size="11">{escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def interval_dots(rows: Sequence[tuple[str, dict | None]], title: str, width: int = 640,
+                  axis_label: str = "") -> str:
+    """One dot per row with its interval's whisker, on a shared horizontal axis that always shows 0
+    (e.g. a mean log-likelihood gap per filler). ``rows``: ``(label, Interval dict or None)``."""
+    ends = [v for _, iv in rows if iv and _finite(iv.get("estimate"))
+            for v in (iv["estimate"], iv["low"], iv["high"]) if _finite(v)]
+    lo, hi = min(ends + [0.0]), max(ends + [0.0])
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+    pad = (hi - lo) * 0.05
+    lo, hi = lo - pad, hi + pad
+    row_h, left, right, top = 18, 240, 20, 24
+    height = top + row_h * len(rows) + 34
+    scale = (width - left - right) / (hi - lo)
+
+    def x(v: float) -> float:
+        return left + (v - lo) * scale
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f"<title>{escape(title)}</title>",
+             f'<text x="{left}" y="14" font-size="12" font-weight="bold">{escape(title)}</text>',
+             f'<line x1="{x(0):.1f}" y1="{top - 4}" x2="{x(0):.1f}" y2="{height - 30}" stroke="#888" '
+             f'stroke-dasharray="3,3"/>']
+    for tick in (lo + pad, 0.0, hi - pad):
+        parts.append(f'<text x="{x(tick):.1f}" y="{height - 18}" font-size="10" text-anchor="middle">{tick:.2g}</text>')
+    if axis_label:
+        parts.append(f'<text x="{left + (width - left - right) / 2:.1f}" y="{height - 4}" font-size="10" '
+                     f'text-anchor="middle">{escape(axis_label)}</text>')
+    for i, (label, iv) in enumerate(rows):
+        y, mid = top + i * row_h, top + i * row_h + row_h / 2
+        parts.append(f'<text x="{left - 6}" y="{y + 12}" font-size="11" text-anchor="end">{escape(label)}</text>')
+        if not iv or not _finite(iv.get("estimate")):
+            continue
+        v = iv["estimate"]
+        if _finite(iv.get("low")) and _finite(iv.get("high")):
+            parts.append(f'<line x1="{x(iv["low"]):.1f}" y1="{mid:.1f}" x2="{x(iv["high"]):.1f}" y2="{mid:.1f}" '
+                         f'stroke="#222" stroke-width="1.5"/>')
+        parts.append(f'<circle cx="{x(v):.1f}" cy="{mid:.1f}" r="4" fill="{"#c44" if v < 0 else "#27a"}">'
+                     f'<title>{escape(label)}: {v:.3f} [{iv.get("low", math.nan):.3f}, '
+                     f'{iv.get("high", math.nan):.3f}]</title></circle>')
+    parts.append("</svg>")
+    return "".join(parts)
