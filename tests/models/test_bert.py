@@ -125,3 +125,22 @@ def test_config_rejects_bad_values():
         BertConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="pad_token_id"):
         BertConfig(vocab_size=10, pad_token_id=10)
+
+
+def test_attention_maps_match_hf_eager_attentions_with_padding():
+    from fissure.models.attention_maps import attention_maps
+
+    hf = hf_model(seed=7)
+    hf.config._attn_implementation = "eager"
+    hf.bert.config._attn_implementation = "eager"
+    ours = bert_from_hf_state_dict(config_from_hf_bert(hf.config.to_dict()), hf.state_dict()).eval()
+    ids, mask, types = batch()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, output_attentions=True).attentions
+    maps = attention_maps(ours, ids, attention_mask=mask, token_type_ids=types)
+    assert len(maps) == len(ref) == hf.config.num_hidden_layers
+    for got, want in zip(maps, ref):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-5)
+        assert got[0].triu(1).sum() > 0  # bidirectional: the unpadded row attends forward too
+        assert got[1, :, :, 7:].abs().max() == 0  # no weight on padding
