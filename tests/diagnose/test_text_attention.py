@@ -40,3 +40,42 @@ def test_transformers_backend_is_refused_naming_the_native_ones(tiny_llama):
         text_attention(lm, "the cat")
     message = str(exc.value)
     assert "transformers" in message and "smollm2" in message and "checkpoint" in message and "\n" not in message
+
+
+def test_fissure_attention_on_an_hf_bert_directory_equals_hf_and_is_bidirectional(tmp_path):
+    """A BERT through the CLI: the saved maps equal HF BertModel's eager attentions on [CLS] text [SEP];
+    relative entropies use log T (every row sees every token)."""
+    import json
+
+    import transformers
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from fissure.cli import app
+    from fissure.text.tokenizers import train_wordpiece
+
+    tok = train_wordpiece(["the cat sat on the mat. the dog sat on the log."] * 20, vocab_size=80)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.hf, unk_token="[UNK]", pad_token="[PAD]",
+                                                cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_id,
+                                  attn_implementation="eager")
+    hf = transformers.BertModel(cfg).eval()
+    hf.save_pretrained(tmp_path / "bert", safe_serialization=True)
+    fast.save_pretrained(tmp_path / "bert")
+    result = CliRunner().invoke(app, ["attention", str(tmp_path / "bert"), "the cat sat", "--json",
+                                      "--out-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["causal"] is False and summary["tokens"][0] == "[CLS]" and summary["tokens"][-1] == "[SEP]"
+    with torch.no_grad():
+        want = hf(torch.tensor([summary["ids"]]), output_attentions=True).attentions
+    maps = load_file(str(tmp_path / "runs" / summary["run_dir"].split("/")[-1] / "attention.safetensors"))
+    T = len(summary["ids"])
+    for i, w in enumerate(want):
+        torch.testing.assert_close(maps[f"layer_{i}"], w[0], atol=1e-5, rtol=0)
+        rows = maps[f"layer_{i}"].double().numpy()
+        for h, s in enumerate(summary["heads"][i]):
+            assert s["relative_entropy"] == pytest.approx(np.mean([stats.entropy(r) / np.log(T) for r in rows[h]]),
+                                                          abs=1e-4)

@@ -27,14 +27,17 @@ def attention(
     """Attention heat maps of TEXT at every layer and head, for a model fissure runs itself.
 
     Writes report.html (heat maps), attention.safetensors (the maps) and results.json (tokens, per-head
-    entropies). Models: a checkpoint, smollm2, an HF Llama directory, a .gguf Llama. See docs/attention.md."""
+    entropies). Models: a checkpoint (GPT, BERT), smollm2, an HF Llama or BERT directory, a .gguf Llama.
+    See docs/attention.md."""
     import json
 
     from safetensors.torch import save_file
 
     from ..backends import load
     from ..backends.registry import ModelSpec, resolve
-    from ..diagnose.attention import NATIVE, NoAttentionAccessError, head_summary, text_attention
+    from ..diagnose.attention import (
+        NATIVE, NoAttentionAccessError, encoder_attention, head_summary, is_encoder, text_attention,
+    )
     from ..errors import UserError
     from ..report.attention import write_attention_report
     from ..utils import set_threads
@@ -42,25 +45,30 @@ def attention(
     check_text("TEXT", text)
     if not text:
         raise UserError("TEXT is empty")
-    entry = resolve(ModelSpec.parse(model), backend)
-    if entry.name == "http" or entry.engine == "transformers":  # refused before loading anything
-        raise NoAttentionAccessError(f"attention maps need a model fissure runs natively: {NATIVE}; "
-                                     f"{model} would run on the {entry.name} backend")
+    encoder = is_encoder(model)
+    if not encoder:
+        entry = resolve(ModelSpec.parse(model), backend)
+        if entry.name == "http" or entry.engine == "transformers":  # refused before loading anything
+            raise NoAttentionAccessError(f"attention maps need a model fissure runs natively: {NATIVE}; "
+                                         f"{model} would run on the {entry.name} backend")
     n_threads = set_threads(threads)
-    lm = load(model, backend=backend)
-    att = text_attention(lm, text)
+    if encoder:
+        att, backend_name = encoder_attention(model, text), "bert"
+    else:
+        lm = load(model, backend=backend)
+        att, backend_name = text_attention(lm, text), lm.capabilities.backend
     n_layer, n_head = len(att.maps), att.maps[0].shape[0]
     for name, value, count in (("--layer", layer, n_layer), ("--head", head, n_head)):
         if value is not None and not 0 <= value < count:
             raise UserError(f"{name} must be from 0 to {count - 1} for this model, not {value}")
     layers = [layer] if layer is not None else list(range(n_layer))
     heads = [head] if head is not None else None
-    results = {"model": model, "backend": lm.capabilities.backend, "text": text, "tokens": att.tokens,
+    results = {"model": model, "backend": backend_name, "causal": att.causal, "text": text, "tokens": att.tokens,
                "ids": att.ids, "n_layer": n_layer, "n_head": n_head, "shape": [n_layer, n_head, len(att.ids),
                                                                                 len(att.ids)],
                "drawn": {"layers": layers, "heads": heads if heads is not None else list(range(n_head))},
                "heads": head_summary(att)}
-    config = {"model": model, "backend": lm.capabilities.backend, "text": text, "layer": -1 if layer is None else layer,
+    config = {"model": model, "backend": backend_name, "text": text, "layer": -1 if layer is None else layer,
               "head": -1 if head is None else head}
     with run_directory("attention", config, None, root=out_dir, threads=n_threads) as run_dir:
         save_file({f"layer_{i}": m.contiguous() for i, m in enumerate(att.maps)}, str(run_dir / "attention.safetensors"),

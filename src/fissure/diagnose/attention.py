@@ -18,7 +18,7 @@ import torch
 from ..errors import UserError
 
 MAX_TOKENS = 512  # maps grow as tokens^2 per head
-NATIVE = ("a fissure checkpoint, smollm2, an HF Llama directory or a .gguf Llama file "
+NATIVE = ("a fissure checkpoint, smollm2, an HF Llama or BERT directory or a .gguf Llama file "
           "(the native and llama backends)")
 
 
@@ -31,6 +31,7 @@ class TextAttention:
     tokens: list[str]  # each token decoded on its own
     ids: list[int]
     maps: list[torch.Tensor]  # per layer: (heads, T, T), rows summing to 1
+    causal: bool = True  # a decoder's rows see the keys before them; an encoder's (BERT) every key
 
 
 def check_native(lm) -> None:
@@ -60,6 +61,36 @@ def text_attention(lm, text: str) -> TextAttention:
     return TextAttention(tokens=tokens, ids=ids, maps=[m[0].float() for m in maps])
 
 
+@torch.no_grad()
+def encoder_attention(path, text: str) -> TextAttention:
+    """The attention maps of ``[CLS] text [SEP]`` on a BERT (a fissure checkpoint trained with
+    ``task = "mlm"`` or an HF BERT directory): bidirectional, every row sees every token."""
+    from ..backends.masked_lm import load_masked_lm
+    from ..models.attention_maps import attention_maps
+
+    model, tokenizer = load_masked_lm(path)
+    ids = [tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id]
+    limit = min(MAX_TOKENS, model.config.block_size)
+    if len(ids) > limit:
+        raise UserError(f"the text is {len(ids)} tokens with [CLS] and [SEP]; attention maps take at most {limit}")
+    maps = attention_maps(model, torch.tensor([ids]))
+    return TextAttention(tokens=[tokenizer.decode([i]) for i in ids], ids=ids, maps=[m[0].float() for m in maps],
+                         causal=False)
+
+
+def is_encoder(path) -> bool:
+    """Whether ``path`` holds a BERT (fissure's family ``bert`` or HF's ``model_type`` ``bert``)."""
+    import json
+    from pathlib import Path
+
+    config = Path(path) / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "bert" in (data.get("family"), data.get("model_type"))
+
+
 def row_entropy(weights: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of each attention row (``(..., T, T)`` -> ``(..., T)``); 0 log 0 = 0."""
     return -(weights * weights.clamp_min(1e-30).log()).sum(-1)
@@ -67,11 +98,13 @@ def row_entropy(weights: torch.Tensor) -> torch.Tensor:
 
 def head_summary(att: TextAttention) -> list[list[dict]]:
     """Per layer, per head: mean row entropy (nats), the same relative to its maximum (a causal row
-    ``i`` sees ``i + 1`` keys: ``log(i + 1)``; the first row, with one key, is left out of the ratio),
-    and the share of attention on the first token (an attention sink)."""
+    ``i`` sees ``i + 1`` keys: ``log(i + 1)``, an encoder's row all ``T``: ``log T``; the first row of
+    a causal map, with one key, is left out of the ratio), and the share of attention on the first
+    token (an attention sink)."""
     out = []
     T = len(att.ids)
-    max_entropy = torch.log(torch.arange(1, T + 1, dtype=torch.float32))
+    max_entropy = torch.log(torch.arange(1, T + 1, dtype=torch.float32)) if att.causal else \
+        torch.full((T,), math.log(T))
     for layer in att.maps:
         ent = row_entropy(layer)  # (H, T)
         rel = (ent[:, 1:] / max_entropy[1:]).mean(-1) if T > 1 else torch.full((layer.shape[0],), math.nan)
