@@ -14,6 +14,8 @@ notation of their eq. 17-20). For a history ``h`` of ``k - 1`` ids and the next 
   ``modified=True`` three per order, ``D1, D2, D3+`` for KN counts 1, 2 and 3 or more, estimated
   from the counts of counts ``n_r`` of that order: ``Y = n1 / (n1 + 2 n2)``,
   ``D1 = 1 - 2Y n2/n1``, ``D2 = 2 - 3Y n3/n2``, ``D3+ = 3 - 4Y n4/n3`` (Chen & Goodman eq. 26);
+  where an order's counts of counts give a ``D_r`` outside ``(0, r)`` (tiny data) that order
+  uses ``discount`` instead;
 - ``gamma_k(h) = sum_{w: a_k(h w) > 0} min(D_k(a_k(h w)), a_k(h w)) / A_k(h)``: exactly the
   mass the discounts removed (``d * N1+(h .) / A_k(h)`` for one discount ``d <= 1``), so every
   ``p_k(. | h)`` sums to one;
@@ -153,11 +155,13 @@ class NgramModel:
         if not self.config.modified:
             return np.array([0.0, d, d, d])
         n1, n2, n3, n4 = (int((counts == r).sum()) for r in (1, 2, 3, 4))
-        if min(n1, n2, n3) == 0:  # too little data to estimate: fall back to the one discount
+        if min(n1, n2, n3) == 0:  # too little data to estimate: the one discount
             return np.array([0.0, d, d, d])
         y = n1 / (n1 + 2 * n2)
         estimated = [1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3]
-        return np.array([0.0] + [min(max(x, 0.0), r) for r, x in enumerate(estimated, start=1)])
+        if not all(0 < x < r for r, x in enumerate(estimated, start=1)):  # small or odd data: the one discount
+            return np.array([0.0, d, d, d])
+        return np.array([0.0, *estimated])
 
     # -- scoring ---------------------------------------------------------------------------
     def _lookup(self, level: _Level, keys: np.ndarray) -> np.ndarray:
