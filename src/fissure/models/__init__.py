@@ -12,7 +12,9 @@ and ``config_to_hf``, :mod:`.gguf`) translate in both directions.
 
 from .gpt import GPT, GPTConfig
 from .llama import Llama, LlamaConfig
+from .lstm import LSTM, LSTMConfig
 
-MODEL_FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig)}
+MODEL_FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig),
+                                                "lstm": (LSTM, LSTMConfig)}
 
-__all__ = ["GPT", "GPTConfig", "Llama", "LlamaConfig", "MODEL_FAMILIES"]
+__all__ = ["GPT", "GPTConfig", "LSTM", "LSTMConfig", "Llama", "LlamaConfig", "MODEL_FAMILIES"]
