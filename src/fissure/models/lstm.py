@@ -91,10 +91,11 @@ class LSTM(nn.Module):
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
-        nn.init.normal_(self.tok_emb.weight, mean=0.0, std=0.02)
+        # AWD-LSTM's init: embedding (and an untied head) uniform in [-0.1, 0.1]; nn.LSTM keeps its
+        # own, uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias
+        nn.init.uniform_(self.tok_emb.weight, -0.1, 0.1)
         if not c.tie_weights:
-            nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.02)
-        # nn.LSTM's own init: uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias
+            nn.init.uniform_(self.lm_head.weight, -0.1, 0.1)
 
     @property
     def max_positions(self) -> int:
