@@ -198,7 +198,7 @@ def test_native_backend_for_a_non_llama_hf_dir_is_a_clear_error(specs):
 
 
 def test_builtin_entries_in_their_documented_order():
-    assert [e.name for e in backends()] == ["smollm2", "http", "adapter", "checkpoint", "gguf-llama", "hf-llama",
+    assert [e.name for e in backends()] == ["smollm2", "http", "adapter", "ngram", "checkpoint", "gguf-llama", "hf-llama",
                                            "transformers"]
     assert fissure.backends.registered() == ["smollm2"]
     with pytest.raises(ValueError, match="registered twice"):

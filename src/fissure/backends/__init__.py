@@ -4,7 +4,7 @@ OpenAI-compatible servers. :func:`load` picks the backend for a spec through the
 
 from __future__ import annotations
 
-from . import http, native, transformers  # noqa: F401  (register their backends)
+from . import http, native, ngram, transformers  # noqa: F401  (register their backends)
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, RollingLoglikelihood
 from .loading import load, load_chat_template
 from .registry import BACKENDS, BackendEntry, ModelSpec, backends, register_backend, register_model, registered, resolve

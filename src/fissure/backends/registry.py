@@ -8,6 +8,7 @@ first (ties by name), and the first that matches loads the model. The built-in o
     100  named models    the spec is a registered name (``smollm2``); beats a path of that name
      90  http            an ``http(s)://`` URL of an OpenAI-compatible server
      60  adapter         a LoRA adapter checkpoint of ``fissure tune`` (its base loaded by its own spec)
+     55  ngram           a saved n-gram model (``config.json`` with ``family`` "ngram")
      50  checkpoint      a fissure checkpoint directory (``config.json`` with ``family``)
      40  gguf-llama      a ``.gguf`` file, on the native Llama
      40  hf-llama        an HF directory with ``model_type`` llama, on the native Llama

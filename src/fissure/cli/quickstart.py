@@ -7,7 +7,7 @@ from importlib import resources
 
 import typer
 
-from ..config import apply_overrides, to_dict
+from ..config import apply_overrides
 from ..runs import append_jsonl, run_directory, write_json
 from .app import app
 from .common import JsonOption, err, guard, out, print_json, styled
@@ -27,11 +27,11 @@ def quickstart(
 
     from ..decode import Decoding
     from ..decode import generate as decode
-    from ..train.pipeline import load_run_config, train_from_config
+    from ..train.pipeline import load_run_config, run_config_dict, train_from_config
 
     raw = tomllib.loads(resources.files("fissure.train").joinpath("quickstart.toml").read_text())
     cfg = load_run_config(apply_overrides(raw, set_ or []))
-    with run_directory("quickstart", to_dict(cfg), cfg.seed, root=out_dir, threads=cfg.train.threads) as run_dir:
+    with run_directory("quickstart", run_config_dict(cfg), cfg.seed, root=out_dir, threads=cfg.train.threads) as run_dir:
         err.print(f"run directory: {run_dir}")
         _, summary = train_from_config(cfg, run_dir)
     from ..train.checkpoint import load_checkpoint

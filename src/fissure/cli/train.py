@@ -31,7 +31,7 @@ def train(
     """Train a model from a TOML config; the run directory gets the checkpoint and results."""
     from ..runs import start_run
     from ..train.distributed import world_from_env
-    from ..train.pipeline import check_resume, load_run_config, train_from_config
+    from ..train.pipeline import check_resume, load_run_config, run_config_dict, train_from_config
 
     raw = apply_overrides(load_toml(config), set_ or [])
     task = raw.pop("task", "causal_lm")
@@ -43,12 +43,12 @@ def train(
         cfg.tokenizer.path = str(resume)
     world = world_from_env()  # one process, or one of torchrun's
     if world.size == 1:
-        with run_directory("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir,
+        with run_directory("train", run_config_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir,
                            threads=cfg.train.threads) as run_dir:
             err.print(f"run directory: {run_dir}")
             _, summary = train_from_config(cfg, run_dir, resume=resume)
     else:
-        made = start_run("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir, threads=cfg.train.threads) \
+        made = start_run("train", run_config_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir, threads=cfg.train.threads) \
             if world.is_main else None
         run_dir = Path(world.broadcast(str(made) if made else None))
         cfg.train.progress = cfg.train.progress and world.is_main

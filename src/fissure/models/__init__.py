@@ -14,8 +14,9 @@ and ``config_to_hf``, :mod:`.gguf`) translate in both directions.
 from .bert import Bert, BertConfig
 from .gpt import GPT, GPTConfig
 from .llama import Llama, LlamaConfig
+from .lstm import LSTM, LSTMConfig
 
 MODEL_FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig),
-                                                "bert": (Bert, BertConfig)}
+                                                "bert": (Bert, BertConfig), "lstm": (LSTM, LSTMConfig)}
 
-__all__ = ["Bert", "BertConfig", "GPT", "GPTConfig", "Llama", "LlamaConfig", "MODEL_FAMILIES"]
+__all__ = ["Bert", "BertConfig", "GPT", "GPTConfig", "LSTM", "LSTMConfig", "Llama", "LlamaConfig", "MODEL_FAMILIES"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import check_range, from_dict, to_dict
 from ..errors import ConfigError, DataError
-from ..models import GPT, GPTConfig
+from ..models import GPT, LSTM, GPTConfig, LSTMConfig
 from ..models.limits import LIMITS, build
 from ..runs import write_json
 from ..text.corpus import BUILTIN_CORPORA
@@ -54,13 +54,18 @@ class TokenizerConfig:
             check_range("tokenizer.vocab_size", self.vocab_size, MIN_VOCAB, LIMITS["vocab_size"], integer=True)
 
 
+# The families ``fissure train`` builds, chosen by ``[model] family`` (default "gpt"); the rest of
+# the [model] table is that family's config.
+TRAINABLE: dict[str, tuple[type, type]] = {"gpt": (GPT, GPTConfig), "lstm": (LSTM, LSTMConfig)}
+
+
 @dataclass
 class RunConfig:
     seed: int = 0
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size is taken from the tokenizer
+    model: GPTConfig | LSTMConfig = field(default_factory=GPTConfig)  # vocab_size is taken from the tokenizer
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -69,15 +74,34 @@ class RunConfig:
             raise ValueError("out_dir must name a folder")
 
 
+def model_family(cfg: RunConfig) -> str:
+    return next(name for name, (_, config_cls) in TRAINABLE.items() if isinstance(cfg.model, config_cls))
+
+
+def run_config_dict(cfg: RunConfig) -> dict:
+    """The config as a dict that :func:`load_run_config` reads back (``model.family`` included)."""
+    data = to_dict(cfg)
+    data["model"] = {"family": model_family(cfg), **data["model"]}
+    return data
+
+
 def load_run_config(raw: dict) -> RunConfig:
-    cfg = from_dict(RunConfig, raw)
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError(f"config 'model' must be a table, got {type(model).__name__}")
+    model = dict(model)
+    family = model.pop("family", "gpt")  # [model] family picks the config class of the rest of the table
+    if family not in TRAINABLE:
+        raise ConfigError(f"model.family must be one of {', '.join(TRAINABLE)}, not {family!r}")
+    cfg = from_dict(RunConfig, {k: v for k, v in raw.items() if k != "model"})
+    cfg.model = from_dict(TRAINABLE[family][1], model, prefix="model.")
     if not cfg.data.paths and not cfg.data.builtin:
         raise ConfigError("config needs data.paths (files or folders of text) or data.builtin (e.g. 'stdlib')")
     return cfg
 
 
 def check_resume(cfg: RunConfig, resume: str | Path) -> None:
-    """Before anything is written: ``resume`` is a checkpoint this config can continue (a GPT of the
+    """Before anything is written: ``resume`` is a checkpoint this config can continue (a model of the
     same shape whose weights, tokenizer, optimizer moments and RNG states all load, with a trainer
     state that has steps left under the same schedule)."""
     from ..errors import CheckpointError
@@ -85,8 +109,8 @@ def check_resume(cfg: RunConfig, resume: str | Path) -> None:
     from .trainer import make_optimizer
 
     data = read_model_config(resume)
-    if data["family"] != "gpt":
-        raise CheckpointError(f"{resume} holds a {data['family']} model; fissure train continues GPT checkpoints")
+    if data["family"] != model_family(cfg):
+        raise CheckpointError(f"{resume} holds a {data['family']} model; this config trains a {model_family(cfg)}")
     ours = {k: v for k, v in to_dict(cfg.model).items() if k != "vocab_size"}
     theirs = {k: data["config"].get(k) for k in ours}
     differ = [k for k in ours if ours[k] != theirs[k]]
@@ -159,9 +183,10 @@ def prepare_data(cfg: RunConfig, work_dir: Path, world: World = World()):
     return tokenizer, TokenFile(data_dir / "train.bin"), TokenFile(data_dir / "val.bin"), stats
 
 
-def build_model(cfg: RunConfig, vocab_size: int) -> GPT:
-    model_cfg = from_dict(GPTConfig, {**to_dict(cfg.model), "vocab_size": vocab_size}, prefix="model.")
-    return build(GPT, model_cfg)
+def build_model(cfg: RunConfig, vocab_size: int) -> GPT | LSTM:
+    model_cls, config_cls = TRAINABLE[model_family(cfg)]
+    model_cfg = from_dict(config_cls, {**to_dict(cfg.model), "vocab_size": vocab_size}, prefix="model.")
+    return build(model_cls, model_cfg)
 
 
 def train_from_config(cfg: RunConfig, run_dir: Path, resume: str | Path | None = None,
