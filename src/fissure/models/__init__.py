@@ -12,7 +12,9 @@ and ``config_to_hf``, :mod:`.gguf`) translate in both directions.
 
 from .gpt import GPT, GPTConfig
 from .llama import Llama, LlamaConfig
+from .seq2seq import Seq2Seq, Seq2SeqConfig
 
-MODEL_FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig)}
+MODEL_FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig),
+                                                "seq2seq": (Seq2Seq, Seq2SeqConfig)}
 
-__all__ = ["GPT", "GPTConfig", "Llama", "LlamaConfig", "MODEL_FAMILIES"]
+__all__ = ["GPT", "GPTConfig", "Llama", "LlamaConfig", "MODEL_FAMILIES", "Seq2Seq", "Seq2SeqConfig"]
