@@ -147,7 +147,7 @@ def build_marian_tokenizer(directory, texts):
     vocab = {"</s>": 0, "<unk>": 1, **{p: i + 2 for i, p in enumerate(p for p in pieces if p != "<unk>")}}
     vocab["<pad>"] = len(vocab)
     (directory / "vocab.json").write_text(json.dumps(vocab))
-    tok = MarianTokenizer(str(directory / "vocab.json"), str(directory / "sp.model"), str(directory / "sp.model"))
+    tok = MarianTokenizer(str(directory / "sp.model"), str(directory / "sp.model"), str(directory / "vocab.json"))
     return tok, len(vocab)
 
 
