@@ -59,7 +59,8 @@ class Translator:
     def translate(self, texts: Sequence[str], decoding: Decoding | None = None) -> list[str]:
         """One translation per text, in order (batched by length; greedy rows do not depend on their batch)."""
         decoding = decoding or Decoding()
-        sources = self.codec.encode_sources(texts)
+        limit = self.model.config.block_size  # longer sources keep their first tokens and their EOS, as in training
+        sources = [ids if len(ids) <= limit else ids[:limit - 1] + ids[-1:] for ids in self.codec.encode_sources(texts)]
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         out: list[str] = [""] * len(sources)
         for start in range(0, len(order), MAX_BATCH):

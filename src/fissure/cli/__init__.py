@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import data, evaluate, generate, info, judge, lab, models, probe, quickstart, specialise, train, tune  # noqa: F401
+from . import data, evaluate, generate, info, judge, lab, models, probe, quickstart, specialise, train, translate, tune  # noqa: F401
 from .app import app
 
 

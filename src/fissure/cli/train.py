@@ -15,7 +15,7 @@ from .common import JsonOption, err, guard, out, print_json
 @app.command(epilog="Example: fissure train examples/tiny-gpt.toml --set train.max_steps=200 --set train.lr=3e-4")
 @guard
 def train(
-    config: Path = typer.Argument(..., help="TOML config: [data], [tokenizer], [model], [train]."),
+    config: Path = typer.Argument(..., help="TOML config: task (causal_lm | translation), [data], [tokenizer], [model], [train]."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config field, e.g. train.lr=3e-4 (repeatable)."),
     resume: Path = typer.Option(None, help="Continue from a checkpoint written by an earlier run."),
     out_dir: str = typer.Option(None, help="Where run directories go (default: the config's out_dir)."),
@@ -27,6 +27,15 @@ def train(
     from ..train.pipeline import check_resume, load_run_config, train_from_config
 
     raw = apply_overrides(load_toml(config), set_ or [])
+    task = raw.pop("task", "causal_lm")
+    if task == "translation":  # an encoder-decoder model on sentence pairs (docs/translation.md)
+        from .translate import train_translation_run
+
+        return train_translation_run(raw, resume, out_dir, as_json)
+    if task != "causal_lm":
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown task {task!r} (known: causal_lm, translation)")
     cfg = load_run_config(raw)
     if resume:
         check_resume(cfg, resume)  # before the run directory: a checkpoint this config cannot continue is an error
