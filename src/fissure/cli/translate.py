@@ -114,15 +114,16 @@ def train_translation_run(raw: dict, resume: Path | None, out_dir: str | None, a
     from ..backends.translation import NativeTextCodec, Translator
     from ..config import to_dict
     from ..metrics.translation import compare_decodings, format_table
-    from ..train.translation import check_resume, load_translation_config, train_translation
+    from ..train.translation import check_resume, load_translation_config, read_splits, train_translation
 
     cfg = load_translation_config(raw)
     if resume:
         check_resume(resume)
+    splits = read_splits(cfg)  # bad data is a one-line error before the run directory exists
     with run_directory("train", to_dict(cfg), cfg.seed, root=out_dir or cfg.out_dir,
                        threads=cfg.train.threads) as run_dir:
         err.print(f"run directory: {run_dir}")
-        model, tokenizer, splits, summary = train_translation(cfg, run_dir, resume=resume)
+        model, tokenizer, splits, summary = train_translation(cfg, run_dir, resume=resume, splits=splits)
         translator = Translator(model, NativeTextCodec(tokenizer), str(run_dir / "checkpoint"))
         test = splits.test
         longest = max(len(ids) for ids in tokenizer.encode_batch([p.target for p in test]))

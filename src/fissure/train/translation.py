@@ -150,14 +150,15 @@ def check_resume(resume: str | Path) -> None:
         raise CheckpointError(f"{resume} holds a {family} model; a translation run continues seq2seq checkpoints")
 
 
-def train_translation(cfg: TranslationRunConfig, run_dir: Path, resume: str | Path | None = None):
-    """Read and split the pairs, fit the tokenizer (or reuse the resumed one), build the model, train.
+def train_translation(cfg: TranslationRunConfig, run_dir: Path, resume: str | Path | None = None,
+                      splits: ParallelSplits | None = None):
+    """Read and split the pairs (unless given), fit the tokenizer (or reuse the resumed one), build the model, train.
     Returns ``(model, tokenizer, splits, summary)``; the checkpoint is ``run_dir/checkpoint``."""
     from ..text.tokenizers import load_tokenizer, train_bpe
 
     threads = set_threads(cfg.train.threads)
     seed_everything(cfg.seed)
-    splits = read_splits(cfg)
+    splits = splits or read_splits(cfg)
     if resume:
         tokenizer = load_tokenizer(resume)
     else:
