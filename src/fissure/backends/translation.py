@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -59,7 +59,9 @@ class Translator:
     def translate(self, texts: Sequence[str], decoding: Decoding | None = None) -> list[str]:
         """One translation per text, in order (batched by length; greedy rows do not depend on their batch)."""
         decoding = decoding or Decoding()
-        limit = self.model.config.block_size  # longer sources keep their first tokens and their EOS, as in training
+        limit = self.model.config.block_size
+        if decoding.max_new_tokens > limit - 1:  # the decoder's positions bound the translation's length
+            decoding = replace(decoding, max_new_tokens=limit - 1)  # longer sources keep their first tokens and their EOS, as in training
         sources = [ids if len(ids) <= limit else ids[:limit - 1] + ids[-1:] for ids in self.codec.encode_sources(texts)]
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         out: list[str] = [""] * len(sources)
