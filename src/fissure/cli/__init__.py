@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401
     attention, baselines, bias, data, evaluate, fill_mask, generate, info, judge, lab, models, probe, quickstart,
-    specialise, train, tune,
+    specialise, train, translate, tune,
 )
 from .app import app
 

@@ -13,11 +13,20 @@ from .common import (BackendOption, ConcurrencyOption, DtypeOption, JsonOption, 
 
 
 @app.command("eval", epilog="Examples: fissure eval runs/train-.../checkpoint --text data/val.txt --window 256 --stride 128\n\n"
-             "fissure eval smollm2 --text notes.txt --json")
+             "fissure eval smollm2 --text notes.txt --json\n\n"
+             "fissure eval runs/train-.../checkpoint --sources test.en --references test.de")
 @guard
 def evaluate(
     model: ModelArgument,
-    text: list[Path] = typer.Option(..., "--text", help="Text file(s) or folder(s) (.txt, .jsonl) to score."),
+    text: list[Path] = typer.Option(None, "--text", help="Text file(s) or folder(s) (.txt, .jsonl) to score."),
+    sources: Path = typer.Option(None, help="Translation: source sentences, one per line (with --references)."),
+    references: Path = typer.Option(None, help="Translation: reference translations, aligned with --sources."),
+    decodings: list[str] = typer.Option(None, "--decoding", help="Translation: greedy | beam4 | beam8 | sample "
+                                        "(repeatable; default all)."),
+    max_sentences: int = typer.Option(0, help="Translation: score only the first N sentences (0 = all)."),
+    max_new_tokens: int = typer.Option(64, help="Translation: longest translation, in tokens."),
+    bootstrap: int = typer.Option(1000, help="Translation: bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, help="Translation: seed of the bootstrap and of sampling."),
     window: int = typer.Option(None, help="Tokens per window (default: the model's context)."),
     stride: int = typer.Option(None, help="Tokens scored per window (default: = window, disjoint windows)."),
     batch_size: int = typer.Option(8, help="Windows per forward pass (results do not depend on it)."),
@@ -29,7 +38,20 @@ def evaluate(
     out_dir: OutDirOption = "runs",
     as_json: JsonOption = False,
 ) -> None:
-    """Score text: token cross-entropy, perplexity and tokenizer-independent bits per byte."""
+    """Score text: token cross-entropy, perplexity and tokenizer-independent bits per byte; or, with
+    --sources and --references, a translation model's BLEU and chrF per decoding strategy."""
+    if sources or references:
+        from ..errors import UserError
+        from .translate import evaluate_translation
+
+        if not (sources and references) or text:
+            raise UserError("translation scoring takes --sources and --references together (and no --text)")
+        return evaluate_translation(model, sources, references, decodings, max_sentences, max_new_tokens,
+                                    bootstrap, seed, threads, out_dir, as_json)
+    if not text:
+        from ..errors import UserError
+
+        raise UserError("give --text FILE to score (or --sources and --references for a translation model)")
     from tqdm import tqdm
 
     from ..backends import load

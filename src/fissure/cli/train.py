@@ -13,8 +13,9 @@ from ..runs import run_directory
 from .app import app
 from .common import JsonOption, err, guard, out, print_json
 
-# The config's top-level ``task`` picks what is trained. "causal_lm" (the default) is the GPT path
-# below; every other task names a module with load_config(raw), check_resume(cfg, resume) and
+# The config's top-level ``task`` picks what is trained. "causal_lm" (the default) is the GPT (or
+# LSTM) path below; "translation" trains an encoder-decoder and scores its test split (cli/translate.py);
+# every other task names a module with load_config(raw), check_resume(cfg, resume) and
 # train(cfg, run_dir, resume) -> summary.
 TASKS = {"mlm": "fissure.train.mlm_pipeline"}
 
@@ -22,7 +23,7 @@ TASKS = {"mlm": "fissure.train.mlm_pipeline"}
 @app.command(epilog="Example: fissure train examples/tiny-gpt.toml --set train.max_steps=200 --set train.lr=3e-4")
 @guard
 def train(
-    config: Path = typer.Argument(..., help="TOML config: [data], [tokenizer], [model], [train]."),
+    config: Path = typer.Argument(..., help="TOML config: task (causal_lm | translation), [data], [tokenizer], [model], [train]."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config field, e.g. train.lr=3e-4 (repeatable)."),
     resume: Path = typer.Option(None, help="Continue from a checkpoint written by an earlier run."),
     out_dir: str = typer.Option(None, help="Where run directories go (default: the config's out_dir)."),
@@ -35,6 +36,10 @@ def train(
 
     raw = apply_overrides(load_toml(config), set_ or [])
     task = raw.pop("task", "causal_lm")
+    if task == "translation":  # an encoder-decoder model on sentence pairs, then its test split scored
+        from .translate import train_translation_run
+
+        return train_translation_run(raw, resume, out_dir, as_json)
     if task != "causal_lm":
         return train_task(task, raw, resume, out_dir, as_json)
     cfg = load_run_config(raw)
@@ -68,7 +73,7 @@ def train(
 def train_task(task: str, raw: dict, resume: Path | None, out_dir: str | None, as_json: bool) -> None:
     """``fissure train`` for a task of :data:`TASKS` (one process)."""
     if task not in TASKS:
-        raise ConfigError(f"task must be one of causal_lm, {', '.join(TASKS)}; not {task!r}")
+        raise ConfigError(f"task must be one of causal_lm, {', '.join(TASKS)}, translation; not {task!r}")
     module = importlib.import_module(TASKS[task])
     cfg = module.load_config(raw)
     if resume:

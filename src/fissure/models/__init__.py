@@ -15,8 +15,11 @@ from .bert import Bert, BertConfig
 from .gpt import GPT, GPTConfig
 from .llama import Llama, LlamaConfig
 from .lstm import LSTM, LSTMConfig
+from .seq2seq import Seq2Seq, Seq2SeqConfig
 
 MODEL_FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig),
-                                                "bert": (Bert, BertConfig), "lstm": (LSTM, LSTMConfig)}
+                                                "bert": (Bert, BertConfig), "lstm": (LSTM, LSTMConfig),
+                                                "seq2seq": (Seq2Seq, Seq2SeqConfig)}
 
-__all__ = ["Bert", "BertConfig", "GPT", "GPTConfig", "LSTM", "LSTMConfig", "Llama", "LlamaConfig", "MODEL_FAMILIES"]
+__all__ = ["Bert", "BertConfig", "GPT", "GPTConfig", "LSTM", "LSTMConfig", "Llama", "LlamaConfig", "MODEL_FAMILIES",
+           "Seq2Seq", "Seq2SeqConfig"]

@@ -236,3 +236,38 @@ def sinusoidal_positions(n_positions: int, dim: int) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(position * div)
     pe[:, 1::2] = torch.cos(position * div[: dim // 2])
     return pe
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of one sequence (the decoder's) over another (the encoder's output,
+    the "memory"), as in the original Transformer's decoder.
+
+    :meth:`memory_kv` projects the memory to keys and values once per source; generation keeps
+    them for every step (each step's queries are new, the memory is not). ``mask`` is a boolean
+    ``(B, 1, 1, S)`` key mask (True for real source tokens).
+    """
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, n_embd // n_head
+        self.q_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.k_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.v_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.out = nn.Linear(n_embd, n_embd, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``(B, heads, S, head_dim)`` of the encoder output ``memory`` ``(B, S, C)``."""
+        B, S, _ = memory.shape
+        k = self.k_proj(memory).view(B, S, self.n_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(memory).view(B, S, self.n_head, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.out(y.transpose(1, 2).reshape(B, T, C)))

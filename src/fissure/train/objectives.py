@@ -188,4 +188,27 @@ class MultiTask:
         return {"task_val_loss": val, "gradient_cosine": cosines}
 
 
-OBJECTIVES: dict[str, type] = {cls.name: cls for cls in (CausalLM, SFT, DPO, Classify, MultiTask, MaskedLM)}
+class Seq2SeqLM(CausalLM):
+    """Teacher-forced cross-entropy of an encoder-decoder model: batches ``(src, src_mask, tgt_in, labels)``
+    (decoder inputs start with the decoder start token; ``labels`` are them shifted left, ``IGNORE`` at
+    padding), with optional label smoothing (Szegedy et al. 2016, as the original Transformer)."""
+
+    name = "seq2seq"
+
+    def __init__(self, label_smoothing: float = 0.0):
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), not {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def loss(self, model, batch):
+        src, src_mask, tgt_in, labels = batch
+        logits = model(src, tgt_in, src_mask)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
+                               label_smoothing=self.label_smoothing)
+
+    def tokens_in(self, batch):
+        return int((batch[3] != IGNORE).sum())
+
+
+OBJECTIVES: dict[str, type] = {cls.name: cls for cls in (CausalLM, SFT, DPO, Classify, MultiTask, MaskedLM,
+                                                         Seq2SeqLM)}

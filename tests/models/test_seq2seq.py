@@ -1,0 +1,180 @@
+"""Our encoder-decoder Transformer against HF's ``MarianMTModel`` with the same weights: logits with
+padded sources, greedy and beam-search outputs token for token, and a saved Marian directory."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import MarianConfig, MarianMTModel  # noqa: E402
+
+from fissure.decode.config import Decoding  # noqa: E402
+from fissure.decode.seq2seq import generate_seq2seq  # noqa: E402
+from fissure.models.hf_marian import load_hf_marian_dir, seq2seq_from_hf_state_dict  # noqa: E402
+from fissure.models.seq2seq import Seq2Seq, Seq2SeqConfig, position_table  # noqa: E402
+
+PAD, EOS, V = 48, 0, 49
+
+
+def marian_config(**kw) -> MarianConfig:
+    base = dict(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64,
+                pad_token_id=PAD, decoder_start_token_id=PAD, eos_token_id=EOS, forced_eos_token_id=EOS,
+                activation_function="swish", scale_embedding=True, dropout=0.0, attention_dropout=0.0,
+                activation_dropout=0.0)
+    return MarianConfig(**{**base, **kw})
+
+
+def reversal_batch(gen: torch.Generator, n: int = 16):
+    """Sources of 3-8 tokens (ending in EOS, right-padded) and themselves as targets."""
+    lengths = torch.randint(3, 9, (n,), generator=gen).tolist()
+    seqs = [torch.randint(1, PAD, (k,), generator=gen).tolist() for k in lengths]
+    width = max(lengths) + 1
+    src = torch.full((n, width), PAD)
+    labels = torch.full((n, width), -100)
+    for i, s in enumerate(seqs):
+        src[i, :len(s) + 1] = torch.tensor(s + [EOS])
+        labels[i, :len(s) + 1] = torch.tensor(s + [EOS])
+    return src, (src != PAD).long(), labels
+
+
+@pytest.fixture(scope="module")
+def marian():
+    """A small Marian trained briefly to copy its source: outputs vary in length and content
+    (a purely random post-LN model repeats one token until max_length, which tests little)."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    hf = MarianMTModel(marian_config())
+    opt = torch.optim.AdamW(hf.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        src, mask, labels = reversal_batch(gen)
+        loss = hf(input_ids=src, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        hf.final_logits_bias.normal_(0, 0.1)  # a non-zero bias, so loading it is checked too
+    return hf.eval()
+
+
+def sources_for(gen, n=6):
+    src, mask, _ = reversal_batch(gen, n)
+    return src, mask, [src[i, :int(mask[i].sum())].tolist() for i in range(n)]
+
+
+def test_positions_have_marians_layout():
+    from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
+
+    emb = MarianSinusoidalPositionalEmbedding(50, 16)
+    torch.testing.assert_close(position_table(50, 16, "sinusoidal_halves"), emb.create_weight(), atol=1e-6, rtol=0)
+
+
+def test_logits_equal_with_padded_sources(marian):
+    ours = seq2seq_from_hf_state_dict(marian.config, marian.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    src, mask, labels = reversal_batch(gen, 5)
+    assert (mask == 0).any()  # padding in the source
+    tgt = torch.randint(1, PAD, (5, 7), generator=gen)
+    tgt[:, 0] = PAD  # the decoder start token
+    with torch.no_grad():
+        theirs = marian(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+        mine = ours(src, tgt, mask)
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("num_beams,length_penalty,early_stopping", [(1, 1.0, False), (4, 1.0, False),
+                                                                      (4, 0.6, True), (4, 2.0, "never")])
+def test_generate_matches_hf(marian, num_beams, length_penalty, early_stopping):
+    ours = seq2seq_from_hf_state_dict(marian.config, marian.state_dict())
+    src, mask, sources = sources_for(torch.Generator().manual_seed(2), 8)
+    max_length = 12
+    theirs = marian.generate(input_ids=src, attention_mask=mask, num_beams=num_beams, max_length=max_length,
+                             do_sample=False, length_penalty=length_penalty, early_stopping=early_stopping,
+                             no_repeat_ngram_size=0, decoder_start_token_id=PAD, eos_token_id=EOS,
+                             pad_token_id=PAD, forced_eos_token_id=EOS, bad_words_ids=None)
+    expected = []
+    for row in theirs[:, 1:].tolist():  # drop the decoder start token, cut the padding after EOS
+        expected.append(row[:row.index(EOS) + 1] if EOS in row else row)
+    got = generate_seq2seq(ours, sources, Decoding(max_new_tokens=max_length - 1, num_beams=num_beams,
+                                                   length_penalty=length_penalty, early_stopping=early_stopping),
+                           forced_eos_token_id=EOS).sequences
+    assert got == expected
+    assert len({tuple(r) for r in expected}) > 1  # the outputs differ
+    if length_penalty <= 1:  # (a length penalty of 2 favours the longest hypotheses)
+        assert len({len(r) for r in expected}) > 1  # EOS is found, not only forced
+
+
+def test_greedy_batch_independent_and_sampling_seeded(marian):
+    ours = seq2seq_from_hf_state_dict(marian.config, marian.state_dict())
+    _, _, sources = sources_for(torch.Generator().manual_seed(3), 5)
+    batch = generate_seq2seq(ours, sources, Decoding(max_new_tokens=10)).sequences
+    alone = [generate_seq2seq(ours, [s], Decoding(max_new_tokens=10)).sequences[0] for s in sources]
+    assert batch == alone
+    sampling = Decoding(max_new_tokens=10, do_sample=True, seed=5)
+    assert generate_seq2seq(ours, sources, sampling).sequences == generate_seq2seq(ours, sources, sampling).sequences
+
+
+def test_pre_ln_learned_positions_train_and_cache():
+    """A pre-LN model with learned positions: cached step-by-step decoding equals the full forward."""
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(vocab_size=30, block_size=16, n_layer=2, n_decoder_layer=1, n_head=2, n_embd=16,
+                                  intermediate_size=24, dropout=0.0, norm_position="pre", pos_encoding="learned")).eval()
+    src = torch.randint(1, 30, (2, 6))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    tgt = torch.randint(1, 30, (2, 5))
+    with torch.no_grad():
+        full = model(src, tgt, mask)
+        memory_kv = model.memory_kv(model.encode(src, mask))
+        cache = model.new_kv_cache(2, 16, memory_kv=memory_kv, src_mask=mask)
+        steps = torch.cat([model.decode(tgt[:, t:t + 1], cache.memory_kv, mask, cache) for t in range(5)], dim=1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
+    assert model.lm_head.weight is model.tok_emb.weight  # tied by default
+
+
+def build_marian_tokenizer(directory, texts):
+    """A MarianTokenizer over a sentencepiece model trained here (source and target share it)."""
+    import json
+
+    spm = pytest.importorskip("sentencepiece")
+    from transformers import MarianTokenizer
+
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(texts) + "\n")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(directory / "sp"), vocab_size=44,
+                                   model_type="bpe", character_coverage=1.0, pad_id=-1, bos_id=-1, eos_id=-1,
+                                   unk_id=0, minloglevel=2)
+    pieces = [line.split("\t")[0] for line in (directory / "sp.vocab").read_text().splitlines()]
+    vocab = {"</s>": 0, "<unk>": 1, **{p: i + 2 for i, p in enumerate(p for p in pieces if p != "<unk>")}}
+    vocab["<pad>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    tok = MarianTokenizer(str(directory / "sp.model"), str(directory / "sp.model"), str(directory / "vocab.json"))
+    return tok, len(vocab)
+
+
+def test_marian_directory_loads_and_translates(tmp_path):
+    texts = ["open the file", "close the window", "save the file as", "the window is open", "open a new window",
+             "file not found", "save changes", "close all files"] * 4
+    work = tmp_path / "work"
+    work.mkdir()
+    tok, vocab_size = build_marian_tokenizer(work, texts)
+    torch.manual_seed(0)
+    hf = MarianMTModel(marian_config(vocab_size=vocab_size, pad_token_id=tok.pad_token_id,
+                                     decoder_start_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                     forced_eos_token_id=tok.eos_token_id)).eval()
+    directory = tmp_path / "opus-mt-tiny"
+    hf.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    ours = load_hf_marian_dir(directory)
+    batch = tok(["open the file", "close all files now"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        tgt = torch.full((2, 1), tok.pad_token_id)
+        torch.testing.assert_close(ours(batch.input_ids, tgt, batch.attention_mask),
+                                   hf(**batch, decoder_input_ids=tgt).logits, atol=1e-4, rtol=0)
+    from fissure.backends.translation import load_translator
+
+    translator = load_translator(directory)
+    decoding = Decoding(max_new_tokens=8, num_beams=4)
+    got = translator.translate(["open the file", "close all files now"], decoding)
+    theirs = hf.generate(**batch, num_beams=4, max_length=9, do_sample=False)
+    assert got == tok.batch_decode(theirs, skip_special_tokens=True)
+    assert all(isinstance(t, str) for t in got)
