@@ -21,6 +21,10 @@ Tasks (HF's names; ``sentiment-analysis`` is an alias of ``text-classification``
   directory); ``top_k`` (default 5) ``{score, token, token_str, sequence}`` per ``[MASK]``: one list
   for one mask, a list per mask for several, and one such result per text for a list of texts.
 
+- ``translation`` (and HF's ``translation_xx_to_yy`` names): a fissure seq2seq checkpoint or an HF
+  Marian directory; ``[{"translation_text": ...}]``, one per text; ``max_length`` as HF counts it
+  (the decoder start token included) or any ``Decoding`` argument (``num_beams``...).
+
 Every pipeline also takes ``batch_size``. Scores are softmax probabilities.
 """
 
@@ -130,13 +134,36 @@ class FillMask(Pipeline):
         return [fill_mask(self.model, self.tokenizer, text, top_k) for text in inputs]
 
 
+class Translation(Pipeline):
+    task = "translation"
+
+    def __init__(self, model, batch_size: int = 8):
+        from .backends.translation import load_translator
+
+        self.translator = load_translator(model)
+        self.name = str(model)
+
+    def __call__(self, inputs, *, max_length: int | None = None, **decoding):
+        from .decode import Decoding
+
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else list(inputs)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ConfigError("translation takes a string or a list of strings")
+        if max_length is not None:  # HF counts the decoder start token in max_length
+            decoding.setdefault("max_new_tokens", max_length - 1)
+        translations = self.translator.translate(texts, Decoding(**decoding))
+        return [{"translation_text": t} for t in translations]
+
+
 TASKS: dict[str, Callable[..., Pipeline]] = {"text-generation": TextGeneration,
-                                             "text-classification": TextClassification, "fill-mask": FillMask}
+                                             "text-classification": TextClassification, "fill-mask": FillMask,
+                                             "translation": Translation}
 
 
 def pipeline(task: str, model: Any = None, *, batch_size: int = 8, **kwargs) -> Pipeline:
     """A callable for ``task`` on ``model`` (a model spec, a path or a loaded model)."""
-    name = ALIASES.get(task, task)
+    name = "translation" if task.startswith("translation_") else ALIASES.get(task, task)
     if name not in TASKS:
         raise ConfigError(f"unknown pipeline task {task!r}; tasks: {', '.join(sorted([*TASKS, *ALIASES]))}")
     if model is None:

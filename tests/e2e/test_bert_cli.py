@@ -92,3 +92,14 @@ def test_train_bad_task_and_finished_resume(checkpoint, tmp_path):
     one_line_error(fissure("train", ROOT / "examples" / "tiny-bert.toml", "--resume", ck, "--out-dir", tmp_path,
                            "--set", "train.max_steps=30"), "nothing to resume")
     assert not list(tmp_path.glob("train-*"))
+
+
+def test_a_bert_is_not_a_causal_lm_but_shows_its_attention(checkpoint, tmp_path):
+    ck, _ = checkpoint
+    one_line_error(fissure("generate", ck, "--prompt", "the"), "does not generate text left to right: use fissure "
+                                                                "fill-mask")
+    result = fissure("attention", ck, "the module reads files", "--json", "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["causal"] is False and summary["tokens"][0] == "[CLS]"
+    assert len(summary["heads"]) == summary["n_layer"] > 0

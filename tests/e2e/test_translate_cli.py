@@ -58,9 +58,8 @@ def test_train_translate_and_score_against_copy_baseline(tmp_path):
     assert low <= greedy["bleu"]["score"] <= high
     print(f"test split: greedy BLEU {ours.score:.2f} chrF {greedy['chrf']['score']:.2f}; copy-the-source BLEU "
           f"{baseline.score:.2f} chrF {copy['chrf']['score']:.2f} ({ours.format(signature=True)})")
-    if ours.score <= baseline.score:  # measured: ~1 BLEU against ~18 (docs/translation.md): the budget is too small
-        pytest.xfail(f"greedy BLEU {ours.score:.2f} does not beat copying the source ({baseline.score:.2f}) "
-                     "within the CI budget")
+    # Not asserted: greedy BLEU above the copy baseline. At this budget it is not (measured ~1 BLEU against
+    # ~18: software messages keep %s, file and product names untranslated); see docs/translation.md.
 
 
 def one_line_error(result, pattern):

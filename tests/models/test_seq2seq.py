@@ -178,3 +178,14 @@ def test_marian_directory_loads_and_translates(tmp_path):
     theirs = hf.generate(**batch, num_beams=4, max_length=9, do_sample=False)
     assert got == tok.batch_decode(theirs, skip_special_tokens=True)
     assert all(isinstance(t, str) for t in got)
+
+    # fissure.pipeline("translation"): HF's translation pipeline output (transformers 4.x; 5.x removed the
+    # task), [{"translation_text": ...}] per text, from the same generate call
+    import fissure
+
+    ours = fissure.pipeline("translation_en_to_de", model=directory)
+    texts = ["open the file", "close all files now"]
+    assert ours(texts, num_beams=4, max_length=9) == [{"translation_text": t} for t in
+                                                       tok.batch_decode(theirs, skip_special_tokens=True)]
+    greedy = hf.generate(**tok(texts[:1], return_tensors="pt"), num_beams=1, max_length=9, do_sample=False)
+    assert ours(texts[0], max_length=9) == [{"translation_text": tok.decode(greedy[0], skip_special_tokens=True)}]

@@ -26,12 +26,21 @@ def load_smollm2(spec: ModelSpec, *, batch_size: int = 8, fuse: bool = True, **_
                    chat_template=tokenizer.chat_template_fn())
 
 
+NOT_CAUSAL = {"bert": "use fissure fill-mask (or fissure.pipeline('fill-mask'))",
+              "seq2seq": "use fissure translate, or fissure eval with --sources and --references"}
+
+
 @register_backend("checkpoint", description="a model trained with fissure (GPT, Llama, ...) and its tokenizer",
                   accepts="a fissure checkpoint directory (config.json with 'family')",
                   matches=lambda spec: spec.config is not None and "family" in spec.config, priority=50)
 def load_checkpoint(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
     from ..train.checkpoint import load_checkpoint
+    from .base import BackendError
 
+    family = spec.config.get("family")
+    if family in NOT_CAUSAL:
+        raise BackendError(f"{spec.path} holds a {family} model, which does not generate text left to right: "
+                           f"{NOT_CAUSAL[family]}")
     model, tokenizer = load_checkpoint(spec.path)
     return TorchLM(model, tokenizer, name=str(spec.path), backend="native", batch_size=batch_size)
 
