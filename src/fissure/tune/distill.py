@@ -129,15 +129,16 @@ def load_teacher(cfg: DistillConfig) -> TorchLM:
 
 
 def read_data(name: str, max_bytes: int) -> list[Document]:
-    """A named domain of the catalogue (capped at ``max_bytes``), or text files / folders."""
-    from ..text.catalogue import get_domain, load_domain
+    """A named domain of the catalogue (capped at ``max_bytes``), or else a text file / folder (a
+    folder named like a domain is read as ``./docs``)."""
+    from ..text.catalogue import DOMAINS, get_domain, load_domain
     from ..text.corpus import read_documents
 
-    if Path(name).exists():
-        docs = read_documents([name])
-    else:
+    if name in DOMAINS or not Path(name).exists():
         get_domain(name)  # a one-line error naming the known domains
         docs = load_domain(name, max_bytes=max_bytes)
+    else:
+        docs = read_documents([name])
     if len(docs) < 2 and sum(len(d.text) for d in docs) < 1000:
         raise DataError(f"--data {name}: too little text to train and evaluate on")
     return docs
