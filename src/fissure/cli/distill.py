@@ -22,7 +22,7 @@ def distill(
     student: Annotated[Path, typer.Option(help="The student's TOML: a `fissure train` config whose [model] and "
                                                "[train] are used (the tokenizer is the teacher's).")] = None,
     data: Annotated[str, typer.Option(help="A domain of `fissure data list` (code, docs, ...) or a text file / "
-                                           "folder.")] = None,
+                                           "folder (./docs for a folder named like a domain).")] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature T of the soft targets. [default: 2]")] = None,
     alpha: Annotated[float, typer.Option(help="Weight of the soft term (1 - alpha on the hard labels). "
                                               "[default: 0.5]")] = None,

@@ -54,6 +54,7 @@ class DistillSettings:
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the soft (teacher) term; 1 - alpha on the hard labels
     baseline: bool = True  # also train the same student without the teacher
+    teacher_dtype: str = "fp32"  # "bf16" runs the teacher ~3x faster where the CPU has AVX-512 BF16 (soft targets rounded)
     max_bytes: int = 1_000_000  # cap on a named domain
     val_fraction: float = 0.1
     eval_bytes: int = 40_000  # held-out bytes every model is scored on
@@ -64,6 +65,8 @@ class DistillSettings:
             raise ValueError("distill.teacher must name a local model")
         if not self.data:
             raise ValueError("distill.data must name a domain of `fissure data list` or a text file / folder")
+        if self.teacher_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"distill.teacher_dtype must be 'fp32' or 'bf16', not {self.teacher_dtype!r}")
         check_range("distill.temperature", self.temperature, 0, lo_open=True)
         check_range("distill.alpha", self.alpha, 0, 1)
         check_range("distill.max_bytes", self.max_bytes, 1, 2**40, integer=True)
@@ -117,7 +120,7 @@ def load_distill_config(raw: dict) -> DistillConfig:
 
 def load_teacher(cfg: DistillConfig) -> TorchLM:
     spec = cfg.distill.teacher
-    lm = load(spec, fuse=False, batch_size=cfg.train.batch_size)
+    lm = load(spec, fuse=False, batch_size=cfg.train.batch_size, dtype=cfg.distill.teacher_dtype)
     if not isinstance(lm, TorchLM):
         raise ConfigError(f"teacher {spec} is served by the {lm.capabilities.backend} backend: only a model fissure "
                           "runs natively can teach")
@@ -274,7 +277,8 @@ def run_distill(cfg: DistillConfig, teacher: TorchLM, docs: list[Document], run_
     name = f"{Path(cfg.distill.teacher).name}|vocab={tokenizer.vocab_size}"
     results: dict = {"teacher": cfg.distill.teacher, "data": cfg.distill.data, "data_stats": stats,
                      "threads": threads, "seed": cfg.seed, "window": window,
-                     "temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha, "arms": {}}
+                     "temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha,
+                     "teacher_dtype": cfg.distill.teacher_dtype, "arms": {}}
     per_passage = {}
     for arm in arms:
         log(f"training the {arm} student")
