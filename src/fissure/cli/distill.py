@@ -19,8 +19,8 @@ from .common import JsonOption, OutDirOption, err, guard, out, print_json
 def distill(
     teacher: Annotated[str, typer.Argument(help="A local model: a name (smollm2), a fissure checkpoint, an HF Llama "
                                                 "directory or a GGUF file.", show_default=False)] = None,
-    student: Annotated[Path, typer.Option(help="The student's TOML: a `fissure train` config whose [model] and "
-                                               "[train] are used (the tokenizer is the teacher's).")] = None,
+    student: Annotated[Path, typer.Option(help="The student's TOML: a `fissure train` config whose \\[model] and "
+                                               "\\[train] are used (the tokenizer is the teacher's).")] = None,
     data: Annotated[str, typer.Option(help="A domain of `fissure data list` (code, docs, ...) or a text file / "
                                            "folder (./docs for a folder named like a domain).")] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature T of the soft targets. [default: 2]")] = None,
