@@ -8,7 +8,8 @@ Registered by name (``train.objective``):
 - ``dpo``: Direct Preference Optimization (Rafailov et al. 2023), as the paper writes it;
 - ``classify``: cross-entropy of a sequence classifier's logits;
 - ``multitask``: a weighted mixture of the above over shared weights (:class:`MultiTask`);
-- ``mlm``: BERT's masked-LM (+ next-sentence) pretraining (:class:`~fissure.train.mlm.MaskedLM`).
+- ``mlm``: BERT's masked-LM (+ next-sentence) pretraining (:class:`~fissure.train.mlm.MaskedLM`);
+- ``distill``: knowledge distillation from a teacher's logits (Hinton et al. 2015, :class:`Distill`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .batches import IGNORE
 from .mlm import MaskedLM
 
@@ -118,6 +120,59 @@ class Classify(CausalLM):
         return F.cross_entropy(model(ids, attention_mask=mask).float(), labels)
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                      temperature: float, alpha: float) -> tuple[torch.Tensor, dict]:
+    """Hinton et al. (2015), per token over the non-``IGNORE`` targets:
+    ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, targets)``.
+
+    The KL is summed over the vocabulary and averaged over tokens, like the cross-entropy; ``T^2``
+    keeps the soft targets' gradient on the scale of the hard ones' as ``T`` grows."""
+    keep = targets != IGNORE
+    student = student_logits.float()[keep]
+    teacher = teacher_logits.float()[keep]
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ: teacher and student must share a vocabulary")
+    if student.shape[0] == 0:  # nothing to learn from in this batch
+        zero = student_logits.sum() * 0.0
+        return zero, {"kd": 0.0, "ce": 0.0}
+    log_p_student = F.log_softmax(student / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
+    ce = F.cross_entropy(student, targets[keep])
+    loss = alpha * temperature**2 * kl + (1 - alpha) * ce
+    return loss, {"kd": kl.item(), "ce": ce.item()}
+
+
+class Distill(CausalLM):
+    """Knowledge distillation: the student learns from the teacher's soft next-token distribution
+    on the same batch (mixed with the hard labels, :func:`distillation_loss`). The teacher runs
+    frozen, in eval mode and under ``no_grad``, on every training batch: a forward pass of the
+    teacher per step is the cost. Evaluation (any loss computed without gradients, as the Trainer
+    evaluates) gives the student's plain cross-entropy on the hard labels: comparable with a run
+    without a teacher, and free of the teacher's pass."""
+
+    name = "distill"
+
+    def __init__(self, teacher: torch.nn.Module | None = None, temperature: float = 2.0, alpha: float = 0.5):
+        if not temperature > 0:
+            raise ValueError(f"distill temperature must be positive, not {temperature}")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"distill alpha must lie in [0, 1], not {alpha}")
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        self.temperature, self.alpha = temperature, alpha
+        self.last: dict = {}
+
+    def loss(self, model, batch):
+        if not torch.is_grad_enabled():
+            return super().loss(model, batch)
+        if self.teacher is None:
+            raise ConfigError("train.objective 'distill' needs a teacher: run it with `fissure distill TEACHER`")
+        x, y = batch[0], batch[1]
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        loss, self.last = distillation_loss(model(x), teacher_logits, y, self.temperature, self.alpha)
+        return loss
 
 
 @dataclass
@@ -211,4 +266,4 @@ class Seq2SeqLM(CausalLM):
 
 
 OBJECTIVES: dict[str, type] = {cls.name: cls for cls in (CausalLM, SFT, DPO, Classify, MultiTask, MaskedLM,
-                                                         Seq2SeqLM)}
+                                                         Seq2SeqLM, Distill)}
