@@ -189,3 +189,79 @@ def test_marian_directory_loads_and_translates(tmp_path):
                                                        tok.batch_decode(theirs, skip_special_tokens=True)]
     greedy = hf.generate(**tok(texts[:1], return_tensors="pt"), num_beams=1, max_length=9, do_sample=False)
     assert ours(texts[0], max_length=9) == [{"translation_text": tok.decode(greedy[0], skip_special_tokens=True)}]
+
+
+def test_attention_maps_equal_marians_encoder_decoder_and_cross_attentions(marian):
+    from fissure.models.attention_maps import named_attention_maps
+
+    ours = seq2seq_from_hf_state_dict(marian.config, marian.state_dict())
+    gen = torch.Generator().manual_seed(2)
+    src, mask, _ = reversal_batch(gen, 4)
+    tgt = torch.randint(1, PAD, (4, 6), generator=gen)
+    tgt[:, 0] = PAD
+    marian.config._attn_implementation = "eager"
+    for module in marian.modules():
+        if hasattr(module, "config"):
+            module.config._attn_implementation = "eager"
+    with torch.no_grad():
+        ref = marian(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, output_attentions=True)
+    named = named_attention_maps(ours, src, tgt_ids=tgt, src_mask=mask)
+    encoder = [m for name, m in named if name.startswith("encoder")]
+    decoder = [m for name, m in named if name.startswith("decoder") and name.endswith(".attn")]
+    cross = [m for name, m in named if name.endswith(".cross")]
+    assert len(encoder) == len(ref.encoder_attentions) and len(decoder) == len(cross) == len(ref.decoder_attentions)
+    real = mask.bool()
+    for got, want in zip(encoder, ref.encoder_attentions):  # padded query rows follow different conventions
+        torch.testing.assert_close(got[real[:, None, :, None].expand_as(got)],
+                                   want[real[:, None, :, None].expand_as(want)], atol=1e-5, rtol=0)
+    for got, want in zip(decoder, ref.decoder_attentions):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert got.triu(1).abs().max() == 0  # causal
+    for got, want in zip(cross, ref.cross_attentions):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert got.shape[-1] == src.shape[1] and got.masked_select(~real[:, None, None, :]).abs().max() == 0
+
+
+def test_fissure_attention_on_a_marian_directory_draws_encoder_decoder_and_cross_maps(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from fissure.cli import app
+
+    texts = ["open the file", "close the window", "save the file as", "the window is open"] * 4
+    work = tmp_path / "work"
+    work.mkdir()
+    tok, vocab_size = build_marian_tokenizer(work, texts)
+    torch.manual_seed(1)
+    hf = MarianMTModel(marian_config(vocab_size=vocab_size, pad_token_id=tok.pad_token_id,
+                                     decoder_start_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                     forced_eos_token_id=tok.eos_token_id)).eval()
+    hf.save_pretrained(tmp_path / "marian")
+    tok.save_pretrained(tmp_path / "marian")
+    result = CliRunner().invoke(app, ["attention", str(tmp_path / "marian"), "open the <b>file</b>", "--json",
+                                      "--out-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["kind"] == "encoder-decoder" and set(data["groups"]) == {"encoder", "decoder", "cross"}
+    assert data["ids"] == tok("open the <b>file</b>")["input_ids"]
+    assert data["target_ids"][0] == tok.pad_token_id  # the decoder start token, then the greedy translation
+    greedy = hf.generate(**tok(["open the <b>file</b>"], return_tensors="pt"), num_beams=1, do_sample=False,
+                         max_length=len(data["target_ids"]))
+    assert data["target_ids"] == greedy[0].tolist()
+    hf.config._attn_implementation = "eager"
+    for module in hf.modules():
+        if hasattr(module, "config"):
+            module.config._attn_implementation = "eager"
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor([data["ids"]]), decoder_input_ids=torch.tensor([data["target_ids"]]),
+                 output_attentions=True)
+    run_dir = tmp_path / "runs" / data["run_dir"].split("/")[-1]
+    maps = load_file(str(run_dir / "attention.safetensors"))
+    for group, want in (("encoder", ref.encoder_attentions), ("decoder", ref.decoder_attentions),
+                        ("cross", ref.cross_attentions)):
+        for i, w in enumerate(want):
+            torch.testing.assert_close(maps[f"{group}_layer_{i}"], w[0], atol=1e-5, rtol=0)
+    report = (run_dir / "report.html").read_text()
+    assert "&lt;b&gt;file&lt;/b&gt;" in report and "<b>file</b>" not in report and "Cross layer 0" in report

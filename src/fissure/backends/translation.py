@@ -34,6 +34,10 @@ class NativeTextCodec:
     def decode_target(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
+    def token(self, token_id: int) -> str:
+        """One token as text (for labels), special tokens included."""
+        return self.tokenizer.decode([token_id])
+
 
 class HFTextCodec:
     """An HF (Marian) tokenizer: it appends ``</s>`` to sources itself."""
@@ -46,6 +50,10 @@ class HFTextCodec:
 
     def decode_target(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
+
+    def token(self, token_id: int) -> str:
+        """One token as the tokenizer names it (sentencepiece's ``▁`` marks a word start)."""
+        return self.hf.convert_ids_to_tokens(token_id)
 
 
 @dataclass

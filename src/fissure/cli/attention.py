@@ -27,8 +27,9 @@ def attention(
     """Attention heat maps of TEXT at every layer and head, for a model fissure runs itself.
 
     Writes report.html (heat maps), attention.safetensors (the maps) and results.json (tokens, per-head
-    entropies). Models: a checkpoint (GPT, BERT), smollm2, an HF Llama or BERT directory, a .gguf Llama.
-    See docs/attention.md."""
+    entropies). Models: a checkpoint (GPT, BERT, encoder-decoder), smollm2, an HF Llama, BERT or Marian
+    directory, a .gguf Llama. For an encoder-decoder TEXT is the source: its encoder self-attention, and the
+    decoder's self- and cross-attention over the model's greedy translation. See docs/attention.md."""
     import json
 
     from safetensors.torch import save_file
@@ -36,7 +37,8 @@ def attention(
     from ..backends import load
     from ..backends.registry import ModelSpec, resolve
     from ..diagnose.attention import (
-        NATIVE, NoAttentionAccessError, encoder_attention, head_summary, is_encoder, text_attention,
+        NATIVE, NoAttentionAccessError, encoder_attention, head_stats, is_encoder, is_translation_model,
+        text_attention, translation_attention,
     )
     from ..errors import UserError
     from ..report.attention import write_attention_report
@@ -45,43 +47,59 @@ def attention(
     check_text("TEXT", text)
     if not text:
         raise UserError("TEXT is empty")
-    encoder = is_encoder(model)
-    if not encoder:
+    kind = "encoder-decoder" if is_translation_model(model) else "encoder" if is_encoder(model) else "decoder"
+    if kind == "decoder":
         entry = resolve(ModelSpec.parse(model), backend)
         if entry.name == "http" or entry.engine == "transformers":  # refused before loading anything
             raise NoAttentionAccessError(f"attention maps need a model fissure runs natively: {NATIVE}; "
                                          f"{model} would run on the {entry.name} backend")
     n_threads = set_threads(threads)
-    if encoder:
-        att, backend_name = encoder_attention(model, text), "bert"
+    extra = {}
+    if kind == "encoder-decoder":  # TEXT is the source; the decoder reads the model's greedy translation
+        tr = translation_attention(model, text)
+        groups, tokens, ids, backend_name = tr.groups(), tr.source_tokens, tr.source_ids, "seq2seq"
+        extra = {"translation": tr.translation, "target_tokens": tr.target_tokens, "target_ids": tr.target_ids}
     else:
-        lm = load(model, backend=backend)
-        att, backend_name = text_attention(lm, text), lm.capabilities.backend
-    n_layer, n_head = len(att.maps), att.maps[0].shape[0]
+        if kind == "encoder":
+            att, backend_name = encoder_attention(model, text), "bert"
+        else:
+            lm = load(model, backend=backend)
+            att, backend_name = text_attention(lm, text), lm.capabilities.backend
+        groups, tokens, ids = {"self": (att.maps, att.tokens, att.tokens, att.causal)}, att.tokens, att.ids
+    main_maps = next(iter(groups.values()))[0]
+    n_layer, n_head = max(len(g[0]) for g in groups.values()), main_maps[0].shape[0]
     for name, value, count in (("--layer", layer, n_layer), ("--head", head, n_head)):
         if value is not None and not 0 <= value < count:
             raise UserError(f"{name} must be from 0 to {count - 1} for this model, not {value}")
     layers = [layer] if layer is not None else list(range(n_layer))
     heads = [head] if head is not None else None
-    results = {"model": model, "backend": backend_name, "causal": att.causal, "text": text, "tokens": att.tokens,
-               "ids": att.ids, "n_layer": n_layer, "n_head": n_head, "shape": [n_layer, n_head, len(att.ids),
-                                                                                len(att.ids)],
+    summary = {name: {"n_layer": len(maps), "causal": causal, "queries": len(q), "keys": len(k),
+                      "heads": head_stats(maps, causal)} for name, (maps, q, k, causal) in groups.items()}
+    results = {"model": model, "backend": backend_name, "kind": kind, "causal": kind == "decoder", "text": text,
+               "tokens": tokens, "ids": ids, **extra, "n_layer": len(main_maps), "n_head": n_head,
+               "shape": [len(main_maps), n_head, *main_maps[0].shape[1:]],
                "drawn": {"layers": layers, "heads": heads if heads is not None else list(range(n_head))},
-               "heads": head_summary(att)}
+               "heads": next(iter(summary.values()))["heads"], "groups": summary}
     config = {"model": model, "backend": backend_name, "text": text, "layer": -1 if layer is None else layer,
               "head": -1 if head is None else head}
     with run_directory("attention", config, None, root=out_dir, threads=n_threads) as run_dir:
-        save_file({f"layer_{i}": m.contiguous() for i, m in enumerate(att.maps)}, str(run_dir / "attention.safetensors"),
-                  metadata={"model": str(model), "tokens": json.dumps(att.tokens, ensure_ascii=False),
-                            "layout": "layer_<i>: (heads, query, key), rows sum to 1"})
+        prefix = (lambda group: "") if len(groups) == 1 else (lambda group: f"{group}_")
+        save_file({f"{prefix(g)}layer_{i}": m.contiguous() for g, (maps, *_) in groups.items()
+                   for i, m in enumerate(maps)}, str(run_dir / "attention.safetensors"),
+                  metadata={"model": str(model), "tokens": json.dumps(tokens, ensure_ascii=False),
+                            "layout": "[<group>_]layer_<i>: (heads, query, key), rows sum to 1"})
         results["run_dir"] = str(run_dir)
         write_json(run_dir / "results.json", results)
-        write_attention_report(run_dir, results, att.maps, layers, heads)
+        write_attention_report(run_dir, results, groups, layers, heads)
     if as_json:
         print_json(results)
     else:
-        for i in layers:
-            line = "  ".join(f"h{h}:{s['entropy']:.2f}" for h, s in enumerate(results["heads"][i])
-                             if heads is None or h in heads)
-            out.print(f"layer {i} entropy (nats)  {line}")
+        for group, info in summary.items():
+            for i in layers:
+                if i >= info["n_layer"]:
+                    continue
+                line = "  ".join(f"h{h}:{s['entropy']:.2f}" for h, s in enumerate(info["heads"][i])
+                                 if heads is None or h in heads)
+                label = f"layer {i}" if len(summary) == 1 else f"{group} layer {i}"
+                out.print(f"{label} entropy (nats)  {line}")
     err.print(f"run directory: {run_dir}")

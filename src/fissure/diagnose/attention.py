@@ -80,15 +80,8 @@ def encoder_attention(path, text: str) -> TextAttention:
 
 def is_encoder(path) -> bool:
     """Whether ``path`` holds a BERT (fissure's family ``bert`` or HF's ``model_type`` ``bert``)."""
-    import json
-    from pathlib import Path
-
-    config = Path(path) / "config.json"
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and "bert" in (data.get("family"), data.get("model_type"))
+    data = _config(path)
+    return "bert" in (data.get("family"), data.get("model_type"))
 
 
 def row_entropy(weights: torch.Tensor) -> torch.Tensor:
@@ -97,17 +90,90 @@ def row_entropy(weights: torch.Tensor) -> torch.Tensor:
 
 
 def head_summary(att: TextAttention) -> list[list[dict]]:
-    """Per layer, per head: mean row entropy (nats), the same relative to its maximum (a causal row
-    ``i`` sees ``i + 1`` keys: ``log(i + 1)``, an encoder's row all ``T``: ``log T``; the first row of
-    a causal map, with one key, is left out of the ratio), and the share of attention on the first
-    token (an attention sink)."""
+    """:func:`head_stats` of a text's maps."""
+    return head_stats(att.maps, att.causal)
+
+
+def head_stats(maps: list[torch.Tensor], causal: bool) -> list[list[dict]]:
+    """Per layer of ``maps`` ``(H, queries, keys)``, per head: mean row entropy (nats), the same
+    relative to its maximum (a causal row ``i`` sees ``i + 1`` keys: ``log(i + 1)``, and the first
+    row, with one key, is left out of the ratio; otherwise every row sees all keys: ``log keys``),
+    and the share of attention on the first key (an attention sink)."""
     out = []
-    T = len(att.ids)
-    max_entropy = torch.log(torch.arange(1, T + 1, dtype=torch.float32)) if att.causal else \
-        torch.full((T,), math.log(T))
-    for layer in att.maps:
+    for layer in maps:
+        H, T, K = layer.shape
         ent = row_entropy(layer)  # (H, T)
-        rel = (ent[:, 1:] / max_entropy[1:]).mean(-1) if T > 1 else torch.full((layer.shape[0],), math.nan)
-        out.append([{"entropy": float(ent[h].mean()), "relative_entropy": float(rel[h]),
-                     "first_token_share": float(layer[h, :, 0].mean())} for h in range(layer.shape[0])])
+        if causal:
+            rel = (ent[:, 1:] / torch.log(torch.arange(2, T + 1, dtype=torch.float32))).mean(-1) if T > 1 else None
+        else:
+            rel = (ent / math.log(K)).mean(-1) if K > 1 else None
+        out.append([{"entropy": float(ent[h].mean()), "relative_entropy": float(rel[h]) if rel is not None else math.nan,
+                     "first_token_share": float(layer[h, :, 0].mean())} for h in range(H)])
     return out
+
+
+@dataclass
+class TranslationAttention:
+    """An encoder-decoder's attention on a source and its translation (the model's greedy one, or
+    one given): per layer ``(heads, queries, keys)``."""
+
+    source_tokens: list[str]
+    source_ids: list[int]
+    target_tokens: list[str]  # the decoder's inputs: the start token, then the translation
+    target_ids: list[int]
+    translation: str
+    encoder: list[torch.Tensor]  # source over source
+    decoder: list[torch.Tensor]  # target over the target before it (causal)
+    cross: list[torch.Tensor]  # target over source
+
+    def groups(self) -> dict[str, tuple[list[torch.Tensor], list[str], list[str], bool]]:
+        """name -> (maps, query tokens, key tokens, causal)."""
+        s, t = self.source_tokens, self.target_tokens
+        return {"encoder": (self.encoder, s, s, False), "decoder": (self.decoder, t, t, True),
+                "cross": (self.cross, t, s, False)}
+
+
+def is_translation_model(path) -> bool:
+    """Whether ``path`` holds an encoder-decoder (fissure's family ``seq2seq`` or an HF Marian)."""
+    data = _config(path)
+    return data.get("family") == "seq2seq" or data.get("model_type") == "marian"
+
+
+@torch.no_grad()
+def translation_attention(path, source: str, max_new_tokens: int = 64) -> TranslationAttention:
+    """Encoder self-attention, decoder self-attention and cross-attention of ``source`` and the model's
+    greedy translation of it (one forward pass over the translation, teacher-forced)."""
+    from ..backends.translation import load_translator
+    from ..decode import Decoding
+    from ..decode.seq2seq import generate_seq2seq
+    from ..models.attention_maps import named_attention_maps
+
+    translator = load_translator(path)
+    model = translator.model
+    src = translator.codec.encode_sources([source])[0]
+    limit = min(MAX_TOKENS, model.config.block_size)
+    if len(src) > limit:
+        raise UserError(f"the source is {len(src)} tokens; attention maps take at most {limit}")
+    out = generate_seq2seq(model, [src], Decoding(max_new_tokens=min(max_new_tokens, limit - 1)),
+                           forced_eos_token_id=translator.forced_eos_token_id, suppress_ids=translator.suppress_ids)
+    tgt = [model.config.decoder_start_token_id, *out.sequences[0]]
+    named = named_attention_maps(model, torch.tensor([src]), tgt_ids=torch.tensor([tgt]))
+    pick = lambda test: [m[0].float() for name, m in named if test(name)]  # noqa: E731
+    token = translator.codec.token
+    return TranslationAttention(
+        source_tokens=[token(i) for i in src], source_ids=src, target_tokens=[token(i) for i in tgt], target_ids=tgt,
+        translation=translator.codec.decode_target(out.sequences[0]),
+        encoder=pick(lambda n: n.startswith("encoder")), decoder=pick(lambda n: n.startswith("decoder") and
+                                                                      n.endswith(".attn")),
+        cross=pick(lambda n: n.endswith(".cross")))
+
+
+def _config(path) -> dict:
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

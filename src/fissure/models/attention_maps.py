@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from .attention import CausalSelfAttention
+from .attention import CausalSelfAttention, CrossAttention
 
 # (module, bound call arguments) -> weights (B, heads, queries, keys), float32, rows summing to 1
 WeightsFn = Callable[[nn.Module, dict], torch.Tensor]
@@ -80,31 +80,55 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if weights_fn(m) is not None]
 
 
+@register_attention(CrossAttention)
+def cross_attention_weights(module: CrossAttention, args: dict) -> torch.Tensor:
+    """Weights of the decoder's queries over the encoder's keys (``k``, given to ``forward``): every
+    query sees every real source token."""
+    x = args["x"]
+    B, T, _ = x.shape
+    q = module.q_proj(x).view(B, T, module.n_head, module.head_dim).transpose(1, 2)
+    return softmax_weights(q, args["k"], args.get("mask"))
+
+
 @torch.no_grad()
 def attention_maps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    **forward_kwargs) -> list[torch.Tensor]:
     """Attention weights ``(B, heads, T_query, T_key)`` of every attention module of ``model``, in the
     order the forward pass calls them (layer order), from one call
-    ``model(input_ids, attention_mask=attention_mask, **forward_kwargs)``.
+    ``model(input_ids, attention_mask=attention_mask, **forward_kwargs)`` (``attention_mask`` passed
+    only when given).
 
-    Works on any module tree containing registered attention modules (GPT, Llama, fused or not).
-    Rows sum to 1; for causal self-attention everything above the diagonal is 0. With padding,
-    a padded query row attends only to itself (the convention of :func:`.attention.attention_mask_4d`).
+    Works on any module tree containing registered attention modules (GPT, Llama, fused or not;
+    BERT; an encoder-decoder, whose maps come as encoder self-attention, then per decoder layer its
+    self-attention and its cross-attention: :func:`named_attention_maps` names them). Rows sum to 1;
+    for causal self-attention everything above the diagonal is 0. With padding, a padded query row
+    attends only to itself (the convention of :func:`.attention.attention_mask_4d`).
     """
+    return [m for _, m in named_attention_maps(model, input_ids, attention_mask, **forward_kwargs)]
+
+
+@torch.no_grad()
+def named_attention_maps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         **forward_kwargs) -> list[tuple[str, torch.Tensor]]:
+    """:func:`attention_maps` with each map's module name (``blocks.0.attn``, ``decoder.1.cross``...)."""
     modules = attention_modules(model)
     if not modules:
         raise ValueError(f"{type(model).__name__} has no attention module that attention_maps knows "
                          f"({', '.join(c.__name__ for c in ATTENTION_WEIGHTS)})")
-    maps: list[torch.Tensor] = []
+    maps: list[tuple[str, torch.Tensor]] = []
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        bound = inspect.signature(module.forward).bind(*args, **kwargs)
-        bound.apply_defaults()
-        maps.append(weights_fn(module)(module, dict(bound.arguments)))
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            bound = inspect.signature(module.forward).bind(*args, **kwargs)
+            bound.apply_defaults()
+            maps.append((name, weights_fn(module)(module, dict(bound.arguments))))
+        return hook
 
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for _, m in modules]
+    handles = [m.register_forward_pre_hook(hook_for(name), with_kwargs=True) for name, m in modules]
+    if attention_mask is not None:
+        forward_kwargs["attention_mask"] = attention_mask
     try:
-        model(input_ids, attention_mask=attention_mask, **forward_kwargs)
+        model(input_ids, **forward_kwargs)
     finally:
         for h in handles:
             h.remove()
