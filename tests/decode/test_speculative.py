@@ -213,6 +213,9 @@ def test_bad_drafts_are_one_line_errors(tiny_llama, tmp_path):
     for spec in ("layers:0", "layers:2"):
         with pytest.raises(DraftError, match="1 to 1 of the target's 2 layers"):
             speculative(lm, spec)
+    short = random_gpt(lm.model.config.vocab_size, block_size=8)
+    with pytest.raises(DraftError, match="draft: prompt .* exceeds the model's context of 8"):
+        speculative_generate(lm.model, short, [[5, 6, 7]], Decoding(max_new_tokens=6))
     with pytest.raises(fissure.errors.GenerationError, match="gamma"):
         speculative(lm, "layers:1", gamma=0).generate(["the"], Decoding(max_new_tokens=2))
     result = CliRunner().invoke(app, ["generate", str(tiny_llama[0]), "--prompt", "the", "--draft", str(ckpt),

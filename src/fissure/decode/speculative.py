@@ -98,7 +98,10 @@ def speculative_generate(target, draft, prompts: list[list[int]], decoding: Deco
     if isinstance(gamma, bool) or not isinstance(gamma, int) or not 1 <= gamma <= MAX_GAMMA:
         raise GenerationError(f"gamma (draft tokens per round) must be an integer in [1, {MAX_GAMMA}], not {gamma!r}")
     _check(target, prompts, decoding)
-    _check(draft, prompts, decoding)
+    try:
+        _check(draft, prompts, decoding)
+    except GenerationError as exc:
+        raise DraftError(f"draft: {exc}") from None
     if not prompts:
         return SpeculativeOutput([], [])
     return _speculate(target, draft, prompts, decoding, eos, pad, _StopChecker(decoding.stop, decode_fn),
