@@ -8,8 +8,9 @@ from . import http, native, ngram, transformers  # noqa: F401  (register their b
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, RollingLoglikelihood
 from .loading import load, load_chat_template
 from .registry import BACKENDS, BackendEntry, ModelSpec, backends, register_backend, register_model, registered, resolve
+from .speculative import SpeculativeLM, speculative
 from .torch_lm import TorchLM
 
 __all__ = ["BACKENDS", "BackendEntry", "BackendError", "Capabilities", "LanguageModel", "LoglikelihoodResult",
-           "ModelSpec", "RollingLoglikelihood", "TorchLM", "backends", "load", "load_chat_template", "register_backend", "register_model",
-           "registered", "resolve"]
+           "ModelSpec", "RollingLoglikelihood", "SpeculativeLM", "TorchLM", "backends", "load", "load_chat_template", "register_backend", "register_model",
+           "registered", "resolve", "speculative"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..decode import Decoding, generate, truncate_at_stop
+from ..decode import Decoding, GenerationOutput, generate, truncate_at_stop
 from ..errors import GenerationError
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
 from .scoring import pad_right, score_sequences
@@ -126,9 +126,14 @@ class TorchLM(LanguageModel):
         outputs: list[str] = []
         for start in range(0, len(ids), max(self.batch_size, 1) * 4):
             chunk = ids[start:start + self.batch_size * 4]
-            result = generate(self.model, chunk, decoding, eos_token_id=eos, pad_token_id=eos,
-                              decode_fn=self.tokenizer.decode, on_token=on_token)
+            result = self.decode_ids(chunk, decoding, eos, on_token)
             for seq in result.sequences:
                 text = self.tokenizer.decode([t for t in seq if t != eos])
                 outputs.append(truncate_at_stop(text, decoding.stop))
         return outputs
+
+    def decode_ids(self, ids: list[list[int]], decoding: Decoding, eos: int | None,
+                   on_token: Callable[[int, int], None] | None = None) -> GenerationOutput:
+        """One batch of token ids through the decoder (speculative decoding overrides this)."""
+        return generate(self.model, ids, decoding, eos_token_id=eos, pad_token_id=eos,
+                        decode_fn=self.tokenizer.decode, on_token=on_token)

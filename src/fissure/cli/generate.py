@@ -28,6 +28,11 @@ def generate(
     length_penalty: float = typer.Option(1.0, help="Beam search length penalty."),
     stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     seed: int = typer.Option(0, help="Random seed for sampling."),
+    draft: str = typer.Option(None, help="Speculative decoding: a draft model with the same tokenizer (a spec), "
+                              "or layers:N (the model's first N layers). Same output, maybe faster."),
+    gamma: int = typer.Option(4, help="Speculative decoding: draft tokens per round."),
+    adaptive_gamma: bool = typer.Option(False, help="Speculative decoding: grow gamma after a fully accepted round, "
+                                        "shrink it otherwise."),
     backend: BackendOption = "auto",
     served_model: ServedModelOption = None,
     concurrency: ConcurrencyOption = None,
@@ -42,7 +47,9 @@ def generate(
     import dataclasses
 
     from ..backends import TorchLM, load
+    from ..backends.speculative import speculative
     from ..decode import Decoding
+    from ..decode.speculative import MAX_GAMMA
     from ..errors import UserError
     from ..utils import set_threads
 
@@ -55,6 +62,12 @@ def generate(
         prompts.append(([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}])
     if not prompts:
         raise UserError("give at least one --prompt or --chat")
+    if draft is not None and num_beams > 1:
+        raise UserError("--draft (speculative decoding) does not combine with --num-beams > 1")
+    if draft is None and (gamma != 4 or adaptive_gamma):
+        raise UserError("--gamma and --adaptive-gamma need --draft")
+    if not 1 <= gamma <= MAX_GAMMA:
+        raise UserError(f"--gamma must be between 1 and {MAX_GAMMA}, not {gamma}")
     sampling = any(v is not None for v in (temperature, top_k, top_p))
     # every setting is checked here, before the model loads (max_new_tokens may shrink to fit below)
     decoding = Decoding(max_new_tokens=64 if max_new_tokens is None else max_new_tokens,
@@ -65,6 +78,8 @@ def generate(
     remote = http_options(model, concurrency, chat_template, template_from)
     n_threads = set_threads(threads)
     lm = load(model, backend=backend, model=served_model, dtype=dtype, **remote)
+    if draft is not None:
+        lm = speculative(lm, draft, gamma=gamma, adaptive=adaptive_gamma, backend=backend, dtype=dtype)
     template = chat_template_record(lm)
     checks = lm.check_chat_templates(prompts) if remote else []
     warn_template_disagreements(checks)
@@ -73,7 +88,9 @@ def generate(
         decoding = dataclasses.replace(decoding, max_new_tokens=max(1, min(64, lm.capabilities.max_context - longest)))
     run = run_directory("generate", {"model": model, "backend": lm.capabilities.backend,
                                      "prompts": [str(p) for p in prompts], "decoding": decoding.to_dict(),
-                                     "chat_template": template},
+                                     "chat_template": template,
+                                     "speculative": None if draft is None else {"draft": draft, "gamma": gamma,
+                                                                                "adaptive_gamma": adaptive_gamma}},
                         seed, root=out_dir, threads=n_threads)
     stream = not as_json and len(prompts) == 1 and num_beams == 1 and isinstance(lm, TorchLM)
     streamed: list[int] = []
@@ -99,6 +116,9 @@ def generate(
                "backend": lm.capabilities.backend, "chat_template": template, "run_dir": str(run_dir)}
     if checks:
         summary["chat_template_checks"] = checks
+    if draft is not None:
+        summary.update(draft=draft, gamma=gamma, acceptance_rate=lm.acceptance_rate,
+                       drafted_tokens=lm.drafted, accepted_tokens=lm.accepted)
     write_json(run_dir / "results.json", summary)
     if as_json:
         print_json(summary)
@@ -108,4 +128,7 @@ def generate(
         for p, t in zip(prompts, texts):
             out.print(styled((p if isinstance(p, str) else p[-1]["content"], "bold")))
             out.print(t, highlight=False, markup=False)
+    if draft is not None and lm.acceptance_rate is not None:
+        err.print(f"draft {draft}: {lm.accepted} of {lm.drafted} draft tokens accepted "
+                  f"(acceptance rate {lm.acceptance_rate:.3f})")
     err.print(f"run directory: {run_dir}")

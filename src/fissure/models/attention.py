@@ -53,6 +53,13 @@ class KVCache:
     def batch_size(self) -> int:
         return self.k[0].shape[0]
 
+    def crop(self, length: int) -> None:
+        """Forget every position from ``length`` on (speculative decoding drops rejected draft
+        tokens); the next :meth:`update` overwrites them."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a KV cache of {self.length} positions to {length}")
+        self.length = length
+
 
 def positions_from_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token (left padding aware)."""
