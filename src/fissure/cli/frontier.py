@@ -27,8 +27,8 @@ def frontier(
     reference: Annotated[str, typer.Option(help="The model that scores quality (log-likelihood per token). "
                                                 "[default: MODEL itself]")] = None,
     domain: Annotated[str, typer.Option(help="Text domain the default prompts come from. [default: news]")] = None,
-    n_prompts: Annotated[int, typer.Option(help="Prompts taken from --domain. [default: 20]")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per continuation. [default: 32]")] = None,
+    n_prompts: Annotated[int, typer.Option(help="Prompts taken from --domain. [default: 24]")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per continuation. [default: 64]")] = None,
     quality: Annotated[str, typer.Option(help="Quality axis of the front: loglik | bleu | chrf (bleu and chrf "
                                               "need references). [default: loglik]")] = None,
     diversity: Annotated[str, typer.Option(help="Diversity axis: distinct_1..4 | entropy_1..4 | self_bleu. "
@@ -91,9 +91,9 @@ def frontier(
         out.print(f"{r['name']:>22}  log-lik/token {_est(r['loglik_per_token']):7.3f}  distinct-2 "
                   f"{_est(r['distinct_2']):.3f}  self-BLEU {_est(r['self_bleu']):5.1f}  loops "
                   f"{100 * _est(r['loops']):3.0f}%  {r['tokens_per_second'] or 0:6.1f} tok/s"
-                  f"{'  front' if r['on_front'] else ''}")
+                  f"{'  front' if r['on_front'] else ''}", soft_wrap=True)
     for line in results["summary"]:
-        out.print(line)
+        out.print(line, soft_wrap=True)
     out.print(f"report: {run_dir / 'report.html'}")
 
 
