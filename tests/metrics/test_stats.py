@@ -28,3 +28,18 @@ def test_bootstrap_close_to_scipy_percentile():
     assert got.low == pytest.approx(ref.low, abs=0.03)
     assert got.high == pytest.approx(ref.high, abs=0.03)
     assert got.low < 3.0 < got.high or abs(got.estimate - 3.0) < 0.2
+
+
+def test_jackknife_of_the_mean_is_the_t_interval():
+    from scipy.stats import sem, t
+
+    from fissure.metrics.stats import jackknife_interval
+
+    values = [3.1, 0.4, 2.2, 5.0, 1.7, 2.9, 4.4]
+    got = jackknife_interval(values, lambda v: sum(v) / len(v), confidence=0.9)
+    low, high = t.interval(0.9, len(values) - 1, loc=np.mean(values), scale=sem(values))
+    assert got.estimate == pytest.approx(np.mean(values))
+    assert (got.low, got.high) == pytest.approx((low, high))
+    assert got.method == "jackknife"
+    with pytest.raises(ValueError):
+        jackknife_interval([1.0], np.mean)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from . import (  # noqa: F401
-    attention, baselines, bias, data, distill, evaluate, fill_mask, generate, info, judge, lab, models, probe,
-    quickstart, specialise, train, translate, tune,
+    attention, baselines, bias, data, distill, evaluate, fill_mask, frontier, generate, info, judge, lab, models,
+    probe, quickstart, specialise, train, translate, tune,
 )
 from .app import app
 

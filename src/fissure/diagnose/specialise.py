@@ -32,6 +32,7 @@ from ..backends import TorchLM, load
 from ..config import check_range
 from ..errors import ConfigError
 from ..metrics.lm import ratio_interval, summarise_scores
+from ..metrics.pareto import pareto_front
 from ..runs import write_json
 from ..text.catalogue import load_domain
 from ..train import TrainConfig, Trainer
@@ -190,14 +191,9 @@ def tune_setting(base_state: dict, lm: TorchLM, corpora: dict[str, Corpus], conf
 def pareto(points: list[dict]) -> list[str]:
     """Settings whose last point no other last point beats on both domain and mean general bpb."""
     last = {p["setting_id"]: p for p in points}
-    front = []
-    for sid, p in last.items():
-        dominated = any(q["domain_bpb"] <= p["domain_bpb"] and q["mean_general_bpb"] <= p["mean_general_bpb"]
-                        and (q["domain_bpb"], q["mean_general_bpb"]) != (p["domain_bpb"], p["mean_general_bpb"])
-                        for q in last.values())
-        if not dominated:
-            front.append(sid)
-    return front
+    ids = list(last)
+    front = pareto_front([(last[s]["domain_bpb"], last[s]["mean_general_bpb"]) for s in ids], maximise=[False, False])
+    return [ids[i] for i in front]
 
 
 def summarise_sweep(config: SpecialiseConfig, base: dict, points: list[dict]) -> dict:

@@ -180,3 +180,68 @@ def interval_dots(rows: Sequence[tuple[str, dict | None]], title: str, width: in
                      f'{iv.get("high", math.nan):.3f}]</title></circle>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def scatter_plot(points: Sequence[tuple[str, float, float, tuple[float, float] | None, tuple[float, float] | None,
+                                    bool]], title: str, x_label: str, y_label: str, width: int = 680,
+                 height: int = 440, front_label: str = "Pareto front", marker: tuple[str, float, float] | None = None) -> str:
+    """Labelled points ``(label, x, y, x interval or None, y interval or None, highlighted)`` with
+    whiskers; the highlighted ones are drawn in colour and joined by a line in x order (a Pareto
+    front). ``marker`` = ``(label, x, y)`` adds one reference point (a cross), e.g. human text."""
+    good = [p for p in points if _finite(p[1]) and _finite(p[2])]
+    xs = [v for p in good for v in (p[1], *(p[3] or ())) if _finite(v)]
+    ys = [v for p in good for v in (p[2], *(p[4] or ())) if _finite(v)]
+    if marker and _finite(marker[1]) and _finite(marker[2]):
+        xs.append(marker[1])
+        ys.append(marker[2])
+    xs, ys = xs or [0.0, 1.0], ys or [0.0, 1.0]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    x0, x1 = (x0 - 0.5, x1 + 0.5) if x1 - x0 < 1e-9 else (x0 - (x1 - x0) * 0.08, x1 + (x1 - x0) * 0.08)
+    y0, y1 = (y0 - 0.5, y1 + 0.5) if y1 - y0 < 1e-9 else (y0 - (y1 - y0) * 0.08, y1 + (y1 - y0) * 0.08)
+    left, right, top, bottom = 70, 20, 28, 44
+    sx, sy = (width - left - right) / (x1 - x0), (height - top - bottom) / (y1 - y0)
+
+    def px(x: float) -> float:
+        return left + (x - x0) * sx
+
+    def py(y: float) -> float:
+        return height - bottom - (y - y0) * sy
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f"<title>{escape(title)}</title>",
+             f'<text x="{left}" y="16" font-size="12" font-weight="bold">{escape(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+             f'fill="none" stroke="#ccc"/>']
+    for frac in (0, 0.5, 1):
+        xv, yv = x0 + frac * (x1 - x0), y0 + frac * (y1 - y0)
+        parts.append(f'<text x="{px(xv):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">'
+                     f'{xv:.3g}</text><text x="{left - 6}" y="{py(yv) + 3:.1f}" font-size="10" text-anchor="end">'
+                     f'{yv:.3g}</text>')
+    parts.append(f'<text x="{left + (width - left - right) / 2:.1f}" y="{height - 8}" font-size="11" '
+                 f'text-anchor="middle">{escape(x_label)}</text>')
+    parts.append(f'<text x="14" y="{top + (height - top - bottom) / 2:.1f}" font-size="11" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {top + (height - top - bottom) / 2:.1f})">{escape(y_label)}</text>')
+    front = sorted((p for p in good if p[5]), key=lambda p: p[1])
+    if len(front) > 1:
+        line = " ".join(f"{px(p[1]):.1f},{py(p[2]):.1f}" for p in front)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="#c44" stroke-width="1.5" '
+                     f'stroke-dasharray="4,3"><title>{escape(front_label)}</title></polyline>')
+    for label, x, y, xi, yi, hot in good:
+        colour = "#c44" if hot else "#888"
+        if xi and _finite(xi[0]) and _finite(xi[1]):
+            parts.append(f'<line x1="{px(xi[0]):.1f}" y1="{py(y):.1f}" x2="{px(xi[1]):.1f}" y2="{py(y):.1f}" '
+                         f'stroke="{colour}" stroke-opacity="0.5"/>')
+        if yi and _finite(yi[0]) and _finite(yi[1]):
+            parts.append(f'<line x1="{px(x):.1f}" y1="{py(yi[0]):.1f}" x2="{px(x):.1f}" y2="{py(yi[1]):.1f}" '
+                         f'stroke="{colour}" stroke-opacity="0.5"/>')
+        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="{4 if hot else 3}" fill="{colour}">'
+                     f'<title>{escape(label)}: ({x:.4g}, {y:.4g})</title></circle>'
+                     f'<text x="{px(x) + 6:.1f}" y="{py(y) - 5:.1f}" font-size="10" fill="{colour}">{escape(label)}</text>')
+    if marker and _finite(marker[1]) and _finite(marker[2]):
+        cx, cy = px(marker[1]), py(marker[2])
+        parts.append(f'<path d="M{cx - 5:.1f},{cy - 5:.1f}L{cx + 5:.1f},{cy + 5:.1f}M{cx - 5:.1f},{cy + 5:.1f}'
+                     f'L{cx + 5:.1f},{cy - 5:.1f}" stroke="#27a" stroke-width="2"><title>{escape(marker[0])}</title>'
+                     f'</path><text x="{cx + 7:.1f}" y="{cy + 4:.1f}" font-size="10" fill="#27a">'
+                     f'{escape(marker[0])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
