@@ -96,8 +96,8 @@ def test_train_bad_task_and_finished_resume(checkpoint, tmp_path):
 
 def test_a_bert_is_not_a_causal_lm_but_shows_its_attention(checkpoint, tmp_path):
     ck, _ = checkpoint
-    one_line_error(fissure("generate", ck, "--prompt", "the"), "does not generate text left to right: use fissure "
-                                                                "fill-mask")
+    one_line_error(fissure("generate", ck, "--prompt", "the"), "a bert model does not generate text left to right: "
+                                                                "use fissure fill-mask")
     result = fissure("attention", ck, "the module reads files", "--json", "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)

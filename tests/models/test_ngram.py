@@ -160,7 +160,12 @@ def test_sums_to_one_for_every_history(order, V, modified, uniform, discount, se
     rng = np.random.default_rng(seed)
     seqs = [list(rng.integers(0, V, size=rng.integers(0, 20))) for _ in range(rng.integers(1, 6))]
     model = NgramModel(NgramConfig(order=order, vocab_size=V, bos_id=0, eos_id=V - 1, discount=discount,
-                                   modified=modified, interpolate_uniform=uniform)).fit(seqs)
+                                   modified=modified, interpolate_uniform=uniform))
+    if order == 1 and not any(seqs):  # nothing to count: no padding at order 1 (as NLTK)
+        with pytest.raises(ValueError, match="at least one token"):
+            model.fit(seqs)
+        return
+    model.fit(seqs)
     history = [h % V for h in history]  # seen, unseen and too-short histories alike
     p = model.distribution(history)
     assert p.min() >= 0

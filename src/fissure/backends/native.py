@@ -38,9 +38,9 @@ def load_checkpoint(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
     from .base import BackendError
 
     family = spec.config.get("family")
-    if family in NOT_CAUSAL:
-        raise BackendError(f"{spec.path} holds a {family} model, which does not generate text left to right: "
-                           f"{NOT_CAUSAL[family]}")
+    if isinstance(family, str) and family in NOT_CAUSAL:
+        raise BackendError(f"{spec.path}/config.json says family '{family}': a {family} model does not generate "
+                           f"text left to right: {NOT_CAUSAL[family]}")
     model, tokenizer = load_checkpoint(spec.path)
     return TorchLM(model, tokenizer, name=str(spec.path), backend="native", batch_size=batch_size)
 

@@ -110,7 +110,7 @@ class NgramModel:
         n, V = self.config.order, self.config.vocab_size
         tokens, offset = self._padded(sequences, right=True)
         if tokens.size == 0:
-            raise ValueError("fit needs at least one sequence")
+            raise ValueError("fit needs at least one token to count (an order-1 model adds no padding)")
         gram = np.zeros(tokens.size, np.int64)  # id of the (k-1)-gram ending at each position (k = 1: empty)
         ids_by_level, raw = [], []
         for k in range(1, n + 1):
