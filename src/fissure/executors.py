@@ -146,6 +146,21 @@ class LocalExecutor(Executor):
                 yield Event(task, row)
 
 
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """A one-line error at once when nothing listens at a ``ray://host:port`` address (Ray's client
+    would retry for about 30 seconds before saying so)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # let Ray parse what it accepts
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"cannot connect to the Ray cluster at {address}: nothing answers at {host}:{port} "
+                        f"({exc.strerror or type(exc).__name__})") from None
+
+
 class RayExecutor(Executor):
     """Ray: a local instance started (and stopped) here, one already started in this process, or
     a cluster at ``ray://host:port``. Each task asks Ray for ``cpus_per_task`` CPUs."""
@@ -157,6 +172,8 @@ class RayExecutor(Executor):
             raise UserError("--executor ray needs Ray: pip install 'fissure[scale]'") from None
         self.ray, self.started = ray, False
         if not ray.is_initialized():
+            if self.spec.address:
+                _check_reachable(self.spec.address)
             try:
                 with warnings.catch_warnings():  # its connection warning repeats the error below
                     warnings.simplefilter("ignore")

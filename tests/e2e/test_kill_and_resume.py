@@ -134,14 +134,14 @@ def chats(path: Path) -> Path:
 @pytest.mark.slow
 def test_tune_killed_again_and_again_resumes_to_the_same_adapter(tiny_llama, tmp_path, env):
     args = ["tune", str(tiny_llama[0]), "--data", str(chats(tmp_path / "chats.jsonl")), "--max-length", "32",
-            "--set", "train.max_steps=48", "--set", "train.save_every=2", "--set", "train.eval_every=12",
+            "--set", "train.max_steps=24", "--set", "train.save_every=2", "--set", "train.eval_every=12",
             "--set", "train.batch_size=2", "--set", "train.dtype='fp32'", "--set", "train.threads=1"]
     straight, wall = timed(args + ["--out-dir", str(tmp_path / "straight"), "--json"], tmp_path, env)
     summary = json.loads(straight.stdout.strip().splitlines()[-1])
     want = weights(Path(summary["checkpoint"]))
     between_saves = 0.06  # two steps of 2 short chats on the tiny Llama take about this long
     runs = tmp_path / "killed"
-    assert kill_chain(args, runs, tmp_path, env, between_saves, seed=1, steps=48) >= MIN_KILLS
+    assert kill_chain(args, runs, tmp_path, env, between_saves, seed=1, steps=24) >= MIN_KILLS
     got = weights(newest_checkpoint(runs))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 

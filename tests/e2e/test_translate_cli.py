@@ -15,10 +15,10 @@ runner = CliRunner()
 EXAMPLE = Path(__file__).parents[2] / "examples" / "translate-en-de.toml"
 HAS_DE = any((Path(LOCALE_DIR) / "de" / "LC_MESSAGES").glob("*.mo"))
 
-# The budget: a small model, 3k message pairs, 1 thread (see docs/translation.md for what it reaches)
+# The budget: a small model, 3k message pairs, 200 steps, 1 thread (see docs/translation.md for what it reaches)
 TINY = ["--set", "data.max_pairs=3000", "--set", "data.max_words=12", "--set", "tokenizer.vocab_size=1000",
         "--set", "model.n_embd=96", "--set", "model.intermediate_size=256", "--set", "model.n_layer=2",
-        "--set", "model.n_decoder_layer=2", "--set", "model.block_size=48", "--set", "train.max_steps=400",
+        "--set", "model.n_decoder_layer=2", "--set", "model.block_size=48", "--set", "train.max_steps=200",
         "--set", "train.batch_size=32", "--set", "train.lr=3e-3", "--set", "train.warmup_steps=40",
         "--set", "train.eval_every=200", "--set", "train.save_every=0", "--set", "train.threads=1",
         "--set", "train.progress=false"]
@@ -58,7 +58,7 @@ def test_train_translate_and_score_against_copy_baseline(tmp_path):
     assert low <= greedy["bleu"]["score"] <= high
     print(f"test split: greedy BLEU {ours.score:.2f} chrF {greedy['chrf']['score']:.2f}; copy-the-source BLEU "
           f"{baseline.score:.2f} chrF {copy['chrf']['score']:.2f} ({ours.format(signature=True)})")
-    # Not asserted: greedy BLEU above the copy baseline. At this budget it is not (measured ~1 BLEU against
+    # Not asserted: greedy BLEU above the copy baseline. At this budget it is not (measured 0-1 BLEU against
     # ~18: software messages keep %s, file and product names untranslated); see docs/translation.md.
 
 
