@@ -86,17 +86,15 @@ def dot_plot(rows: Sequence[tuple[str, float | None]], title: str, width: int = 
 _PALETTE = ("#c44", "#27a", "#2a7", "#a72", "#72a", "#555", "#a27", "#7a2")
 
 
-def paths_plot(series: Sequence[tuple[str, Sequence[tuple[float, float, float | None, float | None]]]], title: str,
-               x_label: str, y_label: str, width: int = 640, height: int = 420) -> str:
-    """Lines through points ``(x, y, y_low, y_high)`` (whiskers where low/high are given), one per
-    series, with a legend: e.g. a fine-tuning run's path from the base model, step by step."""
-    pts = [(x, y) for _, s in series for x, y, *_ in s if _finite(x) and _finite(y)]
-    lows = [v for _, s in series for _, _, lo, hi in s for v in (lo, hi) if _finite(v)]
-    xs, ys = [p[0] for p in pts] or [0.0, 1.0], [p[1] for p in pts] + lows or [0.0, 1.0]
+def _xy_frame(xs: list[float], ys: list[float], title: str, x_label: str, y_label: str, width: int, height: int,
+              right: int, margin: float):
+    """The opening of an x-y SVG plot over the range of ``xs`` and ``ys`` (widened by ``margin`` of
+    it, or by 0.5 when flat): title, frame, three ticks per axis and the axis labels. Returns the
+    parts so far and the data-to-pixel maps ``px``, ``py``."""
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    x0, x1 = (x0 - 0.5, x1 + 0.5) if x1 - x0 < 1e-9 else (x0 - (x1 - x0) * 0.05, x1 + (x1 - x0) * 0.05)
-    y0, y1 = (y0 - 0.5, y1 + 0.5) if y1 - y0 < 1e-9 else (y0 - (y1 - y0) * 0.05, y1 + (y1 - y0) * 0.05)
-    left, right, top, bottom = 70, 170, 28, 44
+    x0, x1 = (x0 - 0.5, x1 + 0.5) if x1 - x0 < 1e-9 else (x0 - (x1 - x0) * margin, x1 + (x1 - x0) * margin)
+    y0, y1 = (y0 - 0.5, y1 + 0.5) if y1 - y0 < 1e-9 else (y0 - (y1 - y0) * margin, y1 + (y1 - y0) * margin)
+    left, top, bottom = 70, 28, 44
     sx, sy = (width - left - right) / (x1 - x0), (height - top - bottom) / (y1 - y0)
 
     def px(x: float) -> float:
@@ -119,6 +117,18 @@ def paths_plot(series: Sequence[tuple[str, Sequence[tuple[float, float, float | 
                  f'text-anchor="middle">{escape(x_label)}</text>')
     parts.append(f'<text x="14" y="{top + (height - top - bottom) / 2:.1f}" font-size="11" text-anchor="middle" '
                  f'transform="rotate(-90 14 {top + (height - top - bottom) / 2:.1f})">{escape(y_label)}</text>')
+    return parts, px, py
+
+
+def paths_plot(series: Sequence[tuple[str, Sequence[tuple[float, float, float | None, float | None]]]], title: str,
+               x_label: str, y_label: str, width: int = 640, height: int = 420) -> str:
+    """Lines through points ``(x, y, y_low, y_high)`` (whiskers where low/high are given), one per
+    series, with a legend: e.g. a fine-tuning run's path from the base model, step by step."""
+    pts = [(x, y) for _, s in series for x, y, *_ in s if _finite(x) and _finite(y)]
+    lows = [v for _, s in series for _, _, lo, hi in s for v in (lo, hi) if _finite(v)]
+    xs, ys = [p[0] for p in pts] or [0.0, 1.0], [p[1] for p in pts] + lows or [0.0, 1.0]
+    top, right = 28, 170
+    parts, px, py = _xy_frame(xs, ys, title, x_label, y_label, width, height, right=right, margin=0.05)
     for i, (label, points) in enumerate(series):
         colour = _PALETTE[i % len(_PALETTE)]
         good = [(x, y, lo, hi) for x, y, lo, hi in points if _finite(x) and _finite(y)]
@@ -195,32 +205,7 @@ def scatter_plot(points: Sequence[tuple[str, float, float, tuple[float, float] |
         xs.append(marker[1])
         ys.append(marker[2])
     xs, ys = xs or [0.0, 1.0], ys or [0.0, 1.0]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    x0, x1 = (x0 - 0.5, x1 + 0.5) if x1 - x0 < 1e-9 else (x0 - (x1 - x0) * 0.08, x1 + (x1 - x0) * 0.08)
-    y0, y1 = (y0 - 0.5, y1 + 0.5) if y1 - y0 < 1e-9 else (y0 - (y1 - y0) * 0.08, y1 + (y1 - y0) * 0.08)
-    left, right, top, bottom = 70, 20, 28, 44
-    sx, sy = (width - left - right) / (x1 - x0), (height - top - bottom) / (y1 - y0)
-
-    def px(x: float) -> float:
-        return left + (x - x0) * sx
-
-    def py(y: float) -> float:
-        return height - bottom - (y - y0) * sy
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f"<title>{escape(title)}</title>",
-             f'<text x="{left}" y="16" font-size="12" font-weight="bold">{escape(title)}</text>',
-             f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
-             f'fill="none" stroke="#ccc"/>']
-    for frac in (0, 0.5, 1):
-        xv, yv = x0 + frac * (x1 - x0), y0 + frac * (y1 - y0)
-        parts.append(f'<text x="{px(xv):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">'
-                     f'{xv:.3g}</text><text x="{left - 6}" y="{py(yv) + 3:.1f}" font-size="10" text-anchor="end">'
-                     f'{yv:.3g}</text>')
-    parts.append(f'<text x="{left + (width - left - right) / 2:.1f}" y="{height - 8}" font-size="11" '
-                 f'text-anchor="middle">{escape(x_label)}</text>')
-    parts.append(f'<text x="14" y="{top + (height - top - bottom) / 2:.1f}" font-size="11" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {top + (height - top - bottom) / 2:.1f})">{escape(y_label)}</text>')
+    parts, px, py = _xy_frame(xs, ys, title, x_label, y_label, width, height, right=20, margin=0.08)
     front = sorted((p for p in good if p[5]), key=lambda p: p[1])
     if len(front) > 1:
         line = " ".join(f"{px(p[1]):.1f},{py(p[2]):.1f}" for p in front)
