@@ -64,25 +64,13 @@ def _ids(ids: Iterable[int]) -> list[int]:
 
 # --------------------------------------------------------------------------- byte-level BPE
 
-class BPETokenizer(Tokenizer):
-    """A byte-level BPE tokenizer (GPT-2 style) around an HF ``tokenizers.Tokenizer``."""
-
-    name = "bpe"
-
-    def __init__(self, hf: HFTokenizer):
-        eos = hf.token_to_id(EOS_TOKEN)
-        if eos is None:
-            raise CheckpointError(f"BPE tokenizer has no {EOS_TOKEN} token")
-        hf.encode_special_tokens = True  # not serialised by HF: set on every construction
-        self.hf, self._eos = hf, eos
+class HFFileTokenizer(Tokenizer):
+    """A tokenizer held in an HF ``tokenizers.Tokenizer`` (``self.hf``), saved as its ``tokenizer.json``;
+    special tokens in a text encode as ordinary characters."""
 
     @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
-
-    @property
-    def eos_id(self) -> int:
-        return self._eos
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids
@@ -98,6 +86,23 @@ class BPETokenizer(Tokenizer):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.hf.save(str(path))
         return path
+
+
+class BPETokenizer(HFFileTokenizer):
+    """A byte-level BPE tokenizer (GPT-2 style) around an HF ``tokenizers.Tokenizer``."""
+
+    name = "bpe"
+
+    def __init__(self, hf: HFTokenizer):
+        eos = hf.token_to_id(EOS_TOKEN)
+        if eos is None:
+            raise CheckpointError(f"BPE tokenizer has no {EOS_TOKEN} token")
+        hf.encode_special_tokens = True  # not serialised by HF: set on every construction
+        self.hf, self._eos = hf, eos
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
@@ -205,7 +210,7 @@ BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4
 WORDPIECE_PREFIX = "##"  # marks a piece that continues the word before it
 
 
-class WordPieceTokenizer(Tokenizer):
+class WordPieceTokenizer(HFFileTokenizer):
     """BERT's tokenizer around an HF ``tokenizers.Tokenizer``: BERT's normaliser (lower case by
     default) and pre-tokenizer (words and punctuation), WordPiece with ``##`` continuation pieces,
     and the special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]``.
@@ -236,30 +241,11 @@ class WordPieceTokenizer(Tokenizer):
             self.continues_word[i] = token.startswith(WORDPIECE_PREFIX) and len(token) > len(WORDPIECE_PREFIX)
 
     @property
-    def vocab_size(self) -> int:
-        return self.hf.get_vocab_size()
-
-    @property
     def eos_id(self) -> int:
         return self.sep_id
 
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch_fast(list(texts), add_special_tokens=False)]
-
-    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        return self.hf.decode(_ids(ids), skip_special_tokens=skip_special_tokens)
-
     def id_to_token(self, i: int) -> str:
         return self.hf.id_to_token(i)
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / TOKENIZER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.hf.save(str(path))
-        return path
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
