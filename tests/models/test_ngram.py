@@ -152,7 +152,7 @@ def test_chen_goodman_reference(order, modified, uniform):
     np.testing.assert_allclose(model.sequence_logprobs(test), want, rtol=1e-10)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)  # as tests/fuzz: CI sees the same cases
 @given(order=st.integers(1, 5), V=st.integers(3, 12), modified=st.booleans(), uniform=st.booleans(),
        discount=st.floats(0.0, 1.0), seed=st.integers(0, 2**16),
        history=st.lists(st.integers(0, 11), max_size=6))
@@ -170,7 +170,7 @@ def test_sums_to_one_for_every_history(order, V, modified, uniform, discount, se
     p = model.distribution(history)
     assert p.min() >= 0
     assert p.sum() == pytest.approx(1.0, abs=1e-9)
-    if uniform and discount > 0:
+    if uniform and discount >= 1e-6:  # (a subnormal discount underflows the floor to 0 in float64)
         assert p.min() > 0  # every id keeps some probability
     np.testing.assert_allclose(np.exp(model.sequence_logprobs(list(range(V)), history)[:1]),
                                p[:1], rtol=1e-9)
