@@ -47,17 +47,16 @@ def interval_bars(rows: Sequence[tuple[str, dict | None]], title: str, width: in
     return "".join(parts)
 
 
-def dot_plot(rows: Sequence[tuple[str, float | None]], title: str, width: int = 640,
-             axis_label: str = "") -> str:
-    """One dot per row on a shared horizontal axis that always shows 0 (e.g. log-odds)."""
-    values = [v for _, v in rows if _finite(v)]
+def _zero_axis_frame(values: list[float], n_rows: int, title: str, width: int, axis_label: str):
+    """The opening of a one-row-per-label SVG over a horizontal axis spanning ``values`` and 0: title,
+    the dashed zero line, three ticks and the axis label. Returns the parts and the value-to-x map."""
     lo, hi = min(values + [0.0]), max(values + [0.0])
     if hi - lo < 1e-9:
         lo, hi = lo - 1, hi + 1
     pad = (hi - lo) * 0.05
     lo, hi = lo - pad, hi + pad
     row_h, left, right, top = 18, 240, 20, 24
-    height = top + row_h * len(rows) + 34
+    height = top + row_h * n_rows + 34
     scale = (width - left - right) / (hi - lo)
 
     def x(v: float) -> float:
@@ -73,6 +72,15 @@ def dot_plot(rows: Sequence[tuple[str, float | None]], title: str, width: int = 
     if axis_label:
         parts.append(f'<text x="{left + (width - left - right) / 2:.1f}" y="{height - 4}" font-size="10" '
                      f'text-anchor="middle">{escape(axis_label)}</text>')
+    return parts, x
+
+
+def dot_plot(rows: Sequence[tuple[str, float | None]], title: str, width: int = 640,
+             axis_label: str = "") -> str:
+    """One dot per row on a shared horizontal axis that always shows 0 (e.g. log-odds)."""
+    values = [v for _, v in rows if _finite(v)]
+    parts, x = _zero_axis_frame(values, len(rows), title, width, axis_label)
+    row_h, left, top = 18, 240, 24
     for i, (label, v) in enumerate(rows):
         y = top + i * row_h
         parts.append(f'<text x="{left - 6}" y="{y + 12}" font-size="11" text-anchor="end">{escape(label)}</text>')
@@ -154,28 +162,8 @@ def interval_dots(rows: Sequence[tuple[str, dict | None]], title: str, width: in
     (e.g. a mean log-likelihood gap per filler). ``rows``: ``(label, Interval dict or None)``."""
     ends = [v for _, iv in rows if iv and _finite(iv.get("estimate"))
             for v in (iv["estimate"], iv["low"], iv["high"]) if _finite(v)]
-    lo, hi = min(ends + [0.0]), max(ends + [0.0])
-    if hi - lo < 1e-9:
-        lo, hi = lo - 1, hi + 1
-    pad = (hi - lo) * 0.05
-    lo, hi = lo - pad, hi + pad
-    row_h, left, right, top = 18, 240, 20, 24
-    height = top + row_h * len(rows) + 34
-    scale = (width - left - right) / (hi - lo)
-
-    def x(v: float) -> float:
-        return left + (v - lo) * scale
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f"<title>{escape(title)}</title>",
-             f'<text x="{left}" y="14" font-size="12" font-weight="bold">{escape(title)}</text>',
-             f'<line x1="{x(0):.1f}" y1="{top - 4}" x2="{x(0):.1f}" y2="{height - 30}" stroke="#888" '
-             f'stroke-dasharray="3,3"/>']
-    for tick in (lo + pad, 0.0, hi - pad):
-        parts.append(f'<text x="{x(tick):.1f}" y="{height - 18}" font-size="10" text-anchor="middle">{tick:.2g}</text>')
-    if axis_label:
-        parts.append(f'<text x="{left + (width - left - right) / 2:.1f}" y="{height - 4}" font-size="10" '
-                     f'text-anchor="middle">{escape(axis_label)}</text>')
+    parts, x = _zero_axis_frame(ends, len(rows), title, width, axis_label)
+    row_h, left, top = 18, 240, 24
     for i, (label, iv) in enumerate(rows):
         y, mid = top + i * row_h, top + i * row_h + row_h / 2
         parts.append(f'<text x="{left - 6}" y="{y + 12}" font-size="11" text-anchor="end">{escape(label)}</text>')

@@ -105,6 +105,21 @@ class BPETokenizer(HFFileTokenizer):
         return self._eos
 
 
+def _train_from_texts(hf: HFTokenizer, texts: Iterable[str], trainer) -> None:
+    """Train ``hf`` on ``texts`` (read once, as a stream); no text at all is a :class:`DataError`."""
+    seen = 0
+
+    def counted():
+        nonlocal seen
+        for text in texts:
+            seen += len(text)
+            yield text
+
+    hf.train_from_iterator(counted(), trainer)
+    if seen == 0:
+        raise DataError("no text to train the tokenizer on")
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
     """Train a byte-level BPE tokenizer. All 256 bytes are in the initial alphabet, so nothing is ever unknown.
 
@@ -120,17 +135,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS_TOKEN],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    seen = 0
-
-    def counted():
-        nonlocal seen
-        for text in texts:
-            seen += len(text)
-            yield text
-
-    hf.train_from_iterator(counted(), trainer)
-    if seen == 0:
-        raise DataError("no text to train the tokenizer on")
+    _train_from_texts(hf, texts, trainer)
     return BPETokenizer(hf)
 
 
@@ -266,17 +271,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                         special_tokens=list(BERT_SPECIAL_TOKENS), show_progress=False,
                                         continuing_subword_prefix=WORDPIECE_PREFIX)
-    seen = 0
-
-    def counted():
-        nonlocal seen
-        for text in texts:
-            seen += len(text)
-            yield text
-
-    hf.train_from_iterator(counted(), trainer)
-    if seen == 0:
-        raise DataError("no text to train the tokenizer on")
+    _train_from_texts(hf, texts, trainer)
     cls, sep = hf.token_to_id("[CLS]"), hf.token_to_id("[SEP]")
     hf.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
