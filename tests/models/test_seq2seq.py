@@ -265,3 +265,30 @@ def test_fissure_attention_on_a_marian_directory_draws_encoder_decoder_and_cross
             torch.testing.assert_close(maps[f"{group}_layer_{i}"], w[0], atol=1e-5, rtol=0)
     report = (run_dir / "report.html").read_text()
     assert "&lt;b&gt;file&lt;/b&gt;" in report and "<b>file</b>" not in report and "Cross layer 0" in report
+
+
+def test_beams_share_their_sources_memory_until_rows_leave(marian):
+    """Rows of one source (beams) read one memory row together: logits equal those of a copied-out
+    memory; a reorder within sources moves no memory, one that drops rows copies it out."""
+    ours = seq2seq_from_hf_state_dict(marian.config, marian.state_dict()).eval()
+    src, mask, _ = sources_for(torch.Generator().manual_seed(4), 3)
+    memory = ours.memory_kv(ours.encode(src, mask))
+    beams, steps = 4, torch.randint(1, PAD, (12, 5), generator=torch.Generator().manual_seed(5))
+    copied = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in memory]
+    shared = ours.new_kv_cache(12, 16, memory_kv=memory, src_mask=mask)
+    separate = ours.new_kv_cache(12, 16, memory_kv=copied, src_mask=mask.repeat_interleave(beams, 0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.decode(steps[:, :3], shared.memory_kv, shared.memory_mask, shared),
+                                   ours.decode(steps[:, :3], separate.memory_kv, separate.memory_mask, separate))
+        within = torch.tensor([1, 1, 0, 3, 4, 4, 7, 5, 11, 8, 8, 9])  # beams pick beams of their own source
+        shared.reorder(within)
+        separate.reorder(within)
+        assert shared.memory_kv[0][0] is memory[0][0]
+        torch.testing.assert_close(ours.decode(steps[:, 3:4], shared.memory_kv, shared.memory_mask, shared),
+                                   ours.decode(steps[:, 3:4], separate.memory_kv, separate.memory_mask, separate))
+        leave = torch.tensor([2, 9, 10])  # finished rows leave: one of source 0, two of source 2
+        shared.reorder(leave)
+        separate.reorder(leave)
+        assert shared.memory_kv[0][0].shape[0] == 3
+        torch.testing.assert_close(ours.decode(steps[leave, 4:5], shared.memory_kv, shared.memory_mask, shared),
+                                   ours.decode(steps[leave, 4:5], separate.memory_kv, separate.memory_mask, separate))

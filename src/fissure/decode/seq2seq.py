@@ -2,8 +2,8 @@
 
 :class:`BoundDecoder` is a seq2seq model whose sources are already encoded: every target starts
 with the decoder start token (one-token "prompts", never padded), and its KV cache also carries
-the cross-attention keys/values of the sources, reordered with the beams and with the rows that
-leave the batch. So greedy, sampling and HF's vectorised beam search in :func:`.search.generate`
+the cross-attention keys/values of the sources, once per source (the beams of a source share
+them) and following the rows that leave the batch. So greedy, sampling and HF's vectorised beam search in :func:`.search.generate`
 serve translation unchanged (no second beam search to keep in step with HF's).
 
 Two of HF's Marian generation settings act on the logits here: ``forced_eos_token_id`` (at the
@@ -43,11 +43,8 @@ class BoundDecoder:
         return self.model.parameters()
 
     def new_kv_cache(self, batch: int, max_len: int):
-        """A cache for ``batch`` rows: each source repeated ``batch // B`` times in a row (beams)."""
-        repeat = batch // self.batch
-        memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0)) for k, v in self.memory_kv]
-        mask = None if self.src_mask is None else self.src_mask.repeat_interleave(repeat, 0)
-        return self.model.new_kv_cache(batch, max_len, memory_kv=memory, src_mask=mask)
+        """A cache for ``batch`` rows: ``batch // B`` rows in a row per source (beams), sharing its memory."""
+        return self.model.new_kv_cache(batch, max_len, memory_kv=self.memory_kv, src_mask=self.src_mask)
 
     def __call__(self, ids: torch.Tensor, attention_mask=None, position_ids=None, kv_cache=None) -> torch.Tensor:
         logits = self.model.decode(ids, kv_cache.memory_kv, kv_cache.memory_mask, kv_cache)

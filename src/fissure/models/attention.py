@@ -252,6 +252,10 @@ class CrossAttention(nn.Module):
     :meth:`memory_kv` projects the memory to keys and values once per source; generation keeps
     them for every step (each step's queries are new, the memory is not). ``mask`` is a boolean
     ``(B, 1, 1, S)`` key mask (True for real source tokens).
+
+    The memory may have fewer rows than ``x``: with ``M`` memory rows, ``x``'s ``B = g * M`` rows are
+    ``M`` groups of ``g`` neighbours (the beams of one source), and a group's ``g * T`` queries attend
+    to its one memory row together. Beam search then never copies the memory.
     """
 
     def __init__(self, n_embd: int, n_head: int, bias: bool = True, dropout: float = 0.0):
@@ -274,7 +278,10 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        M = k.shape[0]
+        if B % M:
+            raise ValueError(f"{B} query rows cannot share {M} memory rows evenly")
+        q = self.q_proj(x).view(M, B // M * T, self.n_head, self.head_dim).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.out(y.transpose(1, 2).reshape(B, T, C)))

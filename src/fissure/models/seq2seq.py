@@ -142,20 +142,34 @@ class DecoderLayer(nn.Module):
 
 class Seq2SeqCache(KVCache):
     """The decoder's self-attention cache plus, per decoder layer, the cross-attention keys/values
-    of the memory and the source key mask; :meth:`reorder` selects rows of all of them (beams,
-    finished rows), so :mod:`fissure.decode.search` drives a seq2seq decoder unchanged."""
+    of the memory and the source key mask, so :mod:`fissure.decode.search` drives a seq2seq
+    decoder unchanged.
+
+    The memory is held once per source while each source's rows (its beams) sit next to each other
+    in the batch: :meth:`reorder` within sources (beam search) then moves no memory at all. When rows
+    leave the batch or change source, the memory is copied out to one row per decoder row."""
 
     def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int,
                  memory_kv: list[tuple[torch.Tensor, torch.Tensor]], memory_mask: torch.Tensor | None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         super().__init__(n_layer, batch, n_head, head_dim, max_len, dtype=dtype, device=device)
         self.memory_kv, self.memory_mask = memory_kv, memory_mask
+        sources = memory_kv[0][0].shape[0]
+        if batch % sources:
+            raise ValueError(f"a batch of {batch} rows cannot share {sources} sources evenly")
+        self.row_source = torch.arange(batch, device=device) // (batch // sources)
 
     def reorder(self, index: torch.Tensor) -> None:
         super().reorder(index)
-        self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
+        source = self.row_source[index]
+        sources, rows = self.memory_kv[0][0].shape[0], len(index)
+        if rows % sources == 0 and torch.equal(source, torch.arange(rows, device=source.device) // (rows // sources)):
+            self.row_source = source
+            return
+        self.memory_kv = [(k.index_select(0, source), v.index_select(0, source)) for k, v in self.memory_kv]
         if self.memory_mask is not None:
-            self.memory_mask = self.memory_mask.index_select(0, index)
+            self.memory_mask = self.memory_mask.index_select(0, source)
+        self.row_source = torch.arange(rows, device=source.device)
 
 
 class Seq2Seq(nn.Module):
@@ -235,7 +249,8 @@ class Seq2Seq(nn.Module):
         B, T = tgt_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         x = self._embed(tgt_ids, past, "target")
-        memory_mask = key_mask(src_mask, B, memory_kv[0][0].shape[2], tgt_ids.device)
+        sources, S = memory_kv[0][0].shape[0], memory_kv[0][0].shape[2]  # sources <= B: see Seq2SeqCache
+        memory_mask = key_mask(src_mask, sources, S, tgt_ids.device)
         for i, layer in enumerate(self.decoder):
             x = layer(x, memory_kv[i], memory_mask, i, kv_cache)
         if kv_cache is not None:
