@@ -58,7 +58,7 @@ class HFCausalModel(torch.nn.Module):
     def new_kv_cache(self, batch: int, max_len: int | None = None) -> _HFCache:
         return _HFCache()
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, logits_to_keep=0):
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         if attention_mask is None:
@@ -67,7 +67,7 @@ class HFCausalModel(torch.nn.Module):
             position_ids = positions_from_mask(attention_mask, T)
         out = self.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       past_key_values=kv_cache.cache if kv_cache is not None else None,
-                      use_cache=kv_cache is not None)
+                      use_cache=kv_cache is not None, logits_to_keep=logits_to_keep)
         if kv_cache is not None:
             kv_cache.cache = out.past_key_values
             kv_cache.length += T

@@ -130,7 +130,8 @@ def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopC
     slots = list(range(B))  # the prompt each batch row belongs to
     alive = [True] * B
     cur = L
-    logits = model(ids if mask is None else torch.where(mask.bool(), ids, pad), attention_mask=mask, kv_cache=cache)
+    logits = model(ids if mask is None else torch.where(mask.bool(), ids, pad), attention_mask=mask, kv_cache=cache,
+                   logits_to_keep=1)  # the prompt's last position is all that is read
     for step in range(n_new):
         scores = logits[:, -1, :].float()
         for proc in processors:
@@ -206,7 +207,8 @@ def _beam_search(model, prompts, decoding: Decoding, eos, pad, stop: _StopChecke
 
     step_input, cur = torch.where(flat_ids >= 0, flat_ids, pad), L
     while True:
-        logits = model(step_input, attention_mask=None if full_mask is None else full_mask[:, :cur], kv_cache=cache)
+        logits = model(step_input, attention_mask=None if full_mask is None else full_mask[:, :cur], kv_cache=cache,
+                       logits_to_keep=1)
         log_probs = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
         for proc in processors:
             log_probs = proc(running.view(B * nb, max_length)[:, :cur], log_probs)

@@ -46,8 +46,9 @@ class BoundDecoder:
         """A cache for ``batch`` rows: ``batch // B`` rows in a row per source (beams), sharing its memory."""
         return self.model.new_kv_cache(batch, max_len, memory_kv=self.memory_kv, src_mask=self.src_mask)
 
-    def __call__(self, ids: torch.Tensor, attention_mask=None, position_ids=None, kv_cache=None) -> torch.Tensor:
-        logits = self.model.decode(ids, kv_cache.memory_kv, kv_cache.memory_mask, kv_cache)
+    def __call__(self, ids: torch.Tensor, attention_mask=None, position_ids=None, kv_cache=None,
+                 logits_to_keep: int = 0) -> torch.Tensor:
+        logits = self.model.decode(ids, kv_cache.memory_kv, kv_cache.memory_mask, kv_cache)  # one position per step
         if self.suppress:
             logits[:, -1, self.suppress] = float("-inf")
         if self.forced_eos is not None and kv_cache.length == kv_cache.max_len - 1:

@@ -161,11 +161,11 @@ def _speculate(target, draft, prompts, decoding: Decoding, eos, pad, stop: _Stop
     if decoding.sampling and decoding.seed is not None:
         generator = torch.Generator(device=device).manual_seed(decoding.seed)
 
-    def feed(model, cache, upto: int) -> torch.Tensor:
-        """Run ``model`` on the tokens its cache has not seen, up to position ``upto``."""
+    def feed(model, cache, upto: int, keep: int) -> torch.Tensor:
+        """Run ``model`` on the tokens its cache has not seen, up to position ``upto``: the last ``keep`` logits."""
         x = history[:, cache.length:upto]
         return model(torch.where(x >= 0, x, pad), kv_cache=cache,
-                     attention_mask=None if full_mask is None else full_mask[:, :upto])
+                     attention_mask=None if full_mask is None else full_mask[:, :upto], logits_to_keep=keep)
 
     sequences: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
@@ -176,10 +176,10 @@ def _speculate(target, draft, prompts, decoding: Decoding, eos, pad, stop: _Stop
         g = min(gamma, n_new - (cur - L) - 1)  # the round's last token is the target's own
         q = []
         for j in range(g):
-            scores = _processed(processors, history[:, :cur + j], feed(draft, draft_cache, cur + j)[:, -1])
+            scores = _processed(processors, history[:, :cur + j], feed(draft, draft_cache, cur + j, 1)[:, -1])
             history[:, cur + j] = sample(scores, generator) if decoding.sampling else scores.argmax(dim=-1)
             q.append(scores)
-        logits = feed(target, target_cache, cur + g)[:, -(g + 1):]  # prefill and verification in one pass
+        logits = feed(target, target_cache, cur + g, g + 1)  # prefill and verification in one pass
         p = [_processed(processors, history[:, :cur + j], logits[:, j]) for j in range(g + 1)]
         drafts = history[:, cur:cur + g]
         if decoding.sampling:

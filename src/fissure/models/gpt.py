@@ -115,13 +115,16 @@ class GPT(nn.Module):
                        dtype=p.dtype, device=p.device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
         """Logits ``(B, T, vocab)`` for ``input_ids`` ``(B, T)``.
 
         ``attention_mask`` ``(B, past + T)`` marks real tokens (1) and padding (0);
-        ``kv_cache`` holds past positions and is advanced by ``T``.
+        ``kv_cache`` holds past positions and is advanced by ``T``; ``logits_to_keep = k`` > 0
+        projects only the last ``k`` positions (HF's argument: a prompt's prefill needs one).
         """
-        return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, kv_cache))
+        h = self.hidden_states(input_ids, attention_mask, position_ids, kv_cache)
+        return self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:

@@ -110,10 +110,13 @@ class LSTM(nn.Module):
         return LSTMState(zeros, zeros.clone())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, kv_cache: LSTMState | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, kv_cache: LSTMState | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
         """Logits ``(B, T, vocab)`` for ``input_ids`` ``(B, T)``; ``kv_cache`` (an :class:`LSTMState`)
-        is the state before them and is replaced by the state after them."""
-        return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, kv_cache))
+        is the state before them and is replaced by the state after them; ``logits_to_keep = k`` > 0
+        projects only the last ``k`` positions."""
+        h = self.hidden_states(input_ids, attention_mask, position_ids, kv_cache)
+        return self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None, kv_cache: LSTMState | None = None) -> torch.Tensor:
