@@ -92,3 +92,22 @@ def test_llama_batched_equals_hf(hf_llama, kw):
     hf, ours = hf_llama
     refs = [hf_generate(hf, p, do_sample=False, eos_token_id=None, **kw) for p in PROMPTS]
     assert generate(ours, PROMPTS, Decoding(**kw)).sequences == refs
+
+
+@pytest.mark.parametrize("kw", [dict(max_new_tokens=15), dict(max_new_tokens=15, num_beams=4),
+                                dict(max_new_tokens=15, num_beams=2, length_penalty=0.6)])
+def test_several_end_tokens_equal_hf(hf_gpt2, kw):
+    """An ``eos_token_id`` list (as Llama 3's generation config): a row ends at the first of them,
+    and beam search keeps HF's wider candidate list (max(2, 1 + n_eos) * num_beams)."""
+    hf, ours = hf_gpt2
+    shaped = 0
+    for prompt in PROMPTS:
+        free = hf_generate(hf, prompt, do_sample=False, eos_token_id=None, **kw)
+        eos = [free[6], free[2], 99]  # two that the search produces without end tokens, one never
+        ref = hf_generate(hf, prompt, do_sample=False, eos_token_id=eos, **kw)
+        out = generate(ours, [prompt], Decoding(**kw), eos_token_id=eos)
+        assert out.sequences[0] == ref, (prompt, eos)
+        assert out.finish_reasons == ["eos" if ref and ref[-1] in eos else "length"]
+        shaped += out.finish_reasons == ["eos"] or ref != free  # ended early, or the search went around them
+        assert generate(ours, [prompt], Decoding(eos_token_id=eos, **kw)) == out  # the list in Decoding too
+    assert shaped >= 2

@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..decode.config import Decoding
+from ..decode.search import end_tokens
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
 from .registry import ModelSpec, register_backend
 
@@ -433,7 +434,7 @@ class HTTPLanguageModel(LanguageModel):
         if d.stop:
             params["stop"] = list(d.stop)
         if d.eos_token_id is not None:
-            params["stop_token_ids"] = [d.eos_token_id]
+            params["stop_token_ids"] = list(end_tokens(d.eos_token_id))
         return params
 
     def _generation_request(self, prompt: Prompt) -> tuple[str, dict]:

@@ -90,11 +90,12 @@ class NgramLM(LanguageModel):
         import torch
 
         from ..decode.processors import build_processors, sample, sample_top_p
+        from ..decode.search import end_tokens
 
         decoding = decoding or Decoding()
         if decoding.num_beams > 1:
             raise BackendError("the n-gram backend decodes greedily or by sampling, not by beam search")
-        eos = decoding.eos_token_id if decoding.eos_token_id is not None else self.tokenizer.eos_id
+        eos = end_tokens(decoding.eos_token_id if decoding.eos_token_id is not None else self.tokenizer.eos_id)
         processors = build_processors(decoding, top_p=False)
         generator = torch.Generator().manual_seed(decoding.seed) if decoding.sampling and decoding.seed is not None \
             else None
@@ -114,7 +115,7 @@ class NgramLM(LanguageModel):
                     token = int(sample_top_p(scores, decoding.top_p, generator))
                 else:
                     token = int(sample(scores, generator))
-                if token == eos:
+                if token in eos:
                     break
                 new.append(token)
                 if decoding.stop and any(s in self.tokenizer.decode(new) for s in decoding.stop if s):

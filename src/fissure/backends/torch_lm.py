@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..decode import Decoding, GenerationOutput, generate, truncate_at_stop
+from ..decode import Decoding, GenerationOutput, end_tokens, generate, truncate_at_stop
 from ..errors import GenerationError
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
 from .scoring import pad_right, score_sequences
@@ -122,18 +122,26 @@ class TorchLM(LanguageModel):
                           on_token: Callable[[int, int], None] | None = None) -> list[str]:
         """Continuations of token-id prompts (a chat rendered, and a reply's first tokens forced)."""
         decoding = decoding or Decoding()
-        eos = decoding.eos_token_id if decoding.eos_token_id is not None else self.tokenizer.eos_id
+        eos = self.end_tokens(decoding)
         outputs: list[str] = []
         for start in range(0, len(ids), max(self.batch_size, 1) * 4):
             chunk = ids[start:start + self.batch_size * 4]
             result = self.decode_ids(chunk, decoding, eos, on_token)
             for seq in result.sequences:
-                text = self.tokenizer.decode([t for t in seq if t != eos])
+                text = self.tokenizer.decode([t for t in seq if t not in eos])
                 outputs.append(truncate_at_stop(text, decoding.stop))
         return outputs
 
-    def decode_ids(self, ids: list[list[int]], decoding: Decoding, eos: int | None,
+    def end_tokens(self, decoding: Decoding) -> tuple[int, ...]:
+        """The ids that end a reply: ``decoding.eos_token_id`` when given, else the tokenizer's end
+        token and every end token the model's config names (HF's ``eos_token_id`` may be a list)."""
+        if decoding.eos_token_id is not None:
+            return end_tokens(decoding.eos_token_id)
+        config = end_tokens(getattr(getattr(self.model, "config", None), "eos_token_id", None))
+        return tuple(dict.fromkeys(t for t in (self.tokenizer.eos_id, *config) if t is not None))
+
+    def decode_ids(self, ids: list[list[int]], decoding: Decoding, eos: tuple[int, ...],
                    on_token: Callable[[int, int], None] | None = None) -> GenerationOutput:
         """One batch of token ids through the decoder (speculative decoding overrides this)."""
-        return generate(self.model, ids, decoding, eos_token_id=eos, pad_token_id=eos,
+        return generate(self.model, ids, decoding, eos_token_id=eos, pad_token_id=eos[0] if eos else 0,
                         decode_fn=self.tokenizer.decode, on_token=on_token)

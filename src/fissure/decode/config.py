@@ -24,7 +24,7 @@ class Decoding:
     early_stopping: bool | str = False  # beam search: True, False (heuristic) or "never", as HF
     stop: list[str] = field(default_factory=list)  # stop strings
     seed: int | None = None  # sampling seed (None: torch's global RNG)
-    eos_token_id: int | None = None  # None: the tokenizer's
+    eos_token_id: int | list[int] | None = None  # None: the model's (its tokenizer's, and its config's list)
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
@@ -45,9 +45,15 @@ class Decoding:
         check_range("length_penalty", self.length_penalty)
         if self.seed is not None:
             check_range("seed", self.seed, 0, INT_MAX, integer=True)
-        for name in ("eos_token_id", "pad_token_id"):
-            if getattr(self, name) is not None:
-                check_range(name, getattr(self, name), 0, INT_MAX, integer=True)
+        if isinstance(self.eos_token_id, list | tuple):
+            if not self.eos_token_id:
+                raise ValueError("eos_token_id: an empty list ends nothing; give None for the model's own")
+            for eos in self.eos_token_id:
+                check_range("eos_token_id", eos, 0, INT_MAX, integer=True)
+        elif self.eos_token_id is not None:
+            check_range("eos_token_id", self.eos_token_id, 0, INT_MAX, integer=True)
+        if self.pad_token_id is not None:
+            check_range("pad_token_id", self.pad_token_id, 0, INT_MAX, integer=True)
         if not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop):
             raise ValueError(f"stop must be a list of strings, not {self.stop!r}")
         if self.early_stopping not in (True, False, "never"):

@@ -11,7 +11,7 @@ sees ``pad_token_id`` there (masked out by the attention mask either way).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +25,7 @@ NEG_INF = -1.0e9
 
 @dataclass
 class GenerationOutput:
-    """New tokens per prompt, without padding. A row that produced ``eos_token_id`` ends with it
+    """New tokens per prompt, without padding. A row that produced an end token ends with it
     (HF returns it too, then pads); a row ended by a stop string keeps every token up to and
     including the one that completed it (cut the text with :func:`truncate_at_stop`)."""
 
@@ -37,6 +37,14 @@ def truncate_at_stop(text: str, stops: list[str]) -> str:
     """Cut ``text`` before the first occurrence of any stop string."""
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     return text if cut < 0 else text[:cut]
+
+
+def end_tokens(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The end-of-sequence ids as a tuple: one id, several (HF's ``eos_token_id`` list: Llama 3's
+    ``<|end_of_text|>`` and ``<|eot_id|>``) or none."""
+    if eos_token_id is None:
+        return ()
+    return (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
 
 
 def _check(model, prompts: list[list[int]], decoding: Decoding) -> None:
@@ -75,17 +83,17 @@ class _StopChecker:
 
 
 @torch.inference_mode()
-def generate(model, prompts: list[list[int]], decoding: Decoding | None = None, *, eos_token_id: int | None = None,
-             pad_token_id: int = 0, decode_fn: Callable[[list[int]], str] | None = None,
+def generate(model, prompts: list[list[int]], decoding: Decoding | None = None, *,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0, decode_fn: Callable[[list[int]], str] | None = None,
              on_token: Callable[[int, int], None] | None = None) -> GenerationOutput:
     """Continue each prompt (a list of token ids) under ``decoding``.
 
-    ``decoding.eos_token_id`` / ``pad_token_id`` take precedence over the keyword arguments.
-    ``decode_fn`` turns token ids into text (needed for stop strings); ``on_token(row, token)``
+    ``decoding.eos_token_id`` / ``pad_token_id`` take precedence over the keyword arguments; a row
+    ends at the first of its end tokens (one id or several). ``decode_fn`` turns token ids into text (needed for stop strings); ``on_token(row, token)``
     is called as each token is produced, for streaming (greedy and sampling).
     """
     decoding = decoding or Decoding()
-    eos = decoding.eos_token_id if decoding.eos_token_id is not None else eos_token_id
+    eos = end_tokens(decoding.eos_token_id if decoding.eos_token_id is not None else eos_token_id)
     pad = decoding.pad_token_id if decoding.pad_token_id is not None else pad_token_id
     _check(model, prompts, decoding)
     if not prompts:
@@ -147,7 +155,7 @@ def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopC
             sequences[row].append(tok)
             if on_token is not None:
                 on_token(row, tok)
-            if tok == eos:
+            if tok in eos:
                 reason = "eos"
             elif stop.stops and stop(sequences[row]):
                 reason = "stop"
@@ -184,7 +192,7 @@ def _beam_search(model, prompts, decoding: Decoding, eos, pad, stop: _StopChecke
     ids, mask = _left_pad(prompts, device)
     B, L = ids.shape
     max_length = L + decoding.max_new_tokens
-    keep = 2 * nb  # HF: max(2, 1 + n_eos) * num_beams
+    keep = max(2, 1 + len(eos)) * nb  # as HF: room for every end token among the candidates
     top_nb = torch.cat([torch.ones(nb, dtype=torch.bool), torch.zeros(keep - nb, dtype=torch.bool)]).to(device)
     processors = build_processors(decoding)
 
@@ -219,7 +227,7 @@ def _beam_search(model, prompts, decoding: Decoding, eos, pad, stop: _StopChecke
         tokens = topk_idx % V
         cand = running.gather(1, src_beam[:, :, None].expand(B, keep, max_length)).clone()
         cand[:, :, cur] = tokens
-        hits = torch.zeros(B, keep, dtype=torch.bool, device=device) if eos is None else tokens == eos
+        hits = torch.isin(tokens, torch.tensor(eos, dtype=torch.long, device=device))
         if cur + 1 >= max_length:
             hits = torch.ones_like(hits)
 
@@ -261,8 +269,9 @@ def _beam_search(model, prompts, decoding: Decoding, eos, pad, stop: _StopChecke
     for new in finished_seqs[:, 0, L:].tolist():
         new = [t for t in new if t >= 0]
         reason = "length"
-        if eos is not None and eos in new:
-            new, reason = new[: new.index(eos) + 1], "eos"
+        end = next((i for i, t in enumerate(new) if t in eos), None)
+        if end is not None:
+            new, reason = new[:end + 1], "eos"
         if stop.stops and (n := stop.first_stop(new)) is not None:
             new, reason = new[:n], "stop"
         sequences.append(new)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +43,7 @@ import torch.nn as nn
 from ..errors import GenerationError
 from .config import Decoding
 from .processors import build_processors, sample
-from .search import GenerationOutput, _check, _left_pad, _StopChecker
+from .search import GenerationOutput, _check, _left_pad, _StopChecker, end_tokens
 
 MAX_GAMMA = 64  # draft tokens per round, adaptive schedule included
 
@@ -83,7 +83,7 @@ def first_layers(model: nn.Module, n: int) -> nn.Module:
 
 @torch.inference_mode()
 def speculative_generate(target, draft, prompts: list[list[int]], decoding: Decoding | None = None, *,
-                         gamma: int = 4, adaptive: bool = False, eos_token_id: int | None = None,
+                         gamma: int = 4, adaptive: bool = False, eos_token_id: int | Sequence[int] | None = None,
                          pad_token_id: int = 0, decode_fn: Callable[[list[int]], str] | None = None,
                          on_token: Callable[[int, int], None] | None = None) -> SpeculativeOutput:
     """Continue each prompt with ``target``'s greedy or sampled output, ``draft`` proposing
@@ -91,7 +91,7 @@ def speculative_generate(target, draft, prompts: list[list[int]], decoding: Deco
     accepted and shrinks it by 1 otherwise (HF's heuristic schedule). Other arguments as
     :func:`fissure.decode.generate`; beam search is not speculative."""
     decoding = decoding or Decoding()
-    eos = decoding.eos_token_id if decoding.eos_token_id is not None else eos_token_id
+    eos = end_tokens(decoding.eos_token_id if decoding.eos_token_id is not None else eos_token_id)
     pad = decoding.pad_token_id if decoding.pad_token_id is not None else pad_token_id
     if decoding.num_beams > 1:
         raise GenerationError("speculative decoding does not do beam search: use num_beams=1")
@@ -202,7 +202,7 @@ def _speculate(target, draft, prompts, decoding: Decoding, eos, pad, stop: _Stop
                 sequences[row].append(tok)
                 if on_token is not None:
                     on_token(row, tok)
-                if tok == eos:
+                if tok in eos:
                     reasons[row], alive[i] = "eos", False
                 elif stop.stops and stop(sequences[row]):
                     reasons[row], alive[i] = "stop", False
