@@ -105,6 +105,21 @@ def test_load_hf_dir_saved_by_transformers(hf_llama, tmp_path):
         assert (hf(ids).logits - ours(ids)).abs().max().item() < 1e-4
 
 
+def test_hf_dir_end_tokens_come_from_its_generation_config(hf_llama, tmp_path):
+    """As HF's generate: generation_config.json's eos_token_id list replaces config.json's single id."""
+    from transformers import GenerationConfig
+
+    hf, _ = hf_llama
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    assert load_hf_llama_dir(tmp_path).config.eos_token_id == hf.config.eos_token_id
+    GenerationConfig(eos_token_id=[7, 11]).save_pretrained(tmp_path)
+    assert GenerationConfig.from_pretrained(tmp_path).eos_token_id == [7, 11]
+    assert load_hf_llama_dir(tmp_path).config.eos_token_id == [7, 11]
+    (tmp_path / "generation_config.json").write_text("[1]")
+    with pytest.raises(CheckpointError, match="generation_config.json is not a JSON object"):
+        load_hf_llama_dir(tmp_path)
+
+
 def test_causality():
     torch.manual_seed(0)
     m = Llama(LlamaConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_kv_head=2,

@@ -156,7 +156,8 @@ def llama_from_hf_state_dict(hf_config: Mapping[str, Any] | Any, state_dict: Map
 
 
 def load_hf_llama_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Llama:
-    """A :class:`Llama` from an HF model directory (``config.json`` + one or more ``*.safetensors``)."""
+    """A :class:`Llama` from an HF model directory (``config.json`` + one or more ``*.safetensors``;
+    ``generation_config.json``'s end tokens, when there, replace ``config.json``'s as in HF's ``generate``)."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -168,6 +169,14 @@ def load_hf_llama_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> L
         hf_config = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
+    generation_file = path / "generation_config.json"  # HF's generate reads its end tokens from here first
+    if generation_file.is_file():
+        try:
+            eos = json.loads(generation_file.read_text()).get("eos_token_id")
+        except (json.JSONDecodeError, AttributeError):
+            raise CheckpointError(f"{generation_file} is not a JSON object") from None
+        if eos is not None:
+            hf_config = {**hf_config, "eos_token_id": eos}
     state_dict: dict[str, torch.Tensor] = {}
     for f in weight_files:
         state_dict.update(load_file(f))
