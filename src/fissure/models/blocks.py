@@ -23,6 +23,37 @@ class RMSNorm(nn.Module):
         return self.weight * normed
 
 
+class OutputHead(nn.Module):
+    """A bias-free vocabulary projection that also keeps its weight transposed, ``(n_embd, vocab)``,
+    for inputs of a few rows (decoding one token per sequence): ``x @ weight_t`` reads the weight in
+    the order a single row wants. Measured on SmolLM2's 576 x 49,152 head (2 threads, weights streamed
+    from memory): 7.9 ms against 15.1 ms for ``F.linear`` at one row; at 32 rows the two layouts
+    swapped places from run to run, so more rows keep ``F.linear``. The same numbers up to rounding.
+    ``weight`` stays the original parameter (still tied to the embedding when it was); ``weight_t``
+    is an inference-time copy: build the head after training."""
+
+    rows_for_transposed = 4  # at most this many input rows use weight_t
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        if linear.bias is not None:
+            raise ValueError("OutputHead copies a bias-free projection")
+        self.weight = linear.weight
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())  # a copy, not a parameter
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() <= self.rows_for_transposed * self.in_features:
+            return x @ self.weight_t
+        return F.linear(x, self.weight)
+
+    def as_linear(self) -> nn.Linear:
+        """The ``nn.Linear`` it was made from (for int8 quantisation, which reads rows)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=False, device="meta")
+        linear.weight = self.weight
+        return linear
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: Linear -> GELU -> Linear (GPT-2 uses the tanh GELU)."""
 

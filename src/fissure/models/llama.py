@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
 from .attention import CausalSelfAttention, KVCache, RotaryEmbedding, attention_mask_4d, resolve_positions
-from .blocks import PreLNBlock, RMSNorm, SwiGLU
+from .blocks import OutputHead, PreLNBlock, RMSNorm, SwiGLU
 from .limits import LIMITS, check_range, check_size
 
 
@@ -110,12 +110,17 @@ class Llama(nn.Module):
         return KVCache(c.n_layer, batch, c.n_kv_head, c.head_dim, max_len or c.block_size,
                        dtype=p.dtype, device=p.device)
 
+    @torch.no_grad()
     def fuse_projections(self) -> "Llama":
-        """q/k/v and gate/up as one matmul each: same function, fewer and larger matmuls, faster
-        decoding. Weights keep their values; the module layout no longer matches HF's names."""
+        """q/k/v and gate/up as one matmul each, and the output head also stored transposed for
+        one-token steps (:class:`~.blocks.OutputHead`): same function, fewer and faster matmuls when
+        decoding. Weights keep their values; the module layout no longer matches HF's names, and the
+        transposed head is a copy made now (inference only: fuse after training)."""
         for block in self.blocks:
             block.attn.fuse()
             block.mlp.fuse()
+        if isinstance(self.lm_head, nn.Linear):
+            self.lm_head = OutputHead(self.lm_head)
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

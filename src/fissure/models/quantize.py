@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .blocks import OutputHead
+
 
 class Int8Linear(nn.Module):
     """A bias-optional linear layer with int8 weights and per-output-channel bf16 scales."""
@@ -39,6 +41,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     model.to(torch.bfloat16)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
+            if isinstance(child, OutputHead):
+                child = child.as_linear()
             if isinstance(child, nn.Linear):
                 setattr(module, name, Int8Linear(child))
     return model.eval()
