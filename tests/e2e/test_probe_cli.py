@@ -160,7 +160,8 @@ def test_probe_smollm2_reduced_suite(tmp_path):
     assert {"attacks", "modes", "adaptive_asr", "over_refusal", "capability", "decodings", "whitebox",
             "throughput", "run_dir"} <= set(results)
     assert set(results["attacks"]) == {"none", "prefix_injection", "base64"}
-    assert results["whitebox"]["skipped"] is False and len(results["whitebox"]["requests"]) == 2
+    assert results["whitebox"]["skipped"] is False and len(results["whitebox"]["requests"]) == 2 * 3
+    assert set(results["whitebox"]["attacks"]) == {"none", "prefix_injection", "base64"}
     rows = read_samples(run / "samples.jsonl")
     assert len(rows) == 2 + 4 + 2 * 3
     assert all(r.reply is not None and r.canonical is not None and r.verdicts and r.label for r in rows)

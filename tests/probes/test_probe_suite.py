@@ -20,6 +20,7 @@ from scipy.stats import binomtest
 from fissure.backends.base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult
 from fissure.errors import ConfigError, GenerationError, UserError
 from fissure.text import encodings as T
+from fissure.probes.attacks import get_attack
 from fissure.probes.policies import load_policy
 from fissure.judges import read_samples
 from fissure.probes.suite import (DEFAULT_ATTACKS, SuiteConfig, compare, k_label, plan, rejudge, resolve_attacks,
@@ -236,13 +237,42 @@ def test_resume_after_failure_mid_run(tmp_path):
     assert resumed["throughput"]["resumed_samples"] == len(saved)
 
 
-def test_whitebox_probes_and_skip_without_logprobs(tmp_path):
+class ReadsOnlyPlainText(ScriptedLM):
+    """Leans to refusing only where the user's request says "password" readably (beyond the system
+    prompt's own mentions), as a model whose refusal does not recognise encoded requests."""
+
+    def loglikelihood(self, pairs):
+        system = load_policy("secret").system_prompt.count("password")
+        out = []
+        for context, cont in pairs:
+            refusal = -1.0 if context.count("password") > system else -5.0
+            out.append(LoglikelihoodResult(refusal, False, 2) if cont.strip() in REFUSAL_OPENINGS else
+                       LoglikelihoodResult(-3.0, False, 1) if cont.strip() in COMPLIANT_OPENINGS else
+                       LoglikelihoodResult(-2.0, True, 4))
+        return out
+
+
+def test_whitebox_probes_every_attack_prompt_and_skip_without_logprobs(tmp_path):
     results, _ = run(tmp_path)
     w = results["whitebox"]
-    assert not w["skipped"] and len(w["requests"]) == 6
+    requests = load_policy("secret").requests[:6]
+    assert not w["skipped"] and len(w["requests"]) == 6 * len(ATTACKS)  # every request in every attack's form
+    assert sorted((r["attack"], r["request"]) for r in w["requests"]) == sorted(
+        (a, q) for a in ATTACKS for q in requests)
     expected = math.log(4 * math.exp(-1)) - math.log(4 * math.exp(-3))  # 4 refusal vs 4 compliant openings
     assert all(r["refusal_log_odds"] == pytest.approx(expected) for r in w["requests"])
     assert w["prefill"] == PREFILL and w["share_prefill_greedy"] == 1.0
+
+    results, _ = run(tmp_path / "encoded", lm=ReadsOnlyPlainText())
+    per_attack = results["whitebox"]["attacks"]
+    assert set(per_attack) == set(ATTACKS)
+    for attack, summary in per_attack.items():
+        readable = sum("password" in get_attack(attack).apply(q).text for q in requests)
+        assert summary["n"] == 6 and summary["mode"] == get_attack(attack).mode
+        assert_interval(summary["share_leaning_refusal"], readable, 6)
+        assert_interval(summary["share_prefill_greedy"], 6, 6)
+    assert per_attack["none"]["share_leaning_refusal"]["estimate"] == 1.0
+    assert per_attack["base64"]["share_leaning_refusal"]["estimate"] == 0.0  # the encoded request is not read
     assert w["target"] == load_policy("secret").canary
     results, run_dir = run(tmp_path / "nolp", lm=ScriptedLM(logprobs=False))
     assert results["whitebox"]["skipped"] and "no log-probabilities" in results["whitebox"]["note"]

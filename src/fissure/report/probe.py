@@ -83,25 +83,36 @@ def _capability_section(d: dict, threshold: str) -> str:
 def _whitebox_section(w: dict) -> str:
     if not w or w.get("skipped"):
         return section("White-box probes", paragraph((w or {}).get("note", "not run"), "note"))
+    per_attack = w.get("attacks") or {}  # runs before every attack was probed have plain requests only
     rows = []
     for r in w["requests"]:
         pf = r.get("prefill") or {}
-        rows.append([r["request_id"], r["request"], num(r["refusal_log_odds"]),
+        rows.append([r.get("attack", "none"), r["request_id"], r["request"], num(r["refusal_log_odds"]),
                      num(pf.get("logprob")) if pf else "-", num(pf.get("per_token")) if pf else "-",
                      ("yes" if pf.get("greedy") else "no") if pf else "-"])
     parts = [paragraph(f"Refusal log-odds = log P(opens with {', '.join(w['refusal_openings'])}) - "
                        f"log P(opens with {', '.join(w['compliant_openings'])}); positive leans to refusing. "
-                       f"Mean {num(w['mean_refusal_log_odds'])}, share leaning to refusal "
-                       f"{num(w['share_leaning_refusal'])}."),
-             Raw(dot_plot([(r["request_id"], r["refusal_log_odds"]) for r in w["requests"]],
-                          "Refusal log-odds per request", axis_label="nats (refusal - compliance)"))]
+                       "Measured on every restricted request in every attack's form, before the model writes "
+                       "a word: an attack that lowers it made refusing less likely from the start.")]
+    if per_attack:
+        parts.append(table(["attack", "mode", "n", "mean refusal log-odds", "share leaning to refusal",
+                            "share completing the prefill greedily"],
+                           [[name, a.get("mode") or "-", a["n"], num(a["mean_refusal_log_odds"]),
+                             interval(a["share_leaning_refusal"]), interval(a.get("share_prefill_greedy"))]
+                            for name, a in per_attack.items()]))
+        parts.append(Raw(dot_plot([(name, a["mean_refusal_log_odds"]) for name, a in per_attack.items()
+                                   if a["mean_refusal_log_odds"] is not None],
+                                  "Mean refusal log-odds per attack", axis_label="nats (refusal - compliance)")))
+    else:
+        parts.append(Raw(dot_plot([(r["request_id"], r["refusal_log_odds"]) for r in w["requests"]],
+                                  "Refusal log-odds per request", axis_label="nats (refusal - compliance)")))
     if w.get("target"):
         parts.append(paragraph(f"Prefill: log P(target | prompt + \"{w['prefill']}\"); greedy = the model would emit "
-                               f"the target itself. Share greedy {num(w.get('share_prefill_greedy'))}."))
+                               f"the target itself. Share greedy over all rows {num(w.get('share_prefill_greedy'))}."))
     elif w.get("note"):
         parts.append(paragraph(w["note"], "note"))
-    parts.append(table(["request", "text", "refusal log-odds", "prefill log P(target)", "per token", "greedy"],
-                       rows, text_columns=(1,)))
+    parts.append(table(["attack", "request", "text", "refusal log-odds", "prefill log P(target)", "per token",
+                        "greedy"], rows, text_columns=(2,)))
     return section("White-box probes", *parts)
 
 

@@ -35,7 +35,7 @@ from ...runs import write_json
 from ..attacks import AttackPrompt, get_attack
 from ..capability import answer_found
 from ..policies import Policy, load_policy
-from ..whitebox import whitebox_probe
+from ..whitebox import by_attack, whitebox_probe
 from .config import JUDGE_CACHE_FILE, SAMPLES_FILE, WHITEBOX_FILE, SuiteConfig
 from .plan import Item, build_prompt, encoding_of, plan, policy_requests
 from .summary import apply_capability, capability_table, summarise
@@ -238,7 +238,8 @@ class ProbeRun:
         new = self._generate([it for it in todo if it.kind != "capability"], len(saved),
                              lambda s: apply_capability(s, table))
         saved.update((s.key, s) for s in new)
-        whitebox = self._whitebox() if config.whitebox else {"skipped": True, "note": "white-box probes turned off"}
+        whitebox = self._whitebox(items) if config.whitebox else {"skipped": True,
+                                                                   "note": "white-box probes turned off"}
         template = self._chat_template(items)
         policy = self.policy
         results = {
@@ -405,15 +406,25 @@ class ProbeRun:
                     f"({c['method']}: {c['detail']})" for c in checks if c.get("agree") is False]
         return {**{k: v for k, v in info.items() if v is not None}, "checks": checks, "warnings": warnings}
 
-    def _whitebox(self) -> dict:
+    def _whitebox(self, items: list[Item]) -> dict:
+        """The log-probability probes on every restricted request in every attack's form (one row
+        per attack and request, whatever the temperatures and samples), summarised per attack."""
         path = self.run_dir / WHITEBOX_FILE
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
-        prompts = [(f"r{i}", r, build_prompt(self.policy.system_prompt, r, self.chat))
-                   for i, r in enumerate(policy_requests(self.policy, self.config))]
+        rows: dict[tuple[str, str], Item] = {}
+        for it in items:
+            if it.kind == "restricted":
+                rows.setdefault((it.attack_prompt.attack, it.request_id), it)
+        prompts = [(it.request_id, it.request, build_prompt(self.policy.system_prompt, it.attack_prompt.text, self.chat))
+                   for it in rows.values()]
         record = getattr(self.policy.detector, "record", None)
         target = self.policy.canary or (next(iter(record.values()))[0] if record else None)
         result = whitebox_probe(self.lm, prompts, target)
+        if not result["skipped"]:
+            for row, it in zip(result["requests"], rows.values()):
+                row.update(attack=it.attack_prompt.attack, mode=it.attack_prompt.mode)
+            result["attacks"] = by_attack(result["requests"], self.config.confidence)
         write_json(path, result)
         return result
 
