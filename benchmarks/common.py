@@ -25,6 +25,20 @@ def matmul_peak(dtype: torch.dtype, n: int = 1536, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+MIN_GFLOPS = 20.0  # below this a dtype's matmuls would take a benchmark many minutes: skip its variants
+
+
+def slow_dtype(dtype: torch.dtype, min_gflops: float = MIN_GFLOPS) -> str | None:
+    """Why variants in ``dtype`` are skipped on this CPU (a short matmul probe under ``min_gflops``),
+    or ``None`` when they are worth running. On CPUs without bf16 instructions (AVX2 only) a bf16
+    matmul was measured at 1 GFLOP/s against 118 in fp32: a benchmark must not hang there."""
+    peak = matmul_peak(dtype, n=256, repeats=2)
+    if peak >= min_gflops:
+        return None
+    return (f"{str(dtype).removeprefix('torch.')} skipped: its matmul probe ran at {peak:.1f} GFLOP/s on this CPU "
+            f"({torch.backends.cpu.get_cpu_capability()}), under {min_gflops:g}")
+
+
 def save(name: str, data: dict, seed: int, threads: int) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, save  # noqa: E402
+from common import RESULTS, save, slow_dtype  # noqa: E402
 
 DTYPES = ("fp32", "bf16", "int8")
 
@@ -159,6 +159,12 @@ def main() -> None:
         print(json.dumps(measure(*args.child, args)))
         return
     dtypes = [d for d in args.dtypes.split(",") if d]
+    import torch
+
+    skipped = slow_dtype(torch.bfloat16) if "bf16" in dtypes else None
+    if skipped:
+        print(skipped, file=sys.stderr)
+        dtypes.remove("bf16")
     with tempfile.TemporaryDirectory() as tmp:
         models = train_gpts(args, Path(tmp)) if args.gpt_sizes else []
         models += [] if args.no_smollm2 else [("smollm2", "smollm2")]
@@ -174,8 +180,9 @@ def main() -> None:
                 row = {"name": name, **json.loads(done.stdout.strip().splitlines()[-1])}
                 rows.append(row)
                 r = row
-                print(f"{name:12s} {dtype:5s} {r['params'] / 1e6:7.2f}M  {r['bits_per_byte']['estimate']:.3f} bits/byte "
-                      f"[{r['bits_per_byte']['low']:.3f}, {r['bits_per_byte']['high']:.3f}]  "
+                bpb = r["bits_per_byte"]
+                print(f"{name:12s} {dtype:5s} {r['params'] / 1e6:7.2f}M  {bpb['estimate']:.3f} bits/byte "
+                      f"[{bpb['low']:.3f}, {bpb['high']:.3f}]  "
                       f"b1 {r['tokens_per_s']['batch_1']:7.1f}  b{args.batch} "
                       f"{r['tokens_per_s'][f'batch_{args.batch}']:7.1f} tok/s  load {r['load_seconds']:5.1f} s  "
                       f"peak {r['peak_rss_mb']:6.0f} MB", flush=True)
@@ -184,7 +191,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     plot(rows, args.batch, RESULTS / "efficiency_frontier.png")
     path = save("efficiency_frontier", {"config": {k: v for k, v in vars(args).items() if k != "child"},
-                                        "rows": rows}, args.seed, args.threads)
+                                        "skipped": skipped, "rows": rows}, args.seed, args.threads)
     print(f"wrote {path} and {RESULTS / 'efficiency_frontier.png'}", file=sys.stderr)
 
 

@@ -24,7 +24,8 @@ def pairs(n=60):
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 30, (n,), generator=gen).tolist()
     extra = torch.randint(0, 4, (n,), generator=gen).tolist()
-    return [Pair(" ".join(["w"] * s + [f"x{i}"]), " ".join(["w"] * (s + e))) for i, (s, e) in enumerate(zip(lengths, extra))]
+    return [Pair(" ".join(["w"] * s + [f"x{i}"]), " ".join(["w"] * (s + e)))
+            for i, (s, e) in enumerate(zip(lengths, extra))]
 
 
 def padding_share(data, draws=300):

@@ -44,7 +44,8 @@ class SpeculativeLM(TorchLM):
     def decode_ids(self, ids: list[list[int]], decoding: Decoding, eos: tuple[int, ...],
                    on_token: Callable[[int, int], None] | None = None) -> GenerationOutput:
         result = speculative_generate(self.model, self.draft, ids, decoding, gamma=self.gamma, adaptive=self.adaptive,
-                                      eos_token_id=eos, pad_token_id=eos[0] if eos else 0, decode_fn=self.tokenizer.decode,
+                                      eos_token_id=eos, pad_token_id=eos[0] if eos else 0,
+                                      decode_fn=self.tokenizer.decode,
                                       on_token=on_token)
         self.drafted += result.drafted
         self.accepted += result.accepted

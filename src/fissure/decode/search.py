@@ -84,13 +84,15 @@ class _StopChecker:
 
 @torch.inference_mode()
 def generate(model, prompts: list[list[int]], decoding: Decoding | None = None, *,
-             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0, decode_fn: Callable[[list[int]], str] | None = None,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
+             decode_fn: Callable[[list[int]], str] | None = None,
              on_token: Callable[[int, int], None] | None = None) -> GenerationOutput:
     """Continue each prompt (a list of token ids) under ``decoding``.
 
     ``decoding.eos_token_id`` / ``pad_token_id`` take precedence over the keyword arguments; a row
-    ends at the first of its end tokens (one id or several). ``decode_fn`` turns token ids into text (needed for stop strings); ``on_token(row, token)``
-    is called as each token is produced, for streaming (greedy and sampling).
+    ends at the first of its end tokens (one id or several). ``decode_fn`` turns token ids into
+    text (needed for stop strings); ``on_token(row, token)`` is called as each token is produced,
+    for streaming (greedy and sampling).
     """
     decoding = decoding or Decoding()
     eos = end_tokens(decoding.eos_token_id if decoding.eos_token_id is not None else eos_token_id)

@@ -3,8 +3,9 @@
 :class:`BoundDecoder` is a seq2seq model whose sources are already encoded: every target starts
 with the decoder start token (one-token "prompts", never padded), and its KV cache also carries
 the cross-attention keys/values of the sources, once per source (the beams of a source share
-them) and following the rows that leave the batch. So greedy, sampling and HF's vectorised beam search in :func:`.search.generate`
-serve translation unchanged (no second beam search to keep in step with HF's).
+them) and following the rows that leave the batch. So greedy, sampling and HF's vectorised beam
+search in :func:`.search.generate` serve translation unchanged (no second beam search to keep in
+step with HF's).
 
 Two of HF's Marian generation settings act on the logits here: ``forced_eos_token_id`` (at the
 last allowed position only EOS remains, exactly as HF's processor) and ``suppress_ids`` (HF's

@@ -108,8 +108,8 @@ class ParallelBatches:
     With ``group_by_length`` a training batch is one of ``LENGTH_POOL`` batches cut from a pool of
     distinct random pairs sorted by length (HF's ``LengthGroupedSampler`` megabatches): every pair is
     still drawn with equal probability, but a batch pads to the longest of similar pairs instead of the
-    longest of random ones (on the en-de catalogues 68% of the batch tokens are padding without it, 19% with it). The draw uses only the given generator, so a
-    resumed run draws the same batches."""
+    longest of random ones (on the en-de catalogues 68% of the batch tokens are padding without it,
+    19% with it). The draw uses only the given generator, so a resumed run draws the same batches."""
 
     def __init__(self, pairs, tokenizer, block_size: int, group_by_length: bool = False):
         self.eos, self.group_by_length = tokenizer.eos_id, group_by_length

@@ -416,7 +416,8 @@ class ProbeRun:
         for it in items:
             if it.kind == "restricted":
                 rows.setdefault((it.attack_prompt.attack, it.request_id), it)
-        prompts = [(it.request_id, it.request, build_prompt(self.policy.system_prompt, it.attack_prompt.text, self.chat))
+        system = self.policy.system_prompt
+        prompts = [(it.request_id, it.request, build_prompt(system, it.attack_prompt.text, self.chat))
                    for it in rows.values()]
         record = getattr(self.policy.detector, "record", None)
         target = self.policy.canary or (next(iter(record.values()))[0] if record else None)
