@@ -39,3 +39,21 @@ def test_int8_quantises_a_fused_head():
     with torch.no_grad():
         assert torch.equal(plain.lm_head.weight_int8, fused.lm_head.weight_int8)
         torch.testing.assert_close(fused(ids), plain(ids), atol=2e-2, rtol=0)
+
+
+def test_a_fused_head_follows_training_and_passes_gradients():
+    """Trained after fusing (an optimizer step changes the weight in place): one-row steps use the
+    new weight, not the copy taken at fuse time, and gradients reach the head."""
+    model = tiny(True).fuse_projections()
+    ids = torch.randint(0, 300, (1, 3))
+    with torch.no_grad():
+        model(ids)  # takes the transposed copy
+    model.train()
+    loss = model(ids).logsumexp(-1).mean()
+    loss.backward()
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    model.eval()
+    with torch.no_grad():
+        h = model.hidden_states(ids)
+        torch.testing.assert_close(model.lm_head(h[:, -1:]), h[:, -1:] @ model.tok_emb.weight.t())
