@@ -73,7 +73,8 @@ def measure(spec: str, dtype: str, args) -> dict:
         out = lm.decode_ids(rows, decoding, ())  # no end token: every row makes every token
         seconds = time.perf_counter() - started
         rates[name] = sum(len(seq) for seq in out.sequences) / seconds
-    params = sum(p.numel() for p in lm.model.parameters())
+    params = sum(p.numel() for p in lm.model.parameters()) + sum(  # int8 weights are buffers
+        b.numel() for name, b in lm.model.named_buffers() if name.endswith("weight_int8"))
     return {"model": spec, "dtype": dtype, "params": params,
             "bits_per_byte": {"estimate": s["bits_per_byte"], "low": ci["low"], "high": ci["high"]},
             "tokens": s["tokens"], "bytes": s["bytes"], "documents": s["documents"], "score_seconds": score_s,
@@ -185,7 +186,8 @@ def main() -> None:
                       f"[{bpb['low']:.3f}, {bpb['high']:.3f}]  "
                       f"b1 {r['tokens_per_s']['batch_1']:7.1f}  b{args.batch} "
                       f"{r['tokens_per_s'][f'batch_{args.batch}']:7.1f} tok/s  load {r['load_seconds']:5.1f} s  "
-                      f"peak {r['peak_rss_mb']:6.0f} MB", flush=True)
+                      f"peak {r['peak_rss_mb']:6.0f} MB (+{r['peak_rss_above_start_mb']:.0f} loading and running)",
+                      flush=True)
     if not rows:
         sys.exit("no model was measured")
     RESULTS.mkdir(exist_ok=True)
