@@ -245,7 +245,8 @@ def _print_summary(results: dict) -> None:
         out.print(f"white-box: {w['note']}", highlight=False)
     elif w:
         extra = f", prefill greedy leak share {w['share_prefill_greedy']:.2f}" if w.get("target") else ""
-        out.print(f"white-box: mean refusal log-odds {w['mean_refusal_log_odds']:.2f}{extra}", highlight=False)
+        took = f" ({len(w['requests'])} attack prompts in {w['seconds']:.1f} s)" if "seconds" in w else ""
+        out.print(f"white-box: mean refusal log-odds {w['mean_refusal_log_odds']:.2f}{extra}{took}", highlight=False)
     tp = results.get("throughput") or {}
     if tp.get("prompts_per_s"):
         tok = f", {tp['tokens_per_s']:.1f} tokens/s" if tp.get("tokens_per_s") else ""

@@ -421,7 +421,9 @@ class ProbeRun:
                    for it in rows.values()]
         record = getattr(self.policy.detector, "record", None)
         target = self.policy.canary or (next(iter(record.values()))[0] if record else None)
+        started = time.perf_counter()
         result = whitebox_probe(self.lm, prompts, target)
+        result["seconds"] = time.perf_counter() - started
         if not result["skipped"]:
             for row, it in zip(result["requests"], rows.values()):
                 row.update(attack=it.attack_prompt.attack, mode=it.attack_prompt.mode)
