@@ -82,13 +82,14 @@ class TorchLM(LanguageModel):
             if len(cont) > limit:
                 raise GenerationError(f"continuation of {len(cont)} tokens exceeds the model's context of {limit}")
             requests.append((seq, len(cont)))
+        results: list[LoglikelihoodResult | None] = [None] * len(requests)
+        rest = self._shared_contexts(requests, results)
         # Requests that read the same tokens (choices after one context, e.g. a judge's answer
         # letters) share one forward pass: each row is computed once and read for every target.
         inputs: dict[tuple[int, ...], list[int]] = {}
-        for i, (seq, _) in enumerate(requests):
-            inputs.setdefault(tuple(seq[:-1]), []).append(i)
+        for i in rest:
+            inputs.setdefault(tuple(requests[i][0][:-1]), []).append(i)
         unique = sorted(inputs, key=len, reverse=True)
-        results: list[LoglikelihoodResult | None] = [None] * len(requests)
         for start in range(0, len(unique), self.batch_size):
             rows = unique[start:start + self.batch_size]
             ids, mask = pad_right([list(r) for r in rows])
@@ -103,6 +104,40 @@ class TorchLM(LanguageModel):
                     results[i] = LoglikelihoodResult(logprob=float(chosen.double().sum()),
                                                      is_greedy=bool((lp.argmax(-1) == target).all()), tokens=n_cont)
         return results  # type: ignore[return-value]
+
+    def _shared_contexts(self, requests: list[tuple[list[int], int]], results: list) -> list[int]:
+        """Score, into ``results``, the requests whose context other requests share with different
+        continuations (a probe's refusal and compliance openings): each such context runs once into
+        a KV cache, copied to one row per continuation, and only the continuations run after it.
+        Returns the indices left for the plain path (contexts seen once, or a model without a
+        reorderable cache)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (seq, n_cont) in enumerate(requests):
+            groups.setdefault(tuple(seq[:-n_cont]), []).append(i)
+        shareable = hasattr(self.model, "new_kv_cache")
+        rest = [i for ctx, members in groups.items() if len(members) < 2 or not ctx or not shareable for i in members]
+        for ctx, members in groups.items():
+            if len(members) < 2 or not ctx or not shareable:
+                continue
+            conts = [requests[i][0][-requests[i][1]:] for i in members]
+            width = max(len(c) for c in conts)
+            cache = self.model.new_kv_cache(1, len(ctx) + width)
+            if not hasattr(cache, "reorder"):
+                rest.extend(members)
+                continue
+            last = self.model(torch.tensor([ctx]), kv_cache=cache, logits_to_keep=1)[0, -1].float().log_softmax(-1)
+            later = None
+            if width > 1:  # the continuations' own tokens, right-padded (causality hides the padding)
+                cache.reorder(torch.zeros(len(members), dtype=torch.long))
+                ids, _ = pad_right([c[:-1] or [c[0]] for c in conts])
+                later = self.model(ids, kv_cache=cache).float().log_softmax(-1)
+            for row, (i, cont) in enumerate(zip(members, conts)):
+                lp = last[None] if len(cont) == 1 else torch.cat([last[None], later[row, :len(cont) - 1]])
+                target = torch.tensor(cont)
+                chosen = lp.gather(-1, target[:, None])[:, 0]
+                results[i] = LoglikelihoodResult(logprob=float(chosen.double().sum()),
+                                                 is_greedy=bool((lp.argmax(-1) == target).all()), tokens=len(cont))
+        return rest
 
     def loglikelihood_rolling(self, texts: list[str], window: int | None = None,
                               stride: int | None = None) -> list[RollingLoglikelihood]:
