@@ -98,11 +98,7 @@ class TorchLM(LanguageModel):
                 for i in inputs[key]:
                     seq, n_cont = requests[i]
                     n_in = len(seq) - 1
-                    lp = logprobs[row, n_in - n_cont: n_in]
-                    target = torch.tensor(seq[-n_cont:])
-                    chosen = lp.gather(-1, target[:, None])[:, 0]
-                    results[i] = LoglikelihoodResult(logprob=float(chosen.double().sum()),
-                                                     is_greedy=bool((lp.argmax(-1) == target).all()), tokens=n_cont)
+                    results[i] = _scored(logprobs[row, n_in - n_cont: n_in], seq[-n_cont:])
         return results  # type: ignore[return-value]
 
     def _shared_contexts(self, requests: list[tuple[list[int], int]], results: list) -> list[int]:
@@ -115,14 +111,12 @@ class TorchLM(LanguageModel):
         for i, (seq, n_cont) in enumerate(requests):
             groups.setdefault(tuple(seq[:-n_cont]), []).append(i)
         shareable = hasattr(self.model, "new_kv_cache")
-        rest = [i for ctx, members in groups.items() if len(members) < 2 or not ctx or not shareable for i in members]
+        rest = []
         for ctx, members in groups.items():
-            if len(members) < 2 or not ctx or not shareable:
-                continue
             conts = [requests[i][0][-requests[i][1]:] for i in members]
             width = max(len(c) for c in conts)
-            cache = self.model.new_kv_cache(1, len(ctx) + width)
-            if not hasattr(cache, "reorder"):
+            cache = self.model.new_kv_cache(1, len(ctx) + width) if shareable and ctx and len(members) > 1 else None
+            if not hasattr(cache, "reorder"):  # no cache to copy per continuation (or nothing to share)
                 rest.extend(members)
                 continue
             last = self.model(torch.tensor([ctx]), kv_cache=cache, logits_to_keep=1)[0, -1].float().log_softmax(-1)
@@ -133,10 +127,7 @@ class TorchLM(LanguageModel):
                 later = self.model(ids, kv_cache=cache).float().log_softmax(-1)
             for row, (i, cont) in enumerate(zip(members, conts)):
                 lp = last[None] if len(cont) == 1 else torch.cat([last[None], later[row, :len(cont) - 1]])
-                target = torch.tensor(cont)
-                chosen = lp.gather(-1, target[:, None])[:, 0]
-                results[i] = LoglikelihoodResult(logprob=float(chosen.double().sum()),
-                                                 is_greedy=bool((lp.argmax(-1) == target).all()), tokens=len(cont))
+                results[i] = _scored(lp, cont)
         return rest
 
     def loglikelihood_rolling(self, texts: list[str], window: int | None = None,
@@ -180,3 +171,11 @@ class TorchLM(LanguageModel):
         """One batch of token ids through the decoder (speculative decoding overrides this)."""
         return generate(self.model, ids, decoding, eos_token_id=eos, pad_token_id=eos[0] if eos else 0,
                         decode_fn=self.tokenizer.decode, on_token=on_token)
+
+
+def _scored(logprobs: torch.Tensor, targets: list[int]) -> LoglikelihoodResult:
+    """The result for ``targets`` read from the log-probabilities ``(len(targets), vocab)`` that predict them."""
+    target = torch.tensor(targets)
+    chosen = logprobs.gather(-1, target[:, None])[:, 0]
+    return LoglikelihoodResult(logprob=float(chosen.double().sum()),
+                               is_greedy=bool((logprobs.argmax(-1) == target).all()), tokens=len(targets))
