@@ -207,7 +207,8 @@ def _toml_key(key: str) -> str:
 
 
 def dump_toml(data: dict[str, Any]) -> str:
-    """Write a nested dict as TOML (scalars, lists and tables: enough for our configs)."""
+    """Write a nested dict as TOML (scalars, lists and tables; a table inside a list is written inline:
+    enough for our configs and policy files)."""
 
     def scalar(v: Any) -> str:
         if isinstance(v, bool):
@@ -218,6 +219,8 @@ def dump_toml(data: dict[str, Any]) -> str:
             return _toml_string(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):  # inside a list: an inline table
+            return "{" + ", ".join(f"{_toml_key(k)} = {scalar(x)}" for k, x in v.items() if x is not None) + "}"
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
     lines: list[str] = []

@@ -325,3 +325,47 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
     assert model.gradient_checkpointing
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def conversational(w: str) -> dict:
+    return {"prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"the {w}"}],
+            "chosen": [{"role": "assistant", "content": "sat on the mat"}],
+            "rejected": [{"role": "assistant", "content": "ran in the park"}]}
+
+
+def test_conversational_preference_rows_render_as_trl_renders_them(tiny_llama, tmp_path):
+    """TRL's conversational DPO rows (prompt messages, chosen/rejected assistant messages): each side
+    is the chat rendered by the model's template, loss exactly on the text TRL's
+    ``maybe_apply_chat_template`` makes the chosen/rejected completion."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    path, _, hf_tok = tiny_llama
+    row = conversational("cat")
+    data = read_tuning_data(str(write_jsonl(tmp_path / "prefs.jsonl", [row])))
+    assert data.kind == "preferences"
+    lm = fissure.load(str(path))
+    (pair,), _ = build_examples(lm, data.kind, data.rows, max_length=256)
+    reference = maybe_apply_chat_template(row, hf_tok)
+    for side, example in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+        supervised = [t for t, s in zip(example.ids, example.supervised) if s]
+        assert lm.tokenizer.decode(supervised) == reference[side]
+        assert lm.tokenizer.decode(example.ids) == reference["prompt"] + reference[side]
+
+
+def test_conversational_dpo_run_moves_the_reward_margin_up(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", [conversational(w) for w in WORDS])
+    summary, _ = tune(tmp_path, config(tiny_llama[0], data, max_steps=10, lr=1e-2))
+    assert summary["objective"] == "dpo"
+    assert summary["dpo"]["val"]["reward_margin"] > 0 and summary["val_loss"] < summary["val_loss_before"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"prompt": [{"role": "assistant", "content": "hi"}]}, "must end with a user message"),
+    ({"chosen": [{"role": "user", "content": "x"}]}, "assistant messages only"),
+    ({"rejected": [{"role": "assistant", "content": "sat on the mat"}]}, "identical"),
+    ({"prompt": [{"role": "user"}]}, "needs a role"),
+    ({"chosen": []}, "non-empty list"),
+])
+def test_bad_conversational_rows_are_one_line_errors(tmp_path, change, message):
+    with pytest.raises(DataError, match=message):
+        read_tuning_data(str(write_jsonl(tmp_path / "d.jsonl", [{**conversational("cat"), **change}])))

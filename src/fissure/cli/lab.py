@@ -18,6 +18,7 @@ lab_app = command_group("lab", "Model organisms of jailbreaks: train, attack and
 def list_studies(as_json: JsonOption = False) -> None:
     """The built-in studies and what each shows."""
     from ..lab.study import builtin_names, load_study
+    from ..lab.tuned import TunedStudy
 
     studies = {name: load_study(name) for name in builtin_names()}
     if as_json:
@@ -25,7 +26,8 @@ def list_studies(as_json: JsonOption = False) -> None:
         return
     for name, s in studies.items():
         n = len(s.points())
-        out.print(styled((name, "bold"), f" ({n} point{'s' if n != 1 else ''} x {len(s.seeds)} seeds): {s.shows}"),
+        what = "method" if isinstance(s, TunedStudy) else "point"
+        out.print(styled((name, "bold"), f" ({n} {what}{'s' if n != 1 else ''} x {len(s.seeds)} seeds): {s.shows}"),
                   highlight=False)
 
 
@@ -56,6 +58,8 @@ def run(
     from ..report.lab import write_lab_report
     from ..runs import start_run
 
+    from ..lab.tuned import TunedStudy
+
     where = parse_executor(executor)
     if resume is not None:
         if not (resume / "config.toml").is_file():
@@ -74,6 +78,9 @@ def run(
             overrides.append(f"threads={threads}")
         spec = load_study(study, overrides)
         run_dir = None
+    if isinstance(spec, TunedStudy):
+        _run_tuned(spec, run_dir, where, out_dir, as_json)
+        return
     with open_executor(where, cpus_per_task=spec.threads or default_threads()) as pool:  # a Ray that cannot start: no run dir
         if run_dir is None:
             run_dir = start_run("lab", study_dict(spec), spec.seeds[0], root=out_dir, threads=spec.threads)
@@ -95,4 +102,35 @@ def run(
         missed = [f for f in p["findings"] if f["observed"] != f["expected"]]
         for f in missed:
             out.print(styled("  ", ("not as expected:", "red"), f" {f['effect']} ({f['detail']})"))
+    out.print(f"\nreport: {run_dir / 'report.html'}")
+
+
+def _run_tuned(spec, run_dir: Path | None, where, out_dir: str, as_json: bool) -> None:
+    """A safety-tune study: one process (its tuning runs use the study's threads)."""
+    from ..lab.study import study_dict
+    from ..lab.tuned import check_study
+    from ..lab.tuned_run import run_tuned_study
+    from ..report.tuned import write_tuned_report
+    from ..runs import start_run
+
+    if where.kind != "serial":
+        raise UserError(f"the {spec.name} study runs in this process: drop --executor {where}")
+    check_study(spec)
+    if run_dir is None:
+        run_dir = start_run("lab", study_dict(spec), spec.seeds[0], root=out_dir, threads=spec.threads)
+    err.print(f"run directory: {run_dir}")
+    results = run_tuned_study(spec, run_dir, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    write_tuned_report(run_dir, spec, results)
+    results["run_dir"] = str(run_dir)
+    if as_json:
+        print_json(results)
+        return
+    base, tuned = results["base"], results["by_method"]
+    for name, row in base["attacks"].items():
+        cells = "  ".join(f"{m} {v['attacks'][name]['asr']['estimate']:.2f} [{v['attacks'][name]['asr']['low']:.2f}, "
+                          f"{v['attacks'][name]['asr']['high']:.2f}]" for m, v in tuned.items())
+        a = row["asr"]
+        out.print(f"  {name:28s} base {a['estimate']:.2f} [{a['low']:.2f}, {a['high']:.2f}]  {cells}", highlight=False)
+    cells = "  ".join(f"{m} {v['over_refusal']['estimate']:.2f}" for m, v in tuned.items())
+    out.print(f"  {'over-refusal (benign)':28s} base {base['over_refusal']['estimate']:.2f}  {cells}", highlight=False)
     out.print(f"\nreport: {run_dir / 'report.html'}")

@@ -18,6 +18,8 @@ from typing import Any
 from ..config import apply_overrides, check_range, from_dict, load_toml, to_dict
 from ..errors import ConfigError
 from ..utils import check_seed, check_threads
+from .tuned import KIND as TUNED_KIND
+from .tuned import TunedStudy
 from .world import CONTROLS, ENCODINGS, INSTRUCTIONS, PLAIN, REFUSAL, World, WorldConfig, encode, parse_attack
 
 MAX_SEEDS = 100
@@ -304,10 +306,18 @@ def _raw(spec: str | Path | dict, seen: tuple[str, ...] = ()) -> dict:
     return _merge(_raw(base, (*seen, base)), raw)
 
 
-def load_study(spec: str | Path | dict = "jailbroken", overrides: list[str] | None = None) -> Study:
-    """A study from a built-in name, a TOML path or a raw dict; ``overrides`` are ``key=value`` strings."""
-    return from_dict(Study, apply_overrides(_raw(spec), overrides or []))
+def load_study(spec: str | Path | dict = "jailbroken", overrides: list[str] | None = None) -> Study | TunedStudy:
+    """A study from a built-in name, a TOML path or a raw dict; ``overrides`` are ``key=value`` strings.
+    ``kind = "safety-tune"`` makes it a real model's safety-tuning study (:mod:`.tuned`); without a
+    kind it is a study of organisms in a synthetic world."""
+    raw = apply_overrides(_raw(spec), overrides or [])
+    kind = raw.get("kind")
+    if kind == TUNED_KIND:
+        return from_dict(TunedStudy, raw)
+    if kind is not None:
+        raise ConfigError(f"unknown study kind {kind!r} (known: {TUNED_KIND}; none for a synthetic-world study)")
+    return from_dict(Study, raw)
 
 
-def study_dict(study: Study) -> dict:
+def study_dict(study: Study | TunedStudy) -> dict:
     return to_dict(study)

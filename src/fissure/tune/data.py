@@ -8,6 +8,7 @@ The kind decides the default objective:
 | JSONL rows with ``messages`` (``role`` / ``content``) | ``chat`` | ``sft`` |
 | JSONL rows with ``prompt`` and ``completion`` | ``pairs`` | ``sft`` |
 | JSONL rows with ``prompt``, ``chosen`` and ``rejected`` | ``preferences`` | ``dpo`` |
+| the same in TRL's conversational form: ``prompt`` a list of messages, ``chosen`` / ``rejected`` lists of assistant messages | ``preferences`` | ``dpo`` |
 | JSONL or CSV rows with a text and a label column | ``labelled`` | ``classify`` |
 
 Text is held out by whole document; with fewer than ten documents (one long file, say), by
@@ -107,6 +108,9 @@ def _check_rows(path: Path, kind: str, rows: list[dict], text_column: str, label
         missing = [c for c in required if c not in row or row[c] is None or row[c] == ""]
         if missing:
             raise DataError(f"{path}: row {n} has no '{missing[0]}' (found: {', '.join(row) or 'nothing'})")
+        if kind == "preferences" and isinstance(row["prompt"], list):
+            _check_conversational(path, n, row)
+            continue
         for column in required:
             if column != "messages" and column != label_column and not isinstance(row[column], str):
                 raise DataError(f"{path}: row {n}: '{column}' must be text, not {type(row[column]).__name__}")
@@ -116,12 +120,31 @@ def _check_rows(path: Path, kind: str, rows: list[dict], text_column: str, label
             raise DataError(f"{path}: row {n}: chosen and rejected are identical (nothing to prefer)")
 
 
-def _check_chat(path: Path, n: int, messages) -> None:
+def _check_messages(path: Path, n: int, column: str, messages) -> None:
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{path}: row {n}: 'messages' must be a non-empty list of {{role, content}}")
+        raise DataError(f"{path}: row {n}: '{column}' must be a non-empty list of {{role, content}}")
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{path}: row {n}: every message needs a role ({', '.join(ROLES)}) and text content")
+            raise DataError(f"{path}: row {n}: every message in '{column}' needs a role ({', '.join(ROLES)}) "
+                            f"and text content")
+
+
+def _check_conversational(path: Path, n: int, row: dict) -> None:
+    """TRL's conversational preference row: a prompt of messages that ends with a user turn, and
+    chosen / rejected lists of assistant messages."""
+    _check_messages(path, n, "prompt", row["prompt"])
+    if row["prompt"][-1]["role"] != "user":
+        raise DataError(f"{path}: row {n}: a conversational 'prompt' must end with a user message")
+    for column in ("chosen", "rejected"):
+        _check_messages(path, n, column, row[column])
+        if any(m["role"] != "assistant" for m in row[column]):
+            raise DataError(f"{path}: row {n}: '{column}' of a conversational row holds assistant messages only")
+    if row["chosen"] == row["rejected"]:
+        raise DataError(f"{path}: row {n}: chosen and rejected are identical (nothing to prefer)")
+
+
+def _check_chat(path: Path, n: int, messages) -> None:
+    _check_messages(path, n, "messages", messages)
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{path}: row {n}: the chat has no assistant turn (nothing to learn)")
 

@@ -5,7 +5,8 @@
   of the template's closing tag, so the model also learns to stop);
 - prompt/completion pairs: ``start + prompt + completion + eos``, loss on completion and eos (the
   split is made as lm-eval does, so the completion's first token is the one the model would see);
-- preference pairs: two such examples sharing a prompt;
+- preference pairs: two such examples sharing a prompt (a conversational pair: two chats sharing
+  their prompt messages, loss on the assistant reply);
 - labelled texts: ``start + text``, and the label's index.
 
 Examples longer than ``max_length`` tokens are cut to it; how many were cut (and dropped, when
@@ -79,6 +80,10 @@ def build_examples(lm, kind: str, rows: list[dict], max_length: int) -> tuple[li
             example = cut.cut(chat_example(tok, row["messages"]))
         elif kind == "pairs":
             example = cut.cut(pair_example(lm.split_pair, tok.eos_id, row["prompt"], row["completion"]))
+        elif kind == "preferences" and isinstance(row["prompt"], list):  # TRL's conversational form
+            chosen = cut.cut(chat_example(tok, row["prompt"] + row["chosen"]))
+            rejected = cut.cut(chat_example(tok, row["prompt"] + row["rejected"]))
+            example = Pair(chosen, rejected) if chosen and rejected else None
         elif kind == "preferences":
             chosen = cut.cut(pair_example(lm.split_pair, tok.eos_id, row["prompt"], row["chosen"]))
             rejected = cut.cut(pair_example(lm.split_pair, tok.eos_id, row["prompt"], row["rejected"]))
