@@ -27,17 +27,15 @@ seed's data, each tuning run (its own checkpoint), each probe run (its samples),
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import random
 import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import check_range, dump_toml, from_dict, to_dict
+from ..config import check_range, dump_toml
 from ..errors import ConfigError, UserError
 from ..probes.attacks import get_attack
 from ..probes.policies import _resolve, load_policy
@@ -293,25 +291,3 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def read_jsonl_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-# --- loading a study ---------------------------------------------------------------------------
-
-def load_tuned_study(raw: dict) -> TunedStudy:
-    study = from_dict(TunedStudy, raw)
-    return study
-
-
-def tuned_dict(study: TunedStudy) -> dict:
-    return to_dict(study)
-
-
-Log = Callable[[str], None]
-
-
-def method_config(study: TunedStudy, method: str) -> MethodConfig:
-    return getattr(study, method)
-
-
-def replace_probe(study: TunedStudy, **changes) -> TunedStudy:
-    return dataclasses.replace(study, probe=dataclasses.replace(study.probe, **changes))

@@ -28,8 +28,6 @@ from ..utils import set_threads
 from .tuned import (PROBE_SEED, TunedStudy, benign_answers, build_rows, load_tuning_set, read_jsonl_rows,
                     eval_policy_text, write_jsonl)
 
-Log = object  # a callable taking one line of text
-
 
 def _probe_config(study: TunedStudy, model: str, policy_path: Path):
     from ..probes.suite.config import SuiteConfig
