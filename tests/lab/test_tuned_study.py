@@ -57,6 +57,9 @@ def test_load_time_checks_name_what_is_wrong(study, tmp_path):
     record = load_study("smollm2-secret", ["policy='private_record'"])
     with pytest.raises(UserError, match="canary detector"):
         check_study(record)
+    served = load_study("smollm2-secret", ["model='http://127.0.0.1:8000/v1'"])
+    with pytest.raises(UserError, match="no activations for a refusal direction.*needs a local model"):
+        check_study(served)
     few = load_study("smollm2-secret", ["probe.requests=4"])
     with pytest.raises(UserError, match="at least 8 held-out"):
         check_study(few)
@@ -143,3 +146,20 @@ def test_the_confusion_table_counts_attacks_by_attributed_and_registered_mode():
                "prefix_injection": {"registered": "CO", "attributed": "CO"},
                "prefix_injection+rot13": {"registered": "CO+MG", "attributed": "MG"}}
     assert confusion(attacks) == {"MG": {"MG": 1, "CO+MG": 1}, "CO": {"MG": 1, "CO": 1}}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model='http://127.0.0.1:9/v1'"], "needs a local model"),
+    (["probe.benign=3"], "at least 8 held-out"),
+    (["data='nope'"], "no tuning data 'nope'"),
+    (["--executor", "local:2"], "runs in this process"),
+])
+def test_cli_refuses_bad_studies_in_one_line_before_a_run_directory_exists(tmp_path, overrides, message):
+    from typer.testing import CliRunner
+
+    from fissure.cli import app
+
+    args = overrides if overrides[0].startswith("--") else ["--set", overrides[0]]
+    result = CliRunner().invoke(app, ["lab", "run", "smollm2-secret", *args, "--out-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

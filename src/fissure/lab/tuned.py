@@ -191,10 +191,14 @@ def load_tuning_set(name: str) -> TuningSet:
 
 
 def check_study(study: TunedStudy) -> None:
-    """What can be checked before a run directory exists: the data file, the policy (it must
-    protect a canary), the held-out set's size for a refusal direction."""
+    """What can be checked before a run directory exists: a local model, the data file, the policy
+    (it must protect a canary), the held-out set's size for a refusal direction."""
     from ..probes.direction import MIN_PER_CLASS
 
+    if study.model.startswith(("http://", "https://")):
+        raise UserError(f"{study.model}: a served model cannot be tuned here and has no activations for a refusal "
+                        "direction; the safety-tune study needs a local model (a registry name such as smollm2, an "
+                        "HF directory, a .gguf file or a fissure checkpoint)")
     data = load_tuning_set(study.data)
     policy = load_policy(study.policy, PROBE_SEED)
     if policy.canary is None:
