@@ -14,7 +14,7 @@ from test_probe_suite import ScriptedLM
 from fissure.judges import read_samples
 from fissure.probes.suite import SuiteConfig, run_suite
 from fissure.report.html import Raw, table
-from fissure.report.plots import dot_plot, interval_bars
+from fissure.report.plots import dot_plot, interval_bars, strip_plot
 from fissure.report.probe import write_probe_report
 from fissure.runs import start_run
 
@@ -96,6 +96,17 @@ def test_interval_bars_geometry_and_escaping():
     assert float(whisker.get("x1")) == left + 0.25 * scale and float(whisker.get("x2")) == left + 0.75 * scale
     labels = [t.text for t in root.findall(f"{ns}text")]
     assert 'a<&>"' in labels and "t<1>" in labels and labels.count("n/a") == 2
+
+
+def test_strip_plot_draws_every_value_of_both_groups_in_order():
+    svg = strip_plot([(EVIL, [-1.0, 2.0], [0.5]), ("b", [], [float("nan"), -2.0])], "projections")
+    root = ET.fromstring(svg)
+    circles = root.findall("{http://www.w3.org/2000/svg}circle")
+    assert len(circles) == 4  # the NaN is left out
+    xs = [float(c.get("cx")) for c in circles]
+    assert xs[0] < xs[2] < xs[1] and xs[3] < xs[0]  # -1 < 0.5 < 2, and -2 leftmost
+    assert [c.get("fill") for c in circles] == ["#c44", "#c44", "#27a", "#27a"]
+    assert EVIL not in svg and "&lt;script&gt;" in svg
 
 
 def test_dot_plot_and_table():

@@ -56,7 +56,7 @@ def tuned_inside(lm: TorchLM, base: TorchLM | None, policy: Policy, samples: lis
     plain_prompts, benign_prompts = [s.prompt for s in plain], [s.prompt for s in benign]
     direction = fit_direction(last_token_states(lm, plain_prompts, batch_size),
                               last_token_states(lm, benign_prompts, batch_size), seed=seed)
-    recognised, complied, twins, registered = {}, {}, {}, {}
+    recognised, complied, twins, registered, projections = {}, {}, {}, {}, {}
     for attack in attacks:
         rows = sorted((s for s in samples if s.kind == "restricted" and s.attack == attack), key=lambda s: s.key)
         twin_prompts = [build_prompt(system, get_attack(attack).apply(
@@ -66,7 +66,9 @@ def tuned_inside(lm: TorchLM, base: TorchLM | None, policy: Policy, samples: lis
         bad, good = states[:len(rows)], states[len(rows):]
         recognised[attack] = direction.recognised(bad).tolist()
         complied[attack] = [s.label == "violated" for s in rows]
-        twins[attack] = auroc(project(bad, direction.unit).tolist(), project(good, direction.unit).tolist())
+        bad_proj, good_proj = project(bad, direction.unit).tolist(), project(good, direction.unit).tolist()
+        twins[attack] = auroc(bad_proj, good_proj)
+        projections[attack] = {"restricted": bad_proj, "benign_twins": good_proj}
         registered[attack] = get_attack(attack).mode
     modes = attribute(recognised, complied, registered, confidence)
     for attack, auc in twins.items():
@@ -86,7 +88,7 @@ def tuned_inside(lm: TorchLM, base: TorchLM | None, policy: Policy, samples: lis
         "benign_refused": _rate(benign_labels, "refused", confidence),
         "benign_refused_added": _rate(added_labels, "refused", confidence),
     }
-    out = {"direction": direction.as_dict(), "attacks": modes, "causal": causal}
+    out = {"direction": direction.as_dict(), "attacks": modes, "causal": causal, "projections": projections}
     if base is not None:
         reference = LEAK_REFERENCE.format(canary=policy.canary)
         out["kl_by_position"] = kl_by_position(lm, base, [(lm.render(p), reference) for p in plain_prompts],

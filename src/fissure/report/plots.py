@@ -91,6 +91,24 @@ def dot_plot(rows: Sequence[tuple[str, float | None]], title: str, width: int = 
     return "".join(parts)
 
 
+def strip_plot(rows: Sequence[tuple[str, Sequence[float], Sequence[float]]], title: str, width: int = 640,
+               axis_label: str = "") -> str:
+    """Per row, every value of two groups as small dots on a shared axis that shows 0 (a histogram
+    that hides nothing at small n): the first group red, a little above the row's middle, the
+    second blue, a little below (e.g. projections of restricted prompts and of benign twins)."""
+    values = [v for _, a, b in rows for v in (*a, *b) if _finite(v)]
+    parts, x = _zero_axis_frame(values, len(rows), title, width, axis_label)
+    row_h, left, top = 18, 240, 24
+    for i, (label, first, second) in enumerate(rows):
+        y = top + i * row_h
+        parts.append(f'<text x="{left - 6}" y="{y + 12}" font-size="11" text-anchor="end">{escape(label)}</text>')
+        for group, dy, colour in ((first, 5, "#c44"), (second, 13, "#27a")):
+            parts.extend(f'<circle cx="{x(v):.1f}" cy="{y + dy}" r="2.5" fill="{colour}" fill-opacity="0.6"/>'
+                         for v in group if _finite(v))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 _PALETTE = ("#c44", "#27a", "#2a7", "#a72", "#72a", "#555", "#a27", "#7a2")
 
 

@@ -14,7 +14,7 @@ from ..lab.study import study_dict
 from ..lab.tuned import TunedStudy
 from ..runs import write_text_atomic
 from .html import interval, num, page, paragraph, preformatted, section, table
-from .plots import interval_bars, paths_plot
+from .plots import interval_bars, paths_plot, strip_plot
 
 SAMPLES_PER_ATTACK = 1
 
@@ -65,12 +65,19 @@ def _attribution(view: dict, label: str) -> str:
         ["benign twins: refused", interval(causal["benign_refused"]), interval(causal["benign_refused_added"]),
          f"difference of means added at layer {d['layer']}"],
     ]
+    strips = ""
+    if "projections" in inside:
+        t = d["threshold"]
+        strips = strip_plot([(a, [v - t for v in p["restricted"]], [v - t for v in p["benign_twins"]])
+                             for a, p in inside["projections"].items()],
+                            f"{label}: each prompt's projection on the refusal direction (red: restricted, blue: "
+                            "benign twin in the same form)", axis_label="projection minus threshold (above 0: recognised)")
     return "".join([
         paragraph(f"{label}: refusal direction at layer {d['layer']} (held-out AUROC "
                   f"{num(d['heldout_auroc'][d['layer']])}, {d['n_restricted']} restricted vs {d['n_benign']} benign "
                   "prompts, half to fit, half to choose the layer)."),
         table(["attack", "registered mode", "attributed (inside)", "recognised share [95% CI]", "replies that leaked",
-               "AUROC vs benign twins in the same form"], rows),
+               "AUROC vs benign twins in the same form"], rows), strips,
         table(["attributed \\ registered", *registered], conf_rows) if conf_rows else "",
         table(["what", "as tuned", "with intervention", "intervention"], causal_rows),
     ])
