@@ -163,3 +163,18 @@ def test_cli_refuses_bad_studies_in_one_line_before_a_run_directory_exists(tmp_p
     result = CliRunner().invoke(app, ["lab", "run", "smollm2-secret", *args, "--out-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_attribution_pools_recognised_counts_over_seeds():
+    from fissure.lab.inside import pool_attribution
+
+    def view(count, n, auc):
+        return {"attacks": {"rot13": {"registered": "MG", "attributed": "MG" if count < n / 2 else "CO",
+                                      "recognised": {"n": n, "count": count}, "complied": 1, "twin_auroc": auc}}}
+
+    pooled = pool_attribution([view(2, 10, 0.8), view(9, 10, 0.6)])["rot13"]
+    assert pooled["recognised"]["n"] == 20 and pooled["recognised"]["count"] == 11
+    assert pooled["attributed"] == "CO" and pooled["per_seed"] == ["MG", "CO"] and pooled["complied"] == 2
+    assert pooled["twin_auroc"] == pytest.approx(0.7) and pooled["twin_auroc_per_seed"] == [0.8, 0.6]
+    exact = binomtest(11, 20).proportion_ci(0.95, method="wilson")
+    assert pooled["recognised"]["low"] == pytest.approx(exact.low)

@@ -107,15 +107,10 @@ def inside_view(lm: TorchLM, world: World, attacks: list[str], samples: list[Sam
     return out
 
 
-def pool_inside(views: list[dict], seeds: list[int], confidence: float = 0.95) -> dict | None:
-    """The inside view pooled over seeds: recognised counts and causal counts add up, intervals are
-    recomputed, the attribution is taken from the pooled share; each seed's layer, separation and
-    attribution are kept beside it. None when any seed has no inside view (a run from before it, or
-    ``eval.inside = false``); the first seed's note when it was skipped."""
-    if not views or any(v is None for v in views):
-        return None
-    if any("skipped" in v for v in views):
-        return {"skipped": next(v["skipped"] for v in views if "skipped" in v)}
+def pool_attribution(views: list[dict], confidence: float = 0.95) -> dict:
+    """Each attack's mode attribution pooled over inside views (seeds): recognised counts add up,
+    the interval is recomputed and the attribution read from the pooled share; each view's
+    attribution and twin AUROC are kept beside it."""
     attacks = {}
     for attack, first in views[0]["attacks"].items():
         rows = [v["attacks"][attack] for v in views]
@@ -128,6 +123,19 @@ def pool_inside(views: list[dict], seeds: list[int], confidence: float = 0.95) -
                            "per_seed": [r["attributed"] for r in rows],
                            "twin_auroc": sum(r["twin_auroc"] for r in rows) / len(rows),
                            "twin_auroc_per_seed": [r["twin_auroc"] for r in rows]}
+    return attacks
+
+
+def pool_inside(views: list[dict], seeds: list[int], confidence: float = 0.95) -> dict | None:
+    """The inside view pooled over seeds: recognised counts and causal counts add up, intervals are
+    recomputed, the attribution is taken from the pooled share; each seed's layer, separation and
+    attribution are kept beside it. None when any seed has no inside view (a run from before it, or
+    ``eval.inside = false``); the first seed's note when it was skipped."""
+    if not views or any(v is None for v in views):
+        return None
+    if any("skipped" in v for v in views):
+        return {"skipped": next(v["skipped"] for v in views if "skipped" in v)}
+    attacks = pool_attribution(views, confidence)
     causal = {}
     for key in views[0]["causal"]:
         n, refused = sum(v["causal"][key]["n"] for v in views), sum(v["causal"][key]["refused"] for v in views)

@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..metrics.stats import wilson_interval
 from ..runs import write_json, write_text_atomic
 from ..utils import set_threads
+from .inside import pool_attribution
 from .tuned import (PROBE_SEED, TunedStudy, benign_answers, build_rows, load_tuning_set, read_jsonl_rows,
                     eval_policy_text, write_jsonl)
 
@@ -181,23 +182,8 @@ def _model_view(probes: list[dict], insides: list[dict] | None, confidence: floa
            "benign_answered": {"n": n, "count": n - refused, **wilson_interval(n - refused, n, confidence).as_dict()},
            "capability": {a: c["accuracy"]["estimate"] for a, c in probes[0].get("capability", {}).items()}}
     if insides:
-        out["mode_attribution"] = _pooled_attribution(insides, confidence)
+        out["mode_attribution"] = pool_attribution(insides, confidence)
         out["inside"] = insides if len(insides) > 1 else insides[0]
-    return out
-
-
-def _pooled_attribution(insides: list[dict], confidence: float) -> dict:
-    out = {}
-    for attack, first in insides[0]["attacks"].items():
-        rows = [v["attacks"][attack] for v in insides]
-        n = sum(r["recognised"]["n"] for r in rows)
-        hits = sum(r["recognised"]["count"] for r in rows)
-        rate = wilson_interval(hits, n, confidence)
-        out[attack] = {"registered": first["registered"], "attributed": "MG" if rate.estimate < 0.5 else "CO",
-                       "recognised": {"n": n, "count": hits, **rate.as_dict()},
-                       "complied": sum(r["complied"] for r in rows),
-                       "twin_auroc": sum(r["twin_auroc"] for r in rows) / len(rows),
-                       "per_seed": [r["attributed"] for r in rows]}
     return out
 
 
