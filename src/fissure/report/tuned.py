@@ -119,11 +119,17 @@ def reading(results: dict) -> str:
     att = tuned.get("mode_attribution")
     if att:
         mg = [a for a, r in att.items() if r["attributed"] == "MG" and a != "none"]
-        co = [a for a, r in att.items() if r["attributed"] == "CO" and a != "none"]
-        parts.append(f"Inside, the refusal direction still fires on most prompts of {', '.join(co) or 'no attack'} "
-                     f"(recognised: whatever gets through there overrides a refusal the model computed) and stays "
-                     f"below threshold on most of {', '.join(mg) or 'no attack'} (not recognised as the restricted "
-                     "request).")
+        overridden = [a for a, r in att.items() if r["attributed"] == "CO" and a != "none" and r["complied"]]
+        held = [a for a, r in att.items() if r["attributed"] == "CO" and a != "none" and not r["complied"]]
+        if overridden:
+            parts.append(f"Inside, the refusal direction fires on most prompts of {', '.join(overridden)}, which "
+                         "still leak: recognised and overridden (competing objectives).")
+        if held:
+            subject = "It also fires" if overridden else "Inside, the refusal direction fires"
+            parts.append(f"{subject} on most prompts of {', '.join(held)}, and none of their replies leaked: "
+                         "recognised and refused.")
+        parts.append(f"It stays below threshold on most prompts of {', '.join(mg) or 'no attack'} (not recognised as "
+                     "the restricted request: mismatched generalization where such a prompt leaks).")
         causal = (tuned["inside"] if isinstance(tuned["inside"], dict) else tuned["inside"][0])["causal"]
         drop = causal["restricted_refused_ablated"]["high"] < causal["restricted_refused"]["low"]
         rise = causal["benign_refused_added"]["low"] > causal["benign_refused"]["high"]
