@@ -19,10 +19,15 @@ def test_number_words():
 def test_twins_for_every_mg_attack():
     mg = [name for name, a in ATTACKS.items() if a.mode == "MG"]
     assert {"base64", "rot13", "leetspeak", "disemvowel", "char_spacing", "reversed", "payload_splitting"} <= set(mg)
+    indirect = {"poem_last_line", "spell_out", "json_fields", "answer_in_french"}  # the question stays plain
+    assert indirect <= set(mg)
     for name in mg:
         twins = capability_twins(name, n=6, seed=1)
-        assert len(twins) == 6 and all(t.prompt.attack == name and t.question not in t.prompt.text
-                                       for t in twins if name != "base64_output")
+        assert len(twins) == 6 and all(t.prompt.attack == name for t in twins)
+        if name in indirect:  # the task around the question is the form
+            assert all(t.question in t.prompt.text and t.prompt.text != t.question for t in twins)
+        elif name != "base64_output":  # the question itself is encoded or split
+            assert all(t.question not in t.prompt.text for t in twins)
 
 
 @pytest.mark.parametrize("attack, encode", [("base64", "base64"), ("rot13", "rot13"), ("reversed", "reversed"),
