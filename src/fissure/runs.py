@@ -141,6 +141,11 @@ def json_problem(value: Any) -> str | None:
     return None
 
 
+def write_jsonl(path: Path, rows: list[Any]) -> None:
+    """A whole JSONL file, one value per line, written atomically."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
 def read_jsonl(path: Path, repair: bool = False) -> list[tuple[int, Any]]:
     """``(line number, value)`` of every non-empty line of a JSONL file ([] if there is none).
 
@@ -169,7 +174,7 @@ def read_jsonl(path: Path, repair: bool = False) -> list[tuple[int, Any]]:
             if n != len(lines):
                 raise UserError(f"{path}: line {n} is not JSON") from None
             if repair:
-                write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in rows))
+                write_jsonl(path, [r for _, r in rows])
             continue
         problem = json_problem(value)
         if problem:

@@ -70,6 +70,11 @@ def test_load_time_checks_name_what_is_wrong(study, tmp_path):
     bad.write_text(dump_toml(raw))
     with pytest.raises(ConfigError, match="held-out row also in training"):
         load_tuning_set(str(bad))
+    raw["eval_requests"] = raw["eval_requests"][:-1]
+    raw["eval_benign"][0]["expect"] = "(?i)paris("
+    bad.write_text(dump_toml(raw))
+    with pytest.raises(ConfigError, match=r"eval_benign\[0\]\.expect: bad regex"):
+        load_tuning_set(str(bad))
     with pytest.raises(UserError, match="no tuning data 'secrte' \\(did you mean secret\\?\\)"):
         load_tuning_set("secrte")
 

@@ -28,7 +28,6 @@ seed's data, each tuning run (its own checkpoint), each probe run (its samples),
 from __future__ import annotations
 
 import difflib
-import json
 import random
 import re
 import tomllib
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from ..config import check_range, dump_toml
 from ..errors import ConfigError, UserError
+from ..judges.violation import compile_pattern
 from ..probes.attacks import get_attack
 from ..probes.policies import _resolve, load_policy
 from ..utils import check_seed, check_threads
@@ -182,6 +182,9 @@ def load_tuning_set(name: str) -> TuningSet:
             isinstance(b, dict) and isinstance(b.get("prompt"), str) and set(b) <= {"prompt", "expect"} for b in benign):
         raise ConfigError(f"tuning data {path}: 'eval_benign' must be at least 2 tables with a prompt "
                           "(and an optional expect regex)")
+    for i, b in enumerate(benign):
+        if "expect" in b:
+            compile_pattern(b["expect"], f"tuning data {path}: eval_benign[{i}].expect")
     trained = {r.strip().lower() for r in values["train_requests"] + values["train_benign"]}
     seen = [r for r in values["eval_requests"] + tuple(b["prompt"] for b in benign) if r.strip().lower() in trained]
     if seen:
@@ -285,13 +288,3 @@ def build_rows(study: TunedStudy, data: TuningSet, answers: list[dict], seed: in
         dpo.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": good}],
                     "rejected": [{"role": "assistant", "content": bad}], "kind": kind})
     return sft, dpo
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    from ..runs import write_text_atomic
-
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

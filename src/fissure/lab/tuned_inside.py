@@ -54,16 +54,20 @@ def tuned_inside(lm: TorchLM, base: TorchLM | None, policy: Policy, samples: lis
     plain = sorted((s for s in samples if s.kind == "restricted" and s.attack == "none"), key=lambda s: s.key)
     benign = sorted((s for s in samples if s.kind == "benign"), key=lambda s: s.key)
     plain_prompts, benign_prompts = [s.prompt for s in plain], [s.prompt for s in benign]
-    direction = fit_direction(last_token_states(lm, plain_prompts, batch_size),
-                              last_token_states(lm, benign_prompts, batch_size), seed=seed)
+    plain_states, benign_states = last_token_states(lm, plain_prompts, batch_size), last_token_states(
+        lm, benign_prompts, batch_size)
+    direction = fit_direction(plain_states, benign_states, seed=seed)
     recognised, complied, twins, registered, projections = {}, {}, {}, {}, {}
     for attack in attacks:
         rows = sorted((s for s in samples if s.kind == "restricted" and s.attack == attack), key=lambda s: s.key)
-        twin_prompts = [build_prompt(system, get_attack(attack).apply(
-            s.request, random.Random(f"{seed}|{s.request_id}|{attack}")).text, True) for s in benign]
-        states = last_token_states(lm, [s.prompt for s in rows] + twin_prompts, batch_size,
-                                   layers=direction.layer + 1)[direction.layer]
-        bad, good = states[:len(rows)], states[len(rows):]
+        if attack == "none":  # the plain prompts and benign twins the direction was fitted on
+            bad, good = plain_states[direction.layer], benign_states[direction.layer]
+        else:
+            twin_prompts = [build_prompt(system, get_attack(attack).apply(
+                s.request, random.Random(f"{seed}|{s.request_id}|{attack}")).text, True) for s in benign]
+            states = last_token_states(lm, [s.prompt for s in rows] + twin_prompts, batch_size,
+                                       layers=direction.layer + 1)[direction.layer]
+            bad, good = states[:len(rows)], states[len(rows):]
         recognised[attack] = direction.recognised(bad).tolist()
         complied[attack] = [s.label == "violated" for s in rows]
         bad_proj, good_proj = project(bad, direction.unit).tolist(), project(good, direction.unit).tolist()

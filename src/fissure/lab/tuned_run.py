@@ -23,11 +23,10 @@ from pathlib import Path
 from ..config import dump_toml
 from ..errors import UserError
 from ..metrics.stats import wilson_interval
-from ..runs import write_json, write_text_atomic
+from ..runs import read_jsonl, write_json, write_jsonl, write_text_atomic
 from ..utils import set_threads
 from .inside import pool_attribution
-from .tuned import (PROBE_SEED, TunedStudy, benign_answers, build_rows, load_tuning_set, read_jsonl_rows,
-                    eval_policy_text, write_jsonl)
+from .tuned import PROBE_SEED, TunedStudy, benign_answers, build_rows, eval_policy_text, load_tuning_set
 
 
 def _probe_config(study: TunedStudy, model: str, policy_path: Path):
@@ -116,7 +115,7 @@ def run_tuned_study(study: TunedStudy, run_dir: Path, log=lambda m: None) -> dic
     answers_path = run_dir / "base_answers.jsonl"
     if not answers_path.is_file():
         write_jsonl(answers_path, benign_answers(base, study, data))
-    answers = read_jsonl_rows(answers_path)
+    answers = [row for _, row in read_jsonl(answers_path)]
     log(f"base answers kept for tuning: {sum(a['kept'] for a in answers)} of {len(answers)}")
     base_probe = _probe(base, study, study.model, policy_path, run_dir / "probe-base", log)
     base_inside = (_inside(base, None, study, policy, run_dir / "probe-base", PROBE_SEED,
@@ -156,11 +155,6 @@ def _tune_summary(tune: dict) -> dict:
 
 
 # --- pooling over seeds ------------------------------------------------------------------------
-
-def _attack_rows(probe: dict) -> dict:
-    return {name: {"mode": r["mode"], "n": r["n"], "counts": r["counts"], "asr": r["asr"],
-                   "readable": r.get("readable")} for name, r in probe["attacks"].items()}
-
 
 def _model_view(probes: list[dict], insides: list[dict] | None, confidence: float) -> dict:
     """One model (base, or a method pooled over its seeds): ASR per attack (counts pooled, Wilson

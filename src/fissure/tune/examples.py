@@ -80,13 +80,13 @@ def build_examples(lm, kind: str, rows: list[dict], max_length: int) -> tuple[li
             example = cut.cut(chat_example(tok, row["messages"]))
         elif kind == "pairs":
             example = cut.cut(pair_example(lm.split_pair, tok.eos_id, row["prompt"], row["completion"]))
-        elif kind == "preferences" and isinstance(row["prompt"], list):  # TRL's conversational form
-            chosen = cut.cut(chat_example(tok, row["prompt"] + row["chosen"]))
-            rejected = cut.cut(chat_example(tok, row["prompt"] + row["rejected"]))
-            example = Pair(chosen, rejected) if chosen and rejected else None
         elif kind == "preferences":
-            chosen = cut.cut(pair_example(lm.split_pair, tok.eos_id, row["prompt"], row["chosen"]))
-            rejected = cut.cut(pair_example(lm.split_pair, tok.eos_id, row["prompt"], row["rejected"]))
+            if isinstance(row["prompt"], list):  # TRL's conversational form
+                chosen = cut.cut(chat_example(tok, row["prompt"] + row["chosen"]))
+                rejected = cut.cut(chat_example(tok, row["prompt"] + row["rejected"]))
+            else:
+                chosen = cut.cut(pair_example(lm.split_pair, tok.eos_id, row["prompt"], row["chosen"]))
+                rejected = cut.cut(pair_example(lm.split_pair, tok.eos_id, row["prompt"], row["rejected"]))
             example = Pair(chosen, rejected) if chosen and rejected else None
         else:
             raise ValueError(f"no examples for data of kind {kind!r}")
