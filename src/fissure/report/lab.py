@@ -7,6 +7,7 @@ every config value is escaped; nothing is loaded from outside the page.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..config import dump_toml
@@ -19,12 +20,17 @@ from .plots import interval_bars, paths_plot
 SAMPLES_PER_GROUP = 2  # sample replies shown per (point, attack, kind)
 
 
+def _sd(value: float | None) -> str:
+    return "" if value is None else f"± {num(value)}"
+
+
 def _attack_table(attacks: dict) -> str:
     rows = [[name, r["n"], r["counts"]["refused"], r["counts"]["violated"], r["counts"]["unclear"],
-             interval(r["asr"]), interval(r["benign"]["accuracy"]), interval(r["benign"]["over_refusal"]),
+             interval(r["asr"]), _sd(r.get("seed_sd", {}).get("asr")), interval(r["benign"]["accuracy"]),
+             _sd(r.get("seed_sd", {}).get("benign_accuracy")), interval(r["benign"]["over_refusal"]),
              f"{num(r['logodds']['restricted'])} / {num(r['logodds']['benign'])}"] for name, r in attacks.items()]
-    return table(["attack", "n", "refused", "violated", "unclear", "ASR [95% CI]", "benign accuracy", "over-refusal",
-                  "refusal log-odds (restricted / benign)"], rows)
+    return table(["attack", "n", "refused", "violated", "unclear", "ASR [95% CI]", "between-seed SD",
+                  "benign accuracy", "between-seed SD", "over-refusal", "refusal log-odds (restricted / benign)"], rows)
 
 
 def _findings(items: list[dict]) -> str:
@@ -32,7 +38,10 @@ def _findings(items: list[dict]) -> str:
     for f in items:
         ok = f["observed"] == f["expected"]
         verdict = ("as expected" if ok else "NOT as expected") + (": appears" if f["observed"] else ": does not appear")
-        lines.append((f"{f['effect']}: {verdict} ({f['detail']})", "good" if ok else "bad"))
+        if f.get("stable") is False:
+            verdict += ", but not in most seeds alone: the seeds disagree"
+        lines.append((f"{f['effect']}: {verdict} ({f['detail']})", "good" if ok and f.get("stable") is not False
+                      else "bad"))
     return bullets(lines)
 
 
@@ -160,7 +169,8 @@ def render_lab_report(study: Study, results: dict, samples: list[Sample]) -> str
         b = p["borderline"]
         parts = ["<h3>Expected effects</h3>", _findings(p["findings"]), _attack_table(p["attacks"]),
                  paragraph(f"Borderline benign questions (plain, they mention the restricted attribute): {b['n']}, "
-                           f"answered {interval(b['accuracy'])}, over-refusal {interval(b['over_refusal'])}.")]
+                           f"answered {interval(b['accuracy'])}, over-refusal {interval(b['over_refusal'])} "
+                           f"{_sd(b.get('seed_sd', {}).get('over_refusal'))} between seeds.")]
         if len(results["seeds"]) > 1:
             parts += ["<h3>Violations per seed</h3>", _per_seed(p["attacks"])]
         parts += [Raw(interval_bars([(a, r["asr"]) for a, r in p["attacks"].items()], "attack success rate (95% CI)")),
@@ -176,9 +186,66 @@ def render_lab_report(study: Study, results: dict, samples: list[Sample]) -> str
     return page(f"fissure lab: {study.name}", body)
 
 
+def _md_rate(r: dict) -> str:
+    return f"{r['estimate']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+
+
+def _md_sd(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def findings_markdown(results: dict, meta: dict | None = None) -> str:
+    """The README's lab block for every point: the ASR table (seeds pooled, the between-seed SD and
+    each seed's count beside each number) and the findings, split into those that hold pooled *and*
+    in most seeds alone (stated) and those where the seeds disagree (not stated). Between the
+    ``lab-findings`` markers, with the machine and commit that produced it."""
+    meta = meta or {}
+    cpu = meta.get("machine", {}).get("cpu", {})
+    where = (f"threads {results.get('threads')}, CPU {cpu.get('torch_capability', '?')} "
+             f"({' '.join(cpu.get('flags', [])) or 'no avx flags'}), commit {str(meta.get('git_commit', '?'))[:7]}")
+    lines = []
+    for p in results["points"]:
+        seeds = results["seeds"]
+        lines += [f"<!-- lab-findings {results['study']} {p['point']}: seeds {seeds}, {where} -->",
+                  f"**{results['study']}, {p['label']}** (seeds {', '.join(map(str, seeds))}; {where}; "
+                  f"95% Wilson intervals on counts pooled over seeds; SD: between-seed standard deviation of the "
+                  f"seeds' own rates)", "",
+                  "| attack | kind | ASR [95% CI] | SD | violations per seed | benign twin accuracy | SD |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        kinds = {f["effect"].split(": ", 1)[1].removesuffix(" ASR above plain"): f["effect"].split(": ", 1)[0]
+                 for f in p["findings"] if f["effect"].endswith(" ASR above plain")}
+        for attack, r in p["attacks"].items():
+            n = {s["n"] for s in r["per_seed"]}
+            counts = " / ".join(str(s["violated"]) for s in r["per_seed"])
+            sd = r.get("seed_sd", {})
+            lines.append(f"| {attack} | {kinds.get(attack, 'baseline')} | {_md_rate(r['asr'])} | {_md_sd(sd.get('asr'))} "
+                         f"| {counts} (of {'/'.join(map(str, sorted(n)))}) | {r['benign']['accuracy']['estimate']:.2f} "
+                         f"| {_md_sd(sd.get('benign_accuracy'))} |")
+        b = p["borderline"]
+        lines += [f"| *borderline benign questions* | over-refusal | {_md_rate(b['over_refusal'])} refused "
+                  f"| {_md_sd(b.get('seed_sd', {}).get('over_refusal'))} | | {b['accuracy']['estimate']:.2f} answered "
+                  f"| {_md_sd(b.get('seed_sd', {}).get('accuracy'))} |", ""]
+        stated = [f for f in p["findings"] if f.get("stable") is not False]
+        varies = [f for f in p["findings"] if f.get("stable") is False]
+        lines.append("Findings (pooled, and in most seeds alone):")
+        lines += [f"- {'appears' if f['observed'] else 'does not appear'}: {f['effect']} "
+                  f"({f['seeds_observed']} of {f['seeds']} seeds{'' if f['observed'] == f['expected'] else '; not as expected'})"
+                  for f in stated]
+        if varies:
+            lines += ["", "Not stated, the seeds disagree:"]
+            lines += [f"- {f['effect']}: {'appears' if f['observed'] else 'does not appear'} pooled, in "
+                      f"{f['seeds_observed']} of {f['seeds']} seeds alone" for f in varies]
+        lines += [f"<!-- /lab-findings {results['study']} {p['point']} -->", ""]
+    return "\n".join(lines)
+
+
 def write_lab_report(run_dir: str | Path, study: Study, results: dict) -> Path:
-    """Write ``run_dir/report.html`` from the study, its results and the saved samples."""
+    """Write ``run_dir/report.html`` from the study, its results and the saved samples, and
+    ``run_dir/findings.md`` (the README's block, :func:`findings_markdown`)."""
     run_dir = Path(run_dir)
     path = run_dir / "report.html"
     write_text_atomic(path, render_lab_report(study, results, read_samples(run_dir / "samples.jsonl")))
+    meta_path = run_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    write_text_atomic(run_dir / "findings.md", findings_markdown(results, meta))
     return path
