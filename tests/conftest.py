@@ -11,8 +11,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The fake OpenAI-compatible server (tests/backends/fake_openai_server.py) is imported by tests in
 # several folders: `import fake_openai_server` works everywhere.
 sys.path.insert(0, str(Path(__file__).parent / "backends"))
-# Tests use one thread per process: deterministic and immune to a busy second core.
+# Tests use one thread per process: deterministic and immune to a busy second core (CI runs two
+# pytest-xdist workers, one per core). A test that sets another count gets 1 back afterwards.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_after_each_test():
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -51,7 +51,7 @@ def test_config_errors():
 def test_specialise_smollm2_lowers_the_domains_bits_per_byte(tmp_path):
     result = CliRunner().invoke(app, ["specialise", "smollm2", "--domain", "legal", "--general", "code,news",
                                       "--methods", "lora16", "--replay", "0", "--steps", "6", "--eval-every", "6",
-                                      "--set", "eval_documents=6", "--threads", "2", "--out-dir", str(tmp_path),
+                                      "--set", "eval_documents=6", "--threads", "1", "--out-dir", str(tmp_path),
                                       "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout.strip().splitlines()[-1])

@@ -14,7 +14,7 @@ from fissure.cli import app
 
 runner = CliRunner()
 
-REDUCED = ["--threads", "2", "--set", "methods=['sft']", "--set", "train_rows=48", "--set", "sft.steps=16",
+REDUCED = ["--threads", "1", "--set", "methods=['sft']", "--set", "train_rows=48", "--set", "sft.steps=16",
            "--set", "probe.requests=16", "--set", "probe.benign=16", "--set", "probe.twins=2",
            "--set", "probe.max_new_tokens=32", "--set", "probe.attacks=['none', 'prefix_injection', 'poem_last_line']"]
 

@@ -9,7 +9,7 @@ from scipy.stats import binomtest
 from typer.testing import CliRunner
 
 from fissure.cli import app
-from fissure.errors import ConfigError
+from fissure.errors import ConfigError, UserError
 from fissure.judges import BENIGN_LABELS, LABELS, read_samples
 from fissure.lab.organism import pretrain, stage1_dir, stage1_key
 from fissure.lab.runner import run_study
@@ -199,6 +199,14 @@ def test_cli_run_json_and_resume(tmp_path):
     assert json.loads(resumed.stdout)["points"] == data["points"]
     bad = runner.invoke(app, ["lab", "run", "nonexistent-study"])
     assert bad.exit_code == 2 and "unknown built-in study" in bad.output
+    # the README's block, as the run wrote it and as `fissure lab findings` prints it (checked against itself)
+    written = (Path(data["run_dir"]) / "findings.md").read_text()
+    assert "<!-- lab-findings tiny p00: seeds [0]" in written and "| rot13 | MG |" in written
+    printed = runner.invoke(app, ["lab", "findings", data["run_dir"], "--check", data["run_dir"]])
+    assert printed.exit_code == 0, printed.output
+    assert printed.stdout.split("Checked against")[0] == written.split("Findings")[0].rstrip("\n") + "\n\n"
+    missing = runner.invoke(app, ["lab", "findings", str(tmp_path)])
+    assert missing.exit_code == 2 and "no results.json" in missing.output
 
 
 def test_trends_call_a_direction_only_when_intervals_separate():
@@ -306,10 +314,21 @@ def test_findings_count_the_seeds_that_show_each_effect_and_state_only_the_stabl
                         "seed_sd": {"asr": float(np.std([s[a]["asr"]["estimate"] for s in seeds], ddof=1))}}
                     for a, r in pooled.items()}}]}
     md = findings_markdown(results)
-    stated, varies = md.split("Not stated, the seeds disagree:")
+    stated, varies = md.split("Not stated (the seeds disagree):")
     assert "appears: MG: rot13 ASR above plain (3 of 3 seeds)" in stated
     assert "CO: prefix_injection ASR above plain: appears pooled, in 1 of 3 seeds alone" in varies
     assert "| prefix_injection | CO | 0.12 [0.08, 0.19] | 0.20 | 17 / 0 / 1 (of 48) |" in md
+    # a check run (another thread count) where rot13 holds in only one seed: no longer stated
+    import copy
+    check = copy.deepcopy(results)
+    rot13_check = next(f for f in check["points"][0]["findings"] if f["effect"] == rot13["effect"])
+    rot13_check.update(seeds_observed=1, stable=False)
+    check["threads"] = 1
+    stated, varies = findings_markdown(results, None, [(check, None)]).split("Not stated")
+    assert "MG: rot13" not in stated and "appears pooled, in 1 of 3 seeds alone (threads 1)" in varies
+    assert "plain restricted requests refused (3 of 3 seeds)" in stated
+    with pytest.raises(UserError, match="another study"):
+        findings_markdown(results, None, [({**check, "study": "other"}, None)])
 
 
 def test_seed_sd_is_the_sample_standard_deviation_of_the_seeds_rates():

@@ -98,7 +98,7 @@ def test_shots_without_log_probabilities_fall_back_to_sampled_asr():
 def test_cli_curve_json_and_one_line_errors(tiny_llama, tmp_path):
     runner = CliRunner()
     ok = runner.invoke(app, ["probe", "curve", str(tiny_llama[0]), "--dose", "shots", "--shots", "0,1",
-                             "--requests", "2", "--out-dir", str(tmp_path), "--json", "--threads", "2"])
+                             "--requests", "2", "--out-dir", str(tmp_path), "--json", "--threads", "1"])
     assert ok.exit_code == 0, ok.output
     result = json.loads(ok.stdout)
     assert [p["shots"] for p in result["points"]] == [0, 1] and (tmp_path / result["run_dir"]).exists()

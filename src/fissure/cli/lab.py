@@ -31,6 +31,33 @@ def list_studies(as_json: JsonOption = False) -> None:
                   highlight=False)
 
 
+@lab_app.command("findings", epilog="Example: fissure lab findings runs/lab-A --check runs/lab-B")
+@guard
+def findings_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished lab run directory."),
+    check: list[Path] = typer.Option(None, "--check", help="Another run of the same study (another thread count or "
+                                                           "machine): a finding is stated only where every run "
+                                                           "agrees (repeatable)."),
+) -> None:
+    """Print the README's block for a finished run: the ASR table with the between-seed spread and
+    the findings that hold pooled and in most seeds alone (and in every --check run)."""
+    import json
+
+    from ..report.lab import findings_markdown
+
+    def read(path: Path) -> tuple[dict, dict | None]:
+        if not (path / "results.json").is_file():
+            raise UserError(f"{path} is not a finished lab run directory (no results.json)")
+        results = json.loads((path / "results.json").read_text())
+        if "points" not in results:
+            raise UserError(f"{path} is a safety-tune study's run: its findings are in its report")
+        meta = path / "meta.json"
+        return results, json.loads(meta.read_text()) if meta.is_file() else None
+
+    results, meta = read(run_dir)
+    print(findings_markdown(results, meta, [read(c) for c in check or []]))
+
+
 @lab_app.command("run", epilog="Examples: fissure lab run;  fissure lab run studies/coverage.toml --seeds 3;  "
                                "fissure lab run --resume runs/lab-20250101-120000")
 @guard

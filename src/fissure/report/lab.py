@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..config import dump_toml
+from ..errors import UserError
 from ..judges.records import Sample, read_samples
 from ..lab.study import Study, study_dict
 from ..runs import write_text_atomic
@@ -194,17 +195,27 @@ def _md_sd(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def findings_markdown(results: dict, meta: dict | None = None) -> str:
-    """The README's lab block for every point: the ASR table (seeds pooled, the between-seed SD and
-    each seed's count beside each number) and the findings, split into those that hold pooled *and*
-    in most seeds alone (stated) and those where the seeds disagree (not stated). Between the
-    ``lab-findings`` markers, with the machine and commit that produced it."""
+def _where(results: dict, meta: dict | None) -> str:
     meta = meta or {}
     cpu = meta.get("machine", {}).get("cpu", {})
-    where = (f"threads {results.get('threads')}, CPU {cpu.get('torch_capability', '?')} "
-             f"({' '.join(cpu.get('flags', [])) or 'no avx flags'}), commit {str(meta.get('git_commit', '?'))[:7]}")
+    return (f"threads {results.get('threads')}, CPU {cpu.get('torch_capability', '?')} "
+            f"({' '.join(cpu.get('flags', [])) or 'no avx flags'}), commit {str(meta.get('git_commit', '?'))[:7]}")
+
+
+def findings_markdown(results: dict, meta: dict | None = None, checks: list[tuple[dict, dict | None]] = ()) -> str:
+    """The README's lab block for every point: the ASR table (seeds pooled, the between-seed SD and
+    each seed's count beside each number) and the findings, split into those that hold pooled *and*
+    in most seeds alone (stated) and those that do not (not stated). ``checks`` are other runs of
+    the same study (another thread count or machine: ``(results, meta)``): a finding is stated only
+    when every run agrees on it. Between ``lab-findings`` markers naming the machine and commit."""
+    runs = [(results, meta), *checks]
+    for other, _ in checks:
+        if other["study"] != results["study"] or [p["point"] for p in other["points"]] != \
+                [p["point"] for p in results["points"]]:
+            raise UserError(f"a check run is of another study ({other['study']}) or other points")
+    where = _where(results, meta)
     lines = []
-    for p in results["points"]:
+    for i, p in enumerate(results["points"]):
         seeds = results["seeds"]
         lines += [f"<!-- lab-findings {results['study']} {p['point']}: seeds {seeds}, {where} -->",
                   f"**{results['study']}, {p['label']}** (seeds {', '.join(map(str, seeds))}; {where}; "
@@ -225,16 +236,26 @@ def findings_markdown(results: dict, meta: dict | None = None) -> str:
         lines += [f"| *borderline benign questions* | over-refusal | {_md_rate(b['over_refusal'])} refused "
                   f"| {_md_sd(b.get('seed_sd', {}).get('over_refusal'))} | | {b['accuracy']['estimate']:.2f} answered "
                   f"| {_md_sd(b.get('seed_sd', {}).get('accuracy'))} |", ""]
-        stated = [f for f in p["findings"] if f.get("stable") is not False]
-        varies = [f for f in p["findings"] if f.get("stable") is False]
-        lines.append("Findings (pooled, and in most seeds alone):")
+        if checks:
+            lines += ["Checked against: " + "; ".join(_where(r, m) for r, m in checks) + ".", ""]
+        stated, unstated = [], []
+        for f in p["findings"]:
+            others = [{g["effect"]: g for g in r["points"][i]["findings"]}.get(f["effect"]) for r, _ in checks]
+            agree = f.get("stable") is not False and all(
+                g is not None and g.get("stable") is not False and g["observed"] == f["observed"] for g in others)
+            (stated if agree else unstated).append((f, others))
+        lines.append("Findings (pooled, and in most seeds alone" + (", in every run" if checks else "") + "):")
         lines += [f"- {'appears' if f['observed'] else 'does not appear'}: {f['effect']} "
                   f"({f['seeds_observed']} of {f['seeds']} seeds{'' if f['observed'] == f['expected'] else '; not as expected'})"
-                  for f in stated]
-        if varies:
-            lines += ["", "Not stated, the seeds disagree:"]
-            lines += [f"- {f['effect']}: {'appears' if f['observed'] else 'does not appear'} pooled, in "
-                      f"{f['seeds_observed']} of {f['seeds']} seeds alone" for f in varies]
+                  for f, _ in stated]
+        if unstated:
+            lines += ["", "Not stated (the seeds" + (" or the runs" if checks else "") + " disagree):"]
+            for f, others in unstated:
+                runs_text = "; ".join(
+                    f"{'appears' if g['observed'] else 'does not appear'} pooled, in {g['seeds_observed']} of "
+                    f"{g['seeds']} seeds alone" + (f" ({_where(r, m).split(', CPU')[0]})" if checks else "")
+                    for g, (r, m) in zip([f, *others], runs) if g is not None)
+                lines.append(f"- {f['effect']}: {runs_text}")
         lines += [f"<!-- /lab-findings {results['study']} {p['point']} -->", ""]
     return "\n".join(lines)
 
