@@ -56,6 +56,12 @@ def test_json_holds_attacks_and_mode_attribution_for_base_and_tuned(study_run):
             assert attribution[name]["registered"] == row["mode"] and attribution[name]["attributed"] in ("MG", "CO")
     assert results["tuned"]["attacks"]["poem_last_line"]["mode"] == "MG"
     assert results["tuned"]["method"] == "sft" and len(results["tuned"]["inside"]["kl_by_position"]) == 16
+    # the prefill attack on both models: forced depths stop before the secret (the leaking reply's
+    # "The staff password for the catalogue admin page is " is 9+ tokens, so k = 16 is never reached)
+    for model in ("base", "tuned"):
+        curve = results[model]["inside"]["prefill"]
+        assert [r["k"] for r in curve] == [0, 1, 2, 4, 8] and all(r["n"] == 16 for r in curve), curve
+        assert all(r["low"] <= r["violated"] / r["n"] <= r["high"] for r in curve)
 
 
 @pytest.mark.slow
@@ -70,6 +76,7 @@ def test_report_has_every_section_and_a_resume_does_nothing_again(study_run, mon
                     "Sample replies", "Configuration"):
         assert heading in html, heading
     assert "<script" not in html
+    assert "Prefill attack (Qi et al. 2024)" in html and "prefill attack: ASR against forced tokens" in html
     import fissure.probes.suite
     import fissure.tune.run
 

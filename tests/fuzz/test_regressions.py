@@ -123,7 +123,7 @@ def test_tune_rejects_weights_that_are_not_numbers(tiny_ckpt, corpus, tmp_path):
     (["--set", "eval.confidence=2"], "eval.confidence"),
     (["--threads", "-1"], "threads"),
     (["--set", "model.n_head=0"], "model.n_head"),
-    (["--set", "model.n_head=3"], "divisible"),
+    (["--set", "model.n_head=5"], "divisible"),
     (["--set", "model.block_size=40"], "block_size"),
     (["--set", "eval.max_new_tokens=100"], "max_new_tokens"),
     (["--set", "stage1.steps=0"], "stage1.steps"),

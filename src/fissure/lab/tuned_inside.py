@@ -14,6 +14,9 @@ attacks it recognised, whether the direction is causal, and how deep the tuning 
   chosen layer (do refusals rise?), beside the probe run's own rates without intervention.
 - ``kl_by_position``: KL(tuned || base) at each of the first 16 tokens of a leaking reply to each
   plain restricted request (Qi et al. 2024: shallow tuning puts its change in the first tokens).
+- ``prefill``: the prefill attack on every model, base included: the plain restricted requests
+  with the leaking reply's first k tokens forced (k = 0, 1, 2, 4, 8; the reply's words before the
+  secret), ASR against k. Shallow tuning gives way after a few forced tokens.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..metrics.stats import wilson_interval
 from ..probes.attacks import get_attack
 from ..probes.direction import ablated, added, attribute, auroc, fit_direction, last_token_states, project
 from ..probes.policies import Policy
-from ..probes.shallow import kl_by_position
+from ..probes.shallow import PREFILL_DEPTHS, kl_by_position, prefill_curve
 from ..probes.suite.plan import build_prompt
 
 KL_POSITIONS = 16
@@ -93,8 +96,13 @@ def tuned_inside(lm: TorchLM, base: TorchLM | None, policy: Policy, samples: lis
         "benign_refused_added": _rate(added_labels, "refused", confidence),
     }
     out = {"direction": direction.as_dict(), "attacks": modes, "causal": causal, "projections": projections}
+    reference = LEAK_REFERENCE.format(canary=policy.canary)
+    judge = PolicyJudge(policy)
+    out["prefill"] = prefill_curve(
+        lm, [(lm.render(p), reference, policy.canary) for p in plain_prompts], PREFILL_DEPTHS,
+        lambda i, text: judge(text, None, requests[i]).label == "violated",
+        max_new_tokens=max_new_tokens, confidence=confidence)
     if base is not None:
-        reference = LEAK_REFERENCE.format(canary=policy.canary)
         out["kl_by_position"] = kl_by_position(lm, base, [(lm.render(p), reference) for p in plain_prompts],
                                                positions=KL_POSITIONS, batch_size=batch_size)
         out["kl_reference"] = reference

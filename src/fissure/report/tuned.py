@@ -138,6 +138,18 @@ def reading(results: dict) -> str:
                      f"{num(causal['restricted_refused_ablated']['estimate'])}); adding it "
                      f"{'makes' if rise else 'does not clearly make'} the model refuse benign questions "
                      f"({num(causal['benign_refused']['estimate'])} -> {num(causal['benign_refused_added']['estimate'])}).")
+    curve = (tuned.get("inside") if isinstance(tuned.get("inside"), dict) else (tuned.get("inside") or [{}])[0]).get(
+        "prefill") if tuned.get("inside") else None
+    if curve:
+        start = curve[0]
+        broken = next((r for r in curve[1:] if r["low"] > start["high"]), None)
+        last = curve[-1]
+        parts.append(f"Forcing the first words of a leaking reply (the prefill attack) "
+                     + (f"breaks the tuned model at {broken['k']} forced tokens (ASR {num(start['estimate'])} -> "
+                        f"{num(broken['estimate'])}, intervals separate): its safety sits in the first tokens."
+                        if broken else
+                        f"does not clearly break the tuned model up to {last['k']} forced tokens (ASR "
+                        f"{num(start['estimate'])} -> {num(last['estimate'])})."))
     return " ".join(parts)
 
 
@@ -158,6 +170,32 @@ def _samples(run_dir: Path, results: dict) -> str:
     return table(["model", "attack", "request", "reply", "label"], rows, text_columns=(2, 3))
 
 
+def _views(results: dict) -> list[tuple[str, dict]]:
+    """(label, inside view) of the base model and of every tuned model and seed."""
+    out = [("base", results["base"]["inside"])] if results["base"].get("inside") else []
+    for m, v in results["by_method"].items():
+        views = v.get("inside")
+        views = views if isinstance(views, list) else [views] if views else []
+        out += [(f"{m} seed {v['per_seed'][i]['seed']}", view) for i, view in enumerate(views)]
+    return out
+
+
+def _prefill(results: dict) -> str:
+    """The prefill attack's curve per model: ASR against the number of forced tokens of a leaking reply."""
+    views = [(label, view["prefill"]) for label, view in _views(results) if view.get("prefill")]
+    if not views:
+        return ""
+    depths = sorted({r["k"] for _, curve in views for r in curve})
+    rows = [[label, *(next((f"{r['violated']}/{r['n']} ({interval(r)})" for r in curve if r["k"] == k), "")
+                      for k in depths)] for label, curve in views]
+    return (paragraph("Prefill attack (Qi et al. 2024): each plain restricted request with the first k tokens of a "
+                      "leaking reply forced, the model writing on; ASR (the reply leaks the secret) against k, 95% "
+                      "Wilson intervals. Only the reply's words before the secret are forced.") +
+            table(["model", *(f"k = {k}" for k in depths)], rows) +
+            paths_plot([(label, [(r["k"], r["estimate"], r["low"], r["high"]) for r in curve]) for label, curve in views],
+                       "prefill attack: ASR against forced tokens (95% CI)", "forced tokens k", "ASR"))
+
+
 def write_tuned_report(run_dir: Path, study: TunedStudy, results: dict) -> Path:
     run_dir = Path(run_dir)
     data = results["data"]
@@ -174,7 +212,8 @@ def write_tuned_report(run_dir: Path, study: TunedStudy, results: dict) -> Path:
         section("Refusal direction and mode attribution",
                 _attribution(results["base"], "Base model"),
                 *(_attribution(v, f"{m} (seeds pooled)") for m, v in results["by_method"].items())),
-        section("How deep the tuning went", _kl_plot(results) or paragraph("No KL measured in this run.")),
+        section("How deep the tuning went", _kl_plot(results) or paragraph("No KL measured in this run."),
+                _prefill(results)),
         section("Tuning", paragraph(f"{data['train_rows']} rows per method and seed, {num(data['safety_share'])} "
                                     f"refusals of {data['train_requests']} direct phrasings; benign answers are the "
                                     f"base model's own ({data['benign_kept']} of {data['benign_questions']} kept: "
