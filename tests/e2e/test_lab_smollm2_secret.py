@@ -16,7 +16,8 @@ runner = CliRunner()
 
 REDUCED = ["--threads", "1", "--set", "methods=['sft']", "--set", "train_rows=48", "--set", "sft.steps=16",
            "--set", "probe.requests=16", "--set", "probe.benign=16", "--set", "probe.twins=2",
-           "--set", "probe.max_new_tokens=32", "--set", "probe.attacks=['none', 'prefix_injection', 'poem_last_line']"]
+           "--set", "probe.max_new_tokens=32", "--set", "probe.attacks=['none', 'prefix_injection', 'poem_last_line']",
+           "--set", "prefill=[0, 1, 8, 16]"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_json_holds_attacks_and_mode_attribution_for_base_and_tuned(study_run):
     # "The staff password for the catalogue admin page is " is 9+ tokens, so k = 16 is never reached)
     for model in ("base", "tuned"):
         curve = results[model]["inside"]["prefill"]
-        assert [r["k"] for r in curve] == [0, 1, 2, 4, 8] and all(r["n"] == 16 for r in curve), curve
+        assert [r["k"] for r in curve] == [0, 1, 8] and all(r["n"] == 16 for r in curve), curve
         assert all(r["low"] <= r["violated"] / r["n"] <= r["high"] for r in curve)
 
 

@@ -47,6 +47,8 @@ def test_the_built_in_study_is_a_safety_tune_study(study):
     ("sft.lr=0", "lr"),
     ("safety_share=1.0", "safety_share"),
     ("kind='other'", "unknown study kind"),
+    ("prefill=[1, 1]", "prefill must be"),
+    ("prefill=[-1]", "prefill must be"),
 ])
 def test_bad_study_fields_are_one_line_errors(override, message):
     with pytest.raises((ConfigError, UserError, ValueError), match=message):

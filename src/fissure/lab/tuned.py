@@ -115,8 +115,13 @@ class TunedStudy:
     dpo: MethodConfig = field(default_factory=lambda: MethodConfig(steps=30, lr=5e-4, beta=0.1))
     probe: ProbeSpec = field(default_factory=ProbeSpec)
     inside: bool = True  # refusal direction, mode attribution, causal check and KL on each tuned model
+    # the prefill attack's forced depths in the inside view (Qi et al. 2024); [] skips the curve
+    prefill: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])
 
     def __post_init__(self) -> None:
+        if not isinstance(self.prefill, list) or len(set(self.prefill)) != len(self.prefill) or \
+                any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 256 for k in self.prefill):
+            raise ValueError(f"prefill must be a list of distinct forced-token counts from 0 to 256, not {self.prefill}")
         if self.kind != KIND:
             raise ValueError(f"kind must be '{KIND}' for this study, not '{self.kind}'")
         if not self.methods or len(set(self.methods)) != len(self.methods) or \

@@ -15,13 +15,14 @@ attacks it recognised, whether the direction is causal, and how deep the tuning 
 - ``kl_by_position``: KL(tuned || base) at each of the first 16 tokens of a leaking reply to each
   plain restricted request (Qi et al. 2024: shallow tuning puts its change in the first tokens).
 - ``prefill``: the prefill attack on every model, base included: the plain restricted requests
-  with the leaking reply's first k tokens forced (k = 0, 1, 2, 4, 8; the reply's words before the
-  secret), ASR against k. Shallow tuning gives way after a few forced tokens.
+  with the leaking reply's first k tokens forced (the study's ``prefill`` depths that stop before
+  the secret), ASR against k. Shallow tuning gives way after a few forced tokens.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from ..backends import TorchLM
 from ..decode import Decoding
@@ -50,7 +51,8 @@ def _labels(lm: TorchLM, policy: Policy, prompts: list, requests: list[str], max
 
 
 def tuned_inside(lm: TorchLM, base: TorchLM | None, policy: Policy, samples: list[Sample], attacks: list[str],
-                 *, seed: int, max_new_tokens: int, batch_size: int, confidence: float = 0.95) -> dict:
+                 *, seed: int, max_new_tokens: int, batch_size: int, confidence: float = 0.95,
+                 prefill_depths: Sequence[int] = PREFILL_DEPTHS) -> dict:
     """The inside view of one model from its probe run's ``samples``; with ``base`` (the model before
     tuning), also the KL from it along a leaking reply."""
     system = policy.system_prompt
@@ -97,11 +99,12 @@ def tuned_inside(lm: TorchLM, base: TorchLM | None, policy: Policy, samples: lis
     }
     out = {"direction": direction.as_dict(), "attacks": modes, "causal": causal, "projections": projections}
     reference = LEAK_REFERENCE.format(canary=policy.canary)
-    judge = PolicyJudge(policy)
-    out["prefill"] = prefill_curve(
-        lm, [(lm.render(p), reference, policy.canary) for p in plain_prompts], PREFILL_DEPTHS,
-        lambda i, text: judge(text, None, requests[i]).label == "violated",
-        max_new_tokens=max_new_tokens, confidence=confidence)
+    if prefill_depths:
+        judge = PolicyJudge(policy)
+        out["prefill"] = prefill_curve(
+            lm, [(lm.render(p), reference, policy.canary) for p in plain_prompts], prefill_depths,
+            lambda i, text: judge(text, None, requests[i]).label == "violated",
+            max_new_tokens=max_new_tokens, confidence=confidence)
     if base is not None:
         out["kl_by_position"] = kl_by_position(lm, base, [(lm.render(p), reference) for p in plain_prompts],
                                                positions=KL_POSITIONS, batch_size=batch_size)

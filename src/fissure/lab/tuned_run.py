@@ -88,7 +88,7 @@ def _inside(lm, base, study: TunedStudy, policy, probe_dir: Path, seed: int, whe
     started = time.perf_counter()
     view = tuned_inside(lm, base, policy, read_samples(probe_dir / "samples.jsonl"), list(study.probe.attacks),
                         seed=seed, max_new_tokens=study.probe.max_new_tokens, batch_size=study.probe.batch_size,
-                        confidence=study.probe.confidence)
+                        confidence=study.probe.confidence, prefill_depths=sorted(study.prefill))
     view["seconds"] = time.perf_counter() - started
     write_json(where, view)
     log(f"inside view: layer {view['direction']['layer']}, {view['seconds']:.0f} s")
