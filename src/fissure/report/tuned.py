@@ -144,7 +144,7 @@ def reading(results: dict) -> str:
         start = curve[0]
         broken = next((r for r in curve[1:] if r["low"] > start["high"]), None)
         last = curve[-1]
-        parts.append(f"Forcing the first words of a leaking reply (the prefill attack) "
+        parts.append("Forcing the first words of a leaking reply (the prefill attack) "
                      + (f"breaks the tuned model at {broken['k']} forced tokens (ASR {num(start['estimate'])} -> "
                         f"{num(broken['estimate'])}, intervals separate): its safety sits in the first tokens."
                         if broken else
