@@ -141,6 +141,22 @@ def json_problem(value: Any) -> str | None:
     return None
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file a run wrote; a missing or unreadable one is a :class:`UserError` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise UserError(f"{path} is not readable JSON: {exc}") from None
+
+
+def read_meta(run_dir: Path) -> dict | None:
+    """A run directory's ``meta.json`` (provenance: versions, commit, machine), None if absent."""
+    path = Path(run_dir) / "meta.json"
+    return read_json(path) if path.is_file() else None
+
+
 def write_jsonl(path: Path, rows: list[Any]) -> None:
     """A whole JSONL file, one value per line, written atomically."""
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

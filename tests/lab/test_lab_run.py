@@ -207,6 +207,10 @@ def test_cli_run_json_and_resume(tmp_path):
     assert printed.stdout.split("Checked against")[0] == written.split("Findings")[0].rstrip("\n") + "\n\n"
     missing = runner.invoke(app, ["lab", "findings", str(tmp_path)])
     assert missing.exit_code == 2 and "no results.json" in missing.output
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text('{"points": [')
+    broken = runner.invoke(app, ["lab", "findings", str(tmp_path / "broken")])
+    assert broken.exit_code == 2 and "not readable JSON" in broken.output and "Traceback" not in broken.output
 
 
 def test_trends_call_a_direction_only_when_intervals_separate():

@@ -41,18 +41,17 @@ def findings_cmd(
 ) -> None:
     """Print the README's block for a finished run: the ASR table with the between-seed spread and
     the findings that hold pooled and in most seeds alone (and in every --check run)."""
-    import json
-
     from ..report.lab import findings_markdown
+    from ..runs import read_json, read_meta
 
     def read(path: Path) -> tuple[dict, dict | None]:
         if not (path / "results.json").is_file():
             raise UserError(f"{path} is not a finished lab run directory (no results.json)")
-        results = json.loads((path / "results.json").read_text())
-        if "points" not in results:
-            raise UserError(f"{path} is a safety-tune study's run: its findings are in its report")
-        meta = path / "meta.json"
-        return results, json.loads(meta.read_text()) if meta.is_file() else None
+        results = read_json(path / "results.json")
+        if not isinstance(results, dict) or "points" not in results:
+            raise UserError(f"{path} is not a synthetic-world lab run (a safety-tune study's findings are in its "
+                            "report)")
+        return results, read_meta(path)
 
     results, meta = read(run_dir)
     print(findings_markdown(results, meta, [read(c) for c in check or []]))

@@ -7,14 +7,13 @@ every config value is escaped; nothing is loaded from outside the page.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..config import dump_toml
 from ..errors import UserError
 from ..judges.records import Sample, read_samples
 from ..lab.study import Study, study_dict
-from ..runs import write_text_atomic
+from ..runs import read_meta, write_text_atomic
 from .html import Raw, bullets, interval, num, page, paragraph, preformatted, section, table
 from .plots import interval_bars, paths_plot
 
@@ -213,10 +212,9 @@ def findings_markdown(results: dict, meta: dict | None = None, checks: list[tupl
         if other["study"] != results["study"] or [p["point"] for p in other["points"]] != \
                 [p["point"] for p in results["points"]]:
             raise UserError(f"a check run is of another study ({other['study']}) or other points")
-    where = _where(results, meta)
+    where, seeds = _where(results, meta), results["seeds"]
     lines = []
     for i, p in enumerate(results["points"]):
-        seeds = results["seeds"]
         lines += [f"<!-- lab-findings {results['study']} {p['point']}: seeds {seeds}, {where} -->",
                   f"**{results['study']}, {p['label']}** (seeds {', '.join(map(str, seeds))}; {where}; "
                   f"95% Wilson intervals on counts pooled over seeds; SD: between-seed standard deviation of the "
@@ -253,8 +251,8 @@ def findings_markdown(results: dict, meta: dict | None = None, checks: list[tupl
             for f, others in unstated:
                 runs_text = "; ".join(
                     f"{'appears' if g['observed'] else 'does not appear'} pooled, in {g['seeds_observed']} of "
-                    f"{g['seeds']} seeds alone" + (f" ({_where(r, m).split(', CPU')[0]})" if checks else "")
-                    for g, (r, m) in zip([f, *others], runs) if g is not None)
+                    f"{g['seeds']} seeds alone" + (f" (threads {r.get('threads')})" if checks else "")
+                    for g, (r, _) in zip([f, *others], runs) if g is not None)
                 lines.append(f"- {f['effect']}: {runs_text}")
         lines += [f"<!-- /lab-findings {results['study']} {p['point']} -->", ""]
     return "\n".join(lines)
@@ -266,7 +264,5 @@ def write_lab_report(run_dir: str | Path, study: Study, results: dict) -> Path:
     run_dir = Path(run_dir)
     path = run_dir / "report.html"
     write_text_atomic(path, render_lab_report(study, results, read_samples(run_dir / "samples.jsonl")))
-    meta_path = run_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    write_text_atomic(run_dir / "findings.md", findings_markdown(results, meta))
+    write_text_atomic(run_dir / "findings.md", findings_markdown(results, read_meta(run_dir)))
     return path

@@ -84,18 +84,18 @@ def _attribution(view: dict, label: str) -> str:
 
 
 def _kl_plot(results: dict) -> str:
-    series = []
-    for m, v in results["by_method"].items():
-        views = v.get("inside")
-        views = views if isinstance(views, list) else [views] if views else []
-        for i, view in enumerate(views):
-            if view.get("kl_by_position"):
-                series.append((f"{m} seed {v['per_seed'][i]['seed']}",
-                               [(r["position"], r["kl"], None, None) for r in view["kl_by_position"]]))
+    series = [(label, [(r["position"], r["kl"], None, None) for r in view["kl_by_position"]])
+              for label, view in _views(results) if view.get("kl_by_position")]
     if not series:
         return ""
     return paths_plot(series, "KL(tuned || base) along a leaking reply, by token position", "reply token",
                       "KL (nats)")
+
+
+def _first_inside(view: dict) -> dict | None:
+    """A model's inside view (the first seed's when there are several), None without one."""
+    inside = view.get("inside")
+    return inside[0] if isinstance(inside, list) else inside
 
 
 def reading(results: dict) -> str:
@@ -130,7 +130,7 @@ def reading(results: dict) -> str:
                          "recognised and refused.")
         parts.append(f"It stays below threshold on most prompts of {', '.join(mg) or 'no attack'} (not recognised as "
                      "the restricted request: mismatched generalization where such a prompt leaks).")
-        causal = (tuned["inside"] if isinstance(tuned["inside"], dict) else tuned["inside"][0])["causal"]
+        causal = _first_inside(tuned)["causal"]
         drop = causal["restricted_refused_ablated"]["high"] < causal["restricted_refused"]["low"]
         rise = causal["benign_refused_added"]["low"] > causal["benign_refused"]["high"]
         parts.append(f"Ablating the direction {'removes' if drop else 'does not clearly remove'} the refusals of plain "
@@ -138,8 +138,7 @@ def reading(results: dict) -> str:
                      f"{num(causal['restricted_refused_ablated']['estimate'])}); adding it "
                      f"{'makes' if rise else 'does not clearly make'} the model refuse benign questions "
                      f"({num(causal['benign_refused']['estimate'])} -> {num(causal['benign_refused_added']['estimate'])}).")
-    curve = (tuned.get("inside") if isinstance(tuned.get("inside"), dict) else (tuned.get("inside") or [{}])[0]).get(
-        "prefill") if tuned.get("inside") else None
+    curve = (_first_inside(tuned) or {}).get("prefill")
     if curve:
         start = curve[0]
         broken = next((r for r in curve[1:] if r["low"] > start["high"]), None)
