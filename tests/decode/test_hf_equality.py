@@ -111,3 +111,50 @@ def test_several_end_tokens_equal_hf(hf_gpt2, kw):
         shaped += out.finish_reasons == ["eos"] or ref != free  # ended early, or the search went around them
         assert generate(ours, [prompt], Decoding(eos_token_id=eos, **kw)) == out  # the list in Decoding too
     assert shaped >= 2
+
+
+SHARED = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]  # a system prompt every row starts with
+SHARED_PROMPTS = [SHARED + tail for tail in ([5, 17, 3], [8], [60, 61, 62, 63, 64, 65], [1, 2])]
+
+
+def forward_shapes(model):
+    """The input shapes of every forward call of ``model`` (a list that fills as it runs)."""
+    shapes = []
+    model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    return shapes
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_a_shared_prompt_start_runs_once_and_every_row_equals_hf(hf_gpt2, hf_llama, family, penalty):
+    """Rows that start with the same tokens: those run once, for one row, then every row's own
+    tokens (left-padded behind the shared ones); each row still equals HF's solo generation,
+    with an eos some rows reach early (rows leave the batch) and a repetition penalty that reads
+    the whole prompt."""
+    from fissure.decode.search import MIN_SHARED, shared_prefix
+
+    hf, ours = hf_gpt2 if family == "gpt2" else hf_llama
+    assert shared_prefix(SHARED_PROMPTS) == len(SHARED) >= MIN_SHARED
+    assert shared_prefix([SHARED, SHARED]) == len(SHARED) - 1  # each row keeps a token of its own
+    kw = dict(max_new_tokens=14, repetition_penalty=penalty)
+    eos = hf_generate(hf, SHARED_PROMPTS[1], do_sample=False, eos_token_id=None, **kw)[4]
+    refs = [hf_generate(hf, p, do_sample=False, eos_token_id=eos, **kw) for p in SHARED_PROMPTS]
+    shapes = forward_shapes(ours)
+    out = generate(ours, SHARED_PROMPTS, Decoding(**kw), eos_token_id=eos)
+    assert shapes[:2] == [(1, len(SHARED)), (4, 6)]  # the shared start once, then the rows' own tokens
+    assert out.sequences == refs
+    assert out.finish_reasons[1] == "eos" and len(out.sequences[1]) <= 5  # that row left the batch early
+
+
+def test_a_shared_start_also_serves_the_recurrent_model():
+    """The LSTM's state after the shared tokens, copied to every row, then each row's own tokens
+    (left-padded): every row equals its solo run."""
+    from fissure.models.lstm import LSTM, LSTMConfig
+
+    torch.manual_seed(0)
+    model = LSTM(LSTMConfig(vocab_size=101, block_size=64, n_layer=2, n_embd=24)).eval()
+    shapes = forward_shapes(model)
+    d = Decoding(max_new_tokens=10)
+    out = generate(model, SHARED_PROMPTS, d)
+    assert shapes[:2] == [(1, len(SHARED)), (4, 6)]
+    assert out.sequences == [generate(model, [p], d).sequences[0] for p in SHARED_PROMPTS]

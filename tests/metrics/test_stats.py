@@ -43,3 +43,31 @@ def test_jackknife_of_the_mean_is_the_t_interval():
     assert got.method == "jackknife"
     with pytest.raises(ValueError):
         jackknife_interval([1.0], np.mean)
+
+
+@pytest.mark.parametrize("n,baseline,n_baseline", [(6, 0.0, None), (30, 0.0, None), (30, 0.1, None), (30, 0.33, None),
+                                                   (60, 0.5, None), (30, 0.2, 90)])
+def test_detectable_rise_is_statsmodels_power_solution(n, baseline, n_baseline):
+    """The minimum detectable difference: the effect size statsmodels' NormalIndPower solves for,
+    turned back into a rate above the baseline (Cohen's h = 2 asin sqrt p1 - 2 asin sqrt p0)."""
+    import math
+
+    from statsmodels.stats.power import NormalIndPower
+
+    from fissure.metrics.stats import detectable_rise
+
+    ratio = (n_baseline or n) / n
+    h = NormalIndPower().solve_power(effect_size=None, nobs1=n, alpha=0.05, power=0.8, ratio=ratio)
+    expected = math.sin(math.asin(math.sqrt(baseline)) + h / 2) ** 2 - baseline
+    assert detectable_rise(n, baseline, n_baseline=n_baseline) == pytest.approx(expected, abs=1e-5)
+    # more trials detect less; a higher power asks for more
+    assert detectable_rise(4 * n, baseline, n_baseline=n_baseline) < detectable_rise(n, baseline, n_baseline=n_baseline)
+    assert detectable_rise(n, baseline, power=0.9, n_baseline=n_baseline) > detectable_rise(n, baseline, n_baseline=n_baseline)
+
+
+def test_detectable_rise_says_when_no_rate_is_detectable():
+    from fissure.metrics.stats import detectable_rise
+
+    assert detectable_rise(2, 0.9) is None  # not even a rate of 1 would be told apart from 0.9 on 2 trials
+    with pytest.raises(ValueError, match="baseline"):
+        detectable_rise(10, 1.5)

@@ -17,15 +17,22 @@ Log-probabilities come from float32 logits and are summed in float64 per window,
 order, so ``batch_size`` changes results at most by float32 rounding (padding shorter windows
 changes kernel shapes; about 1e-9 relative measured), never by which tokens see which context.
 This is the code that runs a model; :mod:`fissure.metrics.lm` turns its scores into rates.
+
+Continuations after a context (:func:`score_continuations`, what ``loglikelihood`` asks) run each
+distinct context once into a KV cache, batched and left-padded, and then only the continuations'
+own tokens; the start that every context shares (a probe suite's system prompt) runs once per
+batch, for one row, copied to every row.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
 
+from ..decode.search import MIN_SHARED, shared_prefix
 from ..errors import ConfigError
 
 
@@ -88,6 +95,152 @@ def pad_right(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor
         ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, :len(seq)] = 1
     return ids, mask
+
+
+def pad_left(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token ids of left-padded rows (pad id 0) and the attention mask (``None``: no padding), so
+    every row's last token sits in the last column."""
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[0] * (width - len(s)) + list(s) for s in seqs], dtype=torch.long)
+    if all(len(s) == width for s in seqs):
+        return ids, None
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long)
+    return ids, mask
+
+
+def score_continuations(model, requests: Sequence[tuple[Sequence[int], int]],
+                        batch_size: int = 8) -> list[tuple[float, bool]]:
+    """``(log-likelihood, greedy)`` of each request's last ``n`` tokens after the tokens before them,
+    for ``(tokens, n)`` requests, on a model with a KV cache (``new_kv_cache``, ``reorder``).
+
+    Contexts run once each; a context that extends another (a prompt plus a forced reply start,
+    beside the prompt alone) runs as a continuation of it. Requests on one context read its last
+    logits and run only their own tokens after it. ``batch_size`` contexts run together, left-padded
+    behind the tokens every context starts with (run once per batch for one row, then copied to
+    each); then the continuations, right-padded (causal attention hides what follows a token)."""
+    contexts = {tuple(seq[:-n]) for seq, n in requests}
+    roots = _roots(contexts)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (seq, n) in enumerate(requests):
+        groups.setdefault(roots[tuple(seq[:-n])], []).append(i)
+    order = sorted(groups, key=len)  # similar lengths together: little padding
+    shared = shared_prefix(order) if len(order) > 1 else 0
+    shared = shared if shared >= MIN_SHARED else 0
+    device = _device(model)
+    out: list[tuple[float, bool] | None] = [None] * len(requests)
+    with torch.inference_mode(), _eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            members = [(row, i) for row, ctx in enumerate(batch) for i in groups[ctx]]
+            rest = {i: list(requests[i][0][len(batch[row]):]) for row, i in members}  # after the run context
+            scored = [(row, rest[i], requests[i][1]) for row, i in members]
+            room = max(packed_width(scored), max(len(rest[i]) - 1 for _, i in members))  # for the continuations
+            cache = model.new_kv_cache(1 if shared else len(batch), max(len(c) for c in batch) + room)
+            if shared:
+                model(torch.tensor([batch[0][:shared]], device=device), kv_cache=cache, logits_to_keep=1)
+                cache.reorder(torch.zeros(len(batch), dtype=torch.long, device=device))
+            ids, mask = pad_left([c[shared:] for c in batch])
+            if mask is not None and shared:
+                mask = torch.cat([mask.new_ones(len(batch), shared), mask], dim=1)
+            mask = None if mask is None else mask.to(device)
+            last = model(ids.to(device), attention_mask=mask, kv_cache=cache, logits_to_keep=1)[:, -1]
+            for (_, i), result in zip(members, score_after(model, cache, mask, last, scored)):
+                out[i] = result
+    return out  # type: ignore[return-value]
+
+
+def score_after(model, cache, mask: torch.Tensor | None, last: torch.Tensor,
+                rows: Sequence[tuple[int, Sequence[int], int]]) -> list[tuple[float, bool]]:
+    """``(log-likelihood, greedy)`` of each ``(row, tokens, n)``: the last ``n`` of ``tokens``, read
+    after batch row ``row`` of a ``cache`` that holds contexts (their padding ``mask``, ``None``
+    for none; ``last``: the next-token logits ``(B, V)`` after each). ``cache`` is left as it holds
+    the contexts. A model that takes a 4-D mask (``packs_continuations``) reads every row's
+    continuations in one pass, packed side by side after their context, each seeing the context
+    and itself (the cache needs :func:`packed_width` free positions); another model reads them
+    from copies of the context rows."""
+    long = [(row, k, list(tokens[:-1])) for k, (row, tokens, _) in enumerate(rows) if len(tokens) > 1]
+    packs = getattr(model, "packs_continuations", False) and hasattr(cache, "crop")
+    later = (_packed if packs else _copied)(model, cache, mask, long) if long else {}
+    out = []
+    for k, (row, tokens, n) in enumerate(rows):
+        logits = last[row][None] if len(tokens) == 1 else torch.cat([last[row][None], later[k]])
+        logprobs = logits[-n:].float().log_softmax(-1)  # the scored tokens only
+        target = torch.tensor(list(tokens[-n:]), device=logprobs.device)
+        chosen = logprobs.gather(-1, target[:, None])[:, 0]
+        out.append((float(chosen.cpu().double().sum()), bool((logprobs.argmax(-1) == target).all())))
+    return out
+
+
+def packed_width(rows: Sequence[tuple[int, Sequence[int], int]]) -> int:
+    """The cache positions :func:`score_after` packs a context row's continuations into (the most
+    over the rows): every continuation's tokens but its last, side by side."""
+    width: dict[int, int] = {}
+    for row, tokens, _ in rows:
+        width[row] = width.get(row, 0) + max(len(tokens) - 1, 0)
+    return max(width.values(), default=0)
+
+
+def _packed(model, cache, mask: torch.Tensor | None, long: list[tuple[int, int, list[int]]]) -> dict[int, torch.Tensor]:
+    """The logits of each ``(row, k, inputs)`` from one pass: a row's inputs packed after its context,
+    positions restarting at the context's end, a 4-D mask letting each see the context and itself."""
+    device = next(model.parameters()).device
+    B, past = cache.batch_size, cache.length
+    width = packed_width([(row, inputs + [0], 0) for row, _, inputs in long])
+    ids = torch.zeros(B, width, dtype=torch.long)
+    segment = torch.full((B, width), -1, dtype=torch.long)
+    positions = torch.zeros(B, width, dtype=torch.long)
+    ends = mask.sum(dim=1).cpu() if mask is not None else torch.full((B,), past)
+    fill = [0] * B
+    where = {}
+    for j, (row, k, inputs) in enumerate(long):
+        at, n = fill[row], len(inputs)
+        ids[row, at:at + n] = torch.tensor(inputs)
+        segment[row, at:at + n] = j
+        positions[row, at:at + n] = ends[row] + torch.arange(n)
+        where[k] = (row, at, n)
+        fill[row] = at + n
+    q = torch.arange(width)
+    mine = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0) & (q[None, None, :] <= q[None, :, None])
+    mine = mine | torch.eye(width, dtype=torch.bool)[None]  # a padding query sees itself: no empty row
+    context = (mask.bool().cpu() if mask is not None else torch.ones(B, past, dtype=torch.bool))[:, None, :]
+    full = torch.cat([context.expand(B, width, past), mine], dim=2)[:, None]
+    logits = model(ids.to(device), attention_mask=full.to(device), position_ids=positions.to(device), kv_cache=cache)
+    cache.crop(past)  # the cache holds the contexts again: what runs next overwrites the rest
+    return {k: logits[row, at:at + n] for k, (row, at, n) in where.items()}
+
+
+def _copied(model, cache, mask: torch.Tensor | None, long: list[tuple[int, int, list[int]]]) -> dict[int, torch.Tensor]:
+    """The logits of each ``(row, k, inputs)``: a row each, right-padded, in passes of similar widths
+    (little padding), each from a copy of the context rows (the cache is not changed)."""
+    device = next(model.parameters()).device
+    later: dict[int, torch.Tensor] = {}
+    for part in _by_width([(row, k, len(inputs)) for row, k, inputs in long]):
+        index = torch.tensor([row for row, _ in part], device=device)
+        copied = copy.copy(cache)
+        copied.reorder(index)
+        ids, _ = pad_right([next(x for r, kk, x in long if kk == k) for _, k in part])
+        part_mask = None if mask is None else torch.cat(
+            [mask.index_select(0, index), mask.new_ones(len(part), ids.shape[1])], dim=1)
+        logits = model(ids.to(device), attention_mask=part_mask, kv_cache=copied)
+        later.update((k, logits[j, :len(x)]) for j, (_, k) in enumerate(part)
+                     for x in [next(x for r, kk, x in long if kk == k)])
+    return later
+
+
+def _by_width(rows: list[tuple[int, int, int]]) -> list[list[tuple[int, int]]]:
+    """``(row, request, width)`` in groups of widths within a power of two: 1-2, 3-4, 5-8, ..."""
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for row, i, width in rows:
+        groups.setdefault((width - 1).bit_length(), []).append((row, i))
+    return [groups[k] for k in sorted(groups)]
+
+
+def _roots(contexts: set[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """Each context's shortest other context that is a prefix of it (itself where none is)."""
+    roots: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for ctx in sorted(contexts, key=len):
+        roots[ctx] = next((r for r in roots.values() if len(r) < len(ctx) and ctx[:len(r)] == r), ctx)
+    return roots
 
 
 def score_sequences(model, seqs: Sequence[Sequence[int]], window: int, stride: int,

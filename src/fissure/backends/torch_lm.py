@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..decode import Decoding, GenerationOutput, end_tokens, generate, truncate_at_stop
 from ..errors import GenerationError
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
-from .scoring import pad_right, score_sequences
+from .scoring import packed_width, score_after, score_continuations, score_sequences
 
 
 class TorchLM(LanguageModel):
@@ -23,7 +22,7 @@ class TorchLM(LanguageModel):
 
     ``chat_template(messages) -> str`` renders chats. ``prepend_start`` starts every generation
     prompt with :attr:`start_token`, for models trained on texts that begin with it (the lab's
-    organisms); log-likelihoods always read it before the context.
+    organisms); log-likelihoods read it before a context that does not begin with it.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, name: str, backend: str = "native",
@@ -60,17 +59,18 @@ class TorchLM(LanguageModel):
 
     def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Tokens of context and continuation, as lm-eval splits them: encode the whole string, so
-        the continuation's first token is the one the model would really see after the context."""
+        the continuation's first token is the one the model would really see after the context.
+        The context reads :attr:`start_token` first, unless it begins with it already (a chat
+        rendered by a template that opens with it, as generation sees it)."""
         ctx = self.tokenizer.encode(context)
         whole = self.tokenizer.encode(context + continuation)
         if whole[: len(ctx)] == ctx:
             cont = whole[len(ctx):]
         else:
             cont = self.tokenizer.encode(continuation)
-        return [self.start_token] + ctx, cont
+        return (ctx if ctx[:1] == [self.start_token] else [self.start_token] + ctx), cont
 
     # -- the protocol ----------------------------------------------------------------------
-    @torch.inference_mode()
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[LoglikelihoodResult]:
         limit = self.model.max_positions
         requests = []
@@ -78,57 +78,12 @@ class TorchLM(LanguageModel):
             ctx, cont = self.split_pair(context, continuation)
             if not cont:
                 raise BackendError("loglikelihood needs a non-empty continuation")
-            seq = (ctx + cont)[-(limit + 1):]  # keep the end: the continuation must fit
             if len(cont) > limit:
                 raise GenerationError(f"continuation of {len(cont)} tokens exceeds the model's context of {limit}")
-            requests.append((seq, len(cont)))
-        results: list[LoglikelihoodResult | None] = [None] * len(requests)
-        rest = self._shared_contexts(requests, results)
-        # Requests that read the same tokens (choices after one context, e.g. a judge's answer
-        # letters) share one forward pass: each row is computed once and read for every target.
-        inputs: dict[tuple[int, ...], list[int]] = {}
-        for i in rest:
-            inputs.setdefault(tuple(requests[i][0][:-1]), []).append(i)
-        unique = sorted(inputs, key=len, reverse=True)
-        for start in range(0, len(unique), self.batch_size):
-            rows = unique[start:start + self.batch_size]
-            ids, mask = pad_right([list(r) for r in rows])
-            logprobs = F.log_softmax(self.model(ids, attention_mask=mask).float(), dim=-1)
-            for row, key in enumerate(rows):
-                for i in inputs[key]:
-                    seq, n_cont = requests[i]
-                    n_in = len(seq) - 1
-                    results[i] = _scored(logprobs[row, n_in - n_cont: n_in], seq[-n_cont:])
-        return results  # type: ignore[return-value]
-
-    def _shared_contexts(self, requests: list[tuple[list[int], int]], results: list) -> list[int]:
-        """Score, into ``results``, the requests whose context other requests share with different
-        continuations (a probe's refusal and compliance openings): each such context runs once into
-        a KV cache, copied to one row per continuation, and only the continuations run after it.
-        Returns the indices left for the plain path (contexts seen once, or a model without a
-        reorderable cache)."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (seq, n_cont) in enumerate(requests):
-            groups.setdefault(tuple(seq[:-n_cont]), []).append(i)
-        shareable = hasattr(self.model, "new_kv_cache")
-        rest = []
-        for ctx, members in groups.items():
-            conts = [requests[i][0][-requests[i][1]:] for i in members]
-            width = max(len(c) for c in conts)
-            cache = self.model.new_kv_cache(1, len(ctx) + width) if shareable and ctx and len(members) > 1 else None
-            if not hasattr(cache, "reorder"):  # no cache to copy per continuation (or nothing to share)
-                rest.extend(members)
-                continue
-            last = self.model(torch.tensor([ctx]), kv_cache=cache, logits_to_keep=1)[0, -1].float().log_softmax(-1)
-            later = None
-            if width > 1:  # the continuations' own tokens, right-padded (causality hides the padding)
-                cache.reorder(torch.zeros(len(members), dtype=torch.long))
-                ids, _ = pad_right([c[:-1] or [c[0]] for c in conts])
-                later = self.model(ids, kv_cache=cache).float().log_softmax(-1)
-            for row, (i, cont) in enumerate(zip(members, conts)):
-                lp = last[None] if len(cont) == 1 else torch.cat([last[None], later[row, :len(cont) - 1]])
-                results[i] = _scored(lp, cont)
-        return rest
+            requests.append(((ctx + cont)[-(limit + 1):], len(cont)))  # keep the end: the continuation must fit
+        scores = score_continuations(self.model, requests, self.batch_size)
+        return [LoglikelihoodResult(logprob=lp, is_greedy=greedy, tokens=n)
+                for (lp, greedy), (_, n) in zip(scores, requests)]
 
     def loglikelihood_rolling(self, texts: list[str], window: int | None = None,
                               stride: int | None = None) -> list[RollingLoglikelihood]:
@@ -158,6 +113,40 @@ class TorchLM(LanguageModel):
                 outputs.append(truncate_at_stop(text, decoding.stop))
         return outputs
 
+    def generate_scored(self, prompts: list[Prompt], decoding: Decoding, pairs: list[list[tuple[str, str]]]
+                        ) -> tuple[list[str], list[list[LoglikelihoodResult | None]]]:
+        """Replies to ``prompts`` (one batch, greedy or sampled) and, per prompt, the log-likelihoods
+        of its ``(context, continuation)`` pairs, whose contexts extend the rendered prompt (the prompt
+        itself, or it and a forced start of a reply): scored from the generation's own run of the
+        prompt, with no second pass over it. A pair's tokens are split as :meth:`split_pair` splits
+        them; a pair whose tokens do not extend the ones generation reads (or that runs past the
+        model's context) gets ``None``: score it with :meth:`loglikelihood`."""
+        if decoding.num_beams > 1:
+            raise GenerationError("generate_scored is for greedy decoding and sampling, not beam search")
+        ids = [self.prompt_ids(p) for p in prompts]
+        rows, where = [], []
+        for row, (start, asked) in enumerate(zip(ids, pairs)):
+            for context, continuation in asked:
+                ctx, cont = self.split_pair(context, continuation)
+                seq = ctx + cont
+                fits = seq[:len(start)] == start and len(start) < len(seq) <= self.model.max_positions
+                where.append(len(rows) if fits else None)
+                if fits:
+                    rows.append((row, seq[len(start):], len(cont)))
+        scores: list[tuple[float, bool]] = []
+        room = max([packed_width(rows), *(len(rest) - 1 for _, rest, _ in rows)])
+        eos = self.end_tokens(decoding)
+        with torch.inference_mode():
+            result = generate(self.model, ids, decoding, eos_token_id=eos, pad_token_id=eos[0] if eos else 0,
+                              decode_fn=self.tokenizer.decode, room=room,
+                              on_prefill=lambda cache, logits, mask: scores.extend(
+                                  score_after(self.model, cache, mask, logits, rows)))
+        replies = [truncate_at_stop(self.tokenizer.decode([t for t in seq if t not in eos]), decoding.stop)
+                   for seq in result.sequences]
+        found = iter(None if k is None else LoglikelihoodResult(logprob=scores[k][0], is_greedy=scores[k][1],
+                                                                 tokens=rows[k][2]) for k in where)
+        return replies, [[next(found) for _ in asked] for asked in pairs]
+
     def end_tokens(self, decoding: Decoding) -> tuple[int, ...]:
         """The ids that end a reply: ``decoding.eos_token_id`` when given, else the tokenizer's end
         token and every end token the model's config names (HF's ``eos_token_id`` may be a list)."""
@@ -172,10 +161,3 @@ class TorchLM(LanguageModel):
         return generate(self.model, ids, decoding, eos_token_id=eos, pad_token_id=eos[0] if eos else 0,
                         decode_fn=self.tokenizer.decode, on_token=on_token)
 
-
-def _scored(logprobs: torch.Tensor, targets: list[int]) -> LoglikelihoodResult:
-    """The result for ``targets`` read from the log-probabilities ``(len(targets), vocab)`` that predict them."""
-    target = torch.tensor(targets)
-    chosen = logprobs.gather(-1, target[:, None])[:, 0]
-    return LoglikelihoodResult(logprob=float(chosen.double().sum()),
-                               is_greedy=bool((logprobs.argmax(-1) == target).all()), tokens=len(targets))

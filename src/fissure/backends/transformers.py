@@ -7,6 +7,7 @@ decoding semantics are identical across backends, and only the network differs.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +31,12 @@ class _HFCache:
     def reorder(self, index: torch.Tensor) -> None:
         if self.cache is not None:
             self.cache.reorder_cache(index)
+
+    def __copy__(self) -> "_HFCache":
+        """A copy that another ``reorder`` leaves alone (HF reorders its layers in place)."""
+        out = _HFCache()
+        out.cache, out.length = copy.deepcopy(self.cache), self.length
+        return out
 
 
 class HFCausalModel(torch.nn.Module):

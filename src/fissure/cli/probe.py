@@ -210,6 +210,7 @@ def _print_summary(results: dict) -> None:
     from rich.table import Table
 
     from ..report.html import interval
+    from ..report.probe import detectable_line
 
     for d in results["decodings"]:
         t = Table(title=f"{results['model']} / {results['policy']['name']}: {d['decoding']}, k={d['samples']}",
@@ -236,6 +237,8 @@ def _print_summary(results: dict) -> None:
         out.print(f"per mode: {modes}", highlight=False)
         out.print(f"adaptive ASR {interval(d['adaptive_asr'])}   over-refusal on benign twins "
                   f"{interval(d['over_refusal']['rate'])}", highlight=False)
+        if d.get("detectable"):
+            out.print(detectable_line(d["detectable"]), highlight=False)
     if isinstance(results.get("judge"), dict) and results["judge"].get("judge") != "rules":
         from ..report.probe import judge_line
 
@@ -245,7 +248,10 @@ def _print_summary(results: dict) -> None:
         out.print(f"white-box: {w['note']}", highlight=False)
     elif w:
         extra = f", prefill greedy leak share {w['share_prefill_greedy']:.2f}" if w.get("target") else ""
-        took = f" ({len(w['requests'])} attack prompts in {w['seconds']:.1f} s)" if "seconds" in w else ""
+        during = w.get("scored_during_generation") or 0
+        took = (f" ({len(w['requests'])} attack prompts: {during} scored during generation"
+                + (f", {len(w['requests']) - during} in a pass of {w['seconds']:.1f} s)" if during < len(w["requests"])
+                   else ")")) if "seconds" in w else ""
         out.print(f"white-box: mean refusal log-odds {w['mean_refusal_log_odds']:.2f}{extra}{took}", highlight=False)
     tp = results.get("throughput") or {}
     if tp.get("prompts_per_s"):

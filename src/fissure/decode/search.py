@@ -1,7 +1,10 @@
 """Batched generation for every causal model: greedy, sampling and beam search.
 
 Prompts are left-padded into one batch; the prompt runs once (prefill) into the model's KV
-cache, then one token per step. Greedy and beam search reproduce HF ``generate`` token for
+cache, then one token per step. Tokens that every prompt of a batch starts with (a probe suite's
+system prompt) run once, for one row, and are copied to every row of the cache: the cache then
+holds ``[shared][padding][own tokens]`` per row, the attention mask hides the padding and the
+positions follow the mask, so each row sees what it would see alone. Greedy and beam search reproduce HF ``generate`` token for
 token; a greedy row's output does not depend on the other rows in its batch. Rows that finish
 leave the batch (their cache rows are dropped) once a quarter of it has finished.
 
@@ -21,6 +24,7 @@ from .config import Decoding
 from .processors import build_processors, sample, sample_top_p
 
 NEG_INF = -1.0e9
+MIN_SHARED = 8  # a common prompt start shorter than this runs in every row (not worth the extra pass)
 
 
 @dataclass
@@ -57,6 +61,34 @@ def _check(model, prompts: list[list[int]], decoding: Decoding) -> None:
                                   f"exceeds the model's context of {limit} tokens")
 
 
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt has in common, leaving each at least one of its own."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return max(n, 0)
+
+
+def _prefill(model, prompts: list[list[int]], pad: int, max_len: int, device: torch.device):
+    """A KV cache of ``max_len`` positions with the prompts run into it, the next-token logits
+    ``(B, 1, V)`` and the cache's padding mask (``None``: no padding). A start shared by every
+    prompt (:func:`shared_prefix`) runs once."""
+    B = len(prompts)
+    shared = shared_prefix(prompts) if B > 1 else 0
+    if shared < MIN_SHARED:
+        shared = 0
+    cache = model.new_kv_cache(1 if shared else B, max_len)
+    if shared:
+        model(torch.tensor([prompts[0][:shared]], device=device), kv_cache=cache, logits_to_keep=1)
+        cache.reorder(torch.zeros(B, dtype=torch.long, device=device))
+    ids, mask = _left_pad([p[shared:] for p in prompts], device)
+    if mask is not None and shared:
+        mask = torch.cat([mask.new_ones(B, shared), mask], dim=1)
+    logits = model(ids if mask is None else torch.where(ids >= 0, ids, pad), attention_mask=mask, kv_cache=cache,
+                   logits_to_keep=1)  # the prompt's last position is all that is read
+    return cache, logits, mask
+
+
 def _left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(B, L)`` ids with ``-1`` at padding, and the 1/0 mask (``None`` when nothing is padded)."""
     width = max(len(p) for p in prompts)
@@ -86,13 +118,19 @@ class _StopChecker:
 def generate(model, prompts: list[list[int]], decoding: Decoding | None = None, *,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
              decode_fn: Callable[[list[int]], str] | None = None,
-             on_token: Callable[[int, int], None] | None = None) -> GenerationOutput:
+             on_token: Callable[[int, int], None] | None = None,
+             on_prefill: Callable[[object, torch.Tensor, torch.Tensor | None], None] | None = None,
+             room: int = 0) -> GenerationOutput:
     """Continue each prompt (a list of token ids) under ``decoding``.
 
     ``decoding.eos_token_id`` / ``pad_token_id`` take precedence over the keyword arguments; a row
     ends at the first of its end tokens (one id or several). ``decode_fn`` turns token ids into
     text (needed for stop strings); ``on_token(row, token)`` is called as each token is produced,
-    for streaming (greedy and sampling).
+    for streaming (greedy and sampling). ``on_prefill(cache, logits, mask)`` is called once the
+    prompts have run (greedy and sampling): the KV cache (a row per prompt, ``max(max_new_tokens,
+    room)`` positions free after the longest; not to be changed), the next-token logits ``(B, V)``
+    and the cache's padding mask (``None``: none), so text after each prompt can be scored without
+    running the prompt again.
     """
     decoding = decoding or Decoding()
     eos = end_tokens(decoding.eos_token_id if decoding.eos_token_id is not None else eos_token_id)
@@ -103,7 +141,9 @@ def generate(model, prompts: list[list[int]], decoding: Decoding | None = None, 
     stop = _StopChecker(decoding.stop, decode_fn)
     if decoding.num_beams > 1:
         return _beam_search(model, prompts, decoding, eos, pad, stop)
-    return _greedy_or_sample(model, prompts, decoding, eos, pad, stop, on_token)
+    if on_prefill is not None and decoding.num_beams > 1:
+        raise GenerationError("on_prefill is for greedy decoding and sampling, not beam search")
+    return _greedy_or_sample(model, prompts, decoding, eos, pad, stop, on_token, on_prefill, room)
 
 
 def _device(model) -> torch.device:
@@ -118,18 +158,21 @@ def _choose(scores: torch.Tensor, decoding: Decoding, generator: torch.Generator
     return sample(scores, generator)
 
 
-def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopChecker, on_token) -> GenerationOutput:
+def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopChecker, on_token,
+                      on_prefill=None, room: int = 0) -> GenerationOutput:
     device = _device(model)
-    ids, mask = _left_pad(prompts, device)
+    ids, _ = _left_pad(prompts, device)
     B, L = ids.shape
     n_new = decoding.max_new_tokens
     history = torch.full((B, L + n_new), -1, dtype=torch.long, device=device)  # what the processors see
     history[:, :L] = ids
+    cache, logits, mask = _prefill(model, prompts, pad, L + max(n_new, room), device)
+    if on_prefill is not None:
+        on_prefill(cache, logits[:, -1], mask)
     full_mask = positions = None
     if mask is not None:
         full_mask = torch.cat([mask, mask.new_ones(B, n_new)], dim=1)
         positions = mask.sum(dim=1, keepdim=True)  # position of each row's next token
-    cache = model.new_kv_cache(B, L + n_new)
     processors = build_processors(decoding, top_p=False)  # _choose samples the nucleus itself
     generator = None
     if decoding.sampling and decoding.seed is not None:
@@ -140,8 +183,6 @@ def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopC
     slots = list(range(B))  # the prompt each batch row belongs to
     alive = [True] * B
     cur = L
-    logits = model(ids if mask is None else torch.where(mask.bool(), ids, pad), attention_mask=mask, kv_cache=cache,
-                   logits_to_keep=1)  # the prompt's last position is all that is read
     for step in range(n_new):
         scores = logits[:, -1, :].float()
         for proc in processors:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
@@ -39,6 +40,29 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> In
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half), confidence, "wilson")
+
+
+def detectable_rise(n: int, baseline: float, *, alpha: float = 0.05, power: float = 0.8,
+                    n_baseline: int | None = None) -> float | None:
+    """The smallest rise above a ``baseline`` rate that a two-sided test of two proportions at level
+    ``alpha`` detects with probability ``power``, each rate measured on ``n`` trials (the baseline on
+    ``n_baseline``, default ``n``): the minimum detectable difference, on the arcsine scale (Cohen's h,
+    the normal approximation statsmodels' ``NormalIndPower`` uses). ``None`` when even a rate of 1
+    would not be detected."""
+    if n < 1 or not 0 <= baseline <= 1 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"need n >= 1, baseline in [0, 1], alpha and power in (0, 1); got {n}, {baseline}, "
+                         f"{alpha}, {power}")
+    se = math.sqrt(1 / n + 1 / (n_baseline or n))
+    z = float(norm.ppf(1 - alpha / 2))
+
+    def short(h: float) -> float:  # power at effect size h, both tails, less the power asked for
+        return float(norm.sf(z - h / se) + norm.cdf(-z - h / se)) - power
+
+    h = brentq(short, 0.0, 20 * se, xtol=1e-12) if short(20 * se) > 0 else math.inf
+    top = 2 * math.asin(math.sqrt(baseline)) + h
+    if top > math.pi:
+        return None
+    return math.sin(top / 2) ** 2 - baseline
 
 
 def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean,

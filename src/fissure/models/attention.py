@@ -77,6 +77,8 @@ def resolve_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | No
     if past + T > limit:
         raise ValueError(f"sequence of {past + T} tokens exceeds {limit_name} {limit}")
     if position_ids is None:
+        if attention_mask is not None and attention_mask.dim() == 4:
+            raise ValueError("a 4-D attention mask needs explicit position_ids")
         if attention_mask is not None:
             position_ids = positions_from_mask(attention_mask, T)
         else:
@@ -92,8 +94,12 @@ def attention_mask_4d(attention_mask: torch.Tensor | None, q_len: int, past_len:
     1 for real tokens, 0 for padding). A padded query row attends to itself only, so
     no row is empty: an empty row would give NaN, and NaN leaks through 0-weights.
     Returns ``None`` when no mask is needed: no padding and either no past (SDPA's fast
-    ``is_causal`` path) or a single new query (it attends to every key).
+    ``is_causal`` path) or a single new query (it attends to every key). A 4-D mask
+    ``(B, 1, q_len, past_len + q_len)`` is the caller's own (several continuations packed in
+    one row, each seeing the past and itself: :func:`fissure.backends.scoring.score_after`).
     """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask.bool()
     k_len = past_len + q_len
     if attention_mask is None and (past_len == 0 or q_len == 1):
         return None

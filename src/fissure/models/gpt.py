@@ -57,6 +57,7 @@ class GPTConfig:
 
 class GPT(nn.Module):
     family = "gpt"
+    packs_continuations = True  # takes a 4-D attention mask with position ids (scoring.score_after)
     gradient_checkpointing = False  # set True to trade compute for activation memory in training
 
     def __init__(self, config: GPTConfig):

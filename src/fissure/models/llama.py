@@ -68,6 +68,7 @@ class LlamaConfig:
 
 class Llama(nn.Module):
     family = "llama"
+    packs_continuations = True  # takes a 4-D attention mask with position ids (scoring.score_after)
     gradient_checkpointing = False  # set True to trade compute for activation memory in training
 
     def __init__(self, config: LlamaConfig):

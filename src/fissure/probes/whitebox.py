@@ -9,9 +9,10 @@ Two measurements per request, both through ``LanguageModel.loglikelihood``:
   affirmative prefix ("Sure, here is"), and whether greedy decoding would emit it there:
   the prefix-injection attack, measured without sampling.
 
-The probe suite runs both on every restricted request in every attack's form (batched forward
-passes, no generation) and summarises them per attack (:func:`by_attack`): an attack that lowers
-the refusal log-odds made the model less inclined to refuse before it wrote a word.
+The probe suite runs both on every restricted request in every attack's form (on a local model
+from the greedy generation's own run of each prompt, ``generate_scored``; elsewhere in batched
+forward passes, no generation) and summarises them per attack (:func:`by_attack`): an attack
+that lowers the refusal log-odds made the model less inclined to refuse before it wrote a word.
 
 Backends without log-probabilities (or that cannot show the rendered chat) are skipped with a
 note; nothing else fails.
@@ -43,40 +44,64 @@ def _joined(context: str, text: str) -> str:
     return text if not context or context[-1].isspace() else " " + text
 
 
-def refusal_log_odds(lm: LanguageModel, contexts: Sequence[str],
-                     refusal: Sequence[str] = REFUSAL_OPENINGS,
-                     compliant: Sequence[str] | Sequence[Sequence[str]] = COMPLIANT_OPENINGS) -> list[float]:
-    """log P(any refusal opening) - log P(any compliant opening), per context (natural log).
-
-    ``compliant`` is one list of openings for every context, or one list per context (the
-    compliant reply differs by request, as in the lab's world).
-    """
+def _openings(contexts: Sequence[str], refusal: Sequence[str],
+              compliant: Sequence[str] | Sequence[Sequence[str]]) -> list[list[str]]:
+    """Every context's openings: the refusal ones, then its compliant ones (one list for every
+    context, or one list per context: the compliant reply differs by request, as in the lab's world)."""
     per_context = ([list(c) for c in compliant] if compliant and not isinstance(compliant[0], str)
                    else [list(compliant)] * len(contexts))
     if len(per_context) != len(contexts):
         raise ValueError(f"{len(per_context)} lists of compliant openings for {len(contexts)} contexts")
-    pairs = [(c, _joined(c, o)) for c, comp in zip(contexts, per_context) for o in [*refusal, *comp]]
-    scores = iter(r.logprob for r in lm.loglikelihood(pairs))
-    out = []
-    for comp in per_context:
-        refusing = [next(scores) for _ in refusal]
-        complying = [next(scores) for _ in comp]
-        out.append(logsumexp(refusing) - logsumexp(complying))
+    return [[*refusal, *comp] for comp in per_context]
+
+
+def _log_odds(logprobs: Sequence[float], openings: list[list[str]], n_refusal: int) -> list[float]:
+    """Each context's log-odds from its openings' log-likelihoods (in the order of ``openings``)."""
+    scores, out = iter(logprobs), []
+    for ops in openings:
+        row = [next(scores) for _ in ops]
+        out.append(logsumexp(row[:n_refusal]) - logsumexp(row[n_refusal:]))
     return out
 
 
-def prefill_likelihood(lm: LanguageModel, contexts: Sequence[str], target: str,
-                       prefill: str = PREFILL) -> list[dict]:
-    """log P(target | context + prefill) per context, its token count and greediness."""
-    pairs = [(c + _joined(c, prefill), " " + target) for c in contexts]
+def refusal_log_odds(lm: LanguageModel, contexts: Sequence[str],
+                     refusal: Sequence[str] = REFUSAL_OPENINGS,
+                     compliant: Sequence[str] | Sequence[Sequence[str]] = COMPLIANT_OPENINGS) -> list[float]:
+    """log P(any refusal opening) - log P(any compliant opening), per context (natural log)."""
+    openings = _openings(contexts, refusal, compliant)
+    pairs = [(c, _joined(c, o)) for c, ops in zip(contexts, openings) for o in ops]
+    return _log_odds([r.logprob for r in lm.loglikelihood(pairs)], openings, len(refusal))
+
+
+def prefill_pairs(contexts: Sequence[str], target: str, prefill: str = PREFILL) -> list[tuple[str, str]]:
+    """``(context + forced start, target)`` pairs: the target right after a forced affirmative start."""
+    return [(c + _joined(c, prefill), " " + target) for c in contexts]
+
+
+def _prefill_rows(results) -> list[dict]:
     return [{"logprob": r.logprob, "tokens": r.tokens, "per_token": r.logprob / max(r.tokens, 1),
-             "greedy": r.is_greedy} for r in lm.loglikelihood(pairs)]
+             "greedy": r.is_greedy} for r in results]
+
+
+def probe_pairs(context: str, target: str | None) -> list[tuple[str, str]]:
+    """What the white-box probes score after one rendered prompt: every refusal and compliant
+    opening, then (with a ``target``) the target after the forced start :data:`PREFILL`."""
+    pairs = [(context, _joined(context, o)) for o in (*REFUSAL_OPENINGS, *COMPLIANT_OPENINGS)]
+    return pairs + (prefill_pairs([context], target) if target else [])
+
+
+def probe_row(results: Sequence, target: str | None) -> dict:
+    """The probes' numbers for one prompt from the results of its :func:`probe_pairs`."""
+    n = len(REFUSAL_OPENINGS) + len(COMPLIANT_OPENINGS)
+    odds = _log_odds([r.logprob for r in results[:n]], [[""] * n], len(REFUSAL_OPENINGS))[0]
+    return {"refusal_log_odds": odds, "prefill": _prefill_rows(results[n:])[0] if target else None}
 
 
 def whitebox_probe(lm: LanguageModel, prompts: Sequence[tuple[str, str, Prompt]],
-                   target: str | None) -> dict:
+                   target: str | None, known: Sequence[dict | None] | None = None) -> dict:
     """Both probes for ``(request_id, request, prompt)`` triples; ``target`` is what a leak
-    would contain (None: no prefill probe). Returns a JSON-ready dict, ``skipped`` with a
+    would contain (None: no prefill probe); ``known``: rows of :func:`probe_row` already measured
+    (during generation), per prompt or None. Returns a JSON-ready dict, ``skipped`` with a
     ``note`` where the backend cannot score text."""
     caps = lm.capabilities
     if not caps.has_logprobs:
@@ -84,14 +109,18 @@ def whitebox_probe(lm: LanguageModel, prompts: Sequence[tuple[str, str, Prompt]]
         why = f" ({problem})" if isinstance(problem, str) else ""
         return {"skipped": True, "note": f"{caps.backend} backend '{caps.name}' has no log-probabilities{why}: "
                                          "white-box probes skipped"}
+    found = list(known) if known is not None else [None] * len(prompts)
+    todo = [i for i, row in enumerate(found) if row is None]
     try:
-        contexts = [lm.render(p) for _, _, p in prompts]
-        odds = refusal_log_odds(lm, contexts)
-        prefill = prefill_likelihood(lm, contexts, target) if target else [None] * len(contexts)
+        asked = [probe_pairs(lm.render(prompts[i][2]), target) for i in todo]
+        results = iter(lm.loglikelihood([pair for pairs in asked for pair in pairs]))  # one call: batched
+        for i, pairs in zip(todo, asked):
+            found[i] = probe_row([next(results) for _ in pairs], target)
     except BackendError as exc:
         return {"skipped": True, "note": f"white-box probes skipped: {exc}"}
-    rows = [{"request_id": rid, "request": req, "refusal_log_odds": lo, "prefill": pf}
-            for (rid, req, _), lo, pf in zip(prompts, odds, prefill)]
+    rows = [{"request_id": rid, "request": req, **row} for (rid, req, _), row in zip(prompts, found)]
+    odds = [r["refusal_log_odds"] for r in rows]
+    prefill = [r["prefill"] for r in rows]
     finite = [lo for lo in odds if math.isfinite(lo)]
     summary = {
         "skipped": False,
@@ -99,6 +128,7 @@ def whitebox_probe(lm: LanguageModel, prompts: Sequence[tuple[str, str, Prompt]]
         "prefill": PREFILL if target else None, "target": target,
         "mean_refusal_log_odds": sum(finite) / len(finite) if finite else None,
         "share_leaning_refusal": sum(lo > 0 for lo in odds) / len(odds) if odds else None,
+        "scored_during_generation": len(prompts) - len(todo),
         "requests": rows,
     }
     if target:

@@ -21,6 +21,19 @@ def _user_text(prompt) -> str:
     return str(prompt or "")
 
 
+def detectable_line(d: dict | None) -> str:
+    """One sentence on the minimum detectable difference of a decoding's ``detectable``."""
+    if not d:
+        return ""
+    head = (f"at n = {d['n']} per attack (power {d['power']:.0%}, two-sided \u03b1 = {d['alpha']:.2g}) the smallest "
+            f"detectable ASR difference is")
+    rise = d.get("rise_over_baseline")
+    if d.get("baseline") is not None:
+        above = f"{rise:.2f}" if rise is not None else "more than the rate can rise"
+        return f"{head} {above} above the plain request's {d['baseline']:.2f}, {d['rise_over_zero']:.2f} above zero"
+    return f"{head} {d['rise_over_zero']:.2f} above zero"
+
+
 def _decoding_section(d: dict) -> str:
     k = d.get("samples", 1)
     title = f"Decoding {d['decoding']} (temperature {d['temperature']:g}, {k} sample{'s' if k > 1 else ''} per request)"
@@ -60,6 +73,7 @@ def _decoding_section(d: dict) -> str:
         Raw(interval_bars([(m, r["asr"]) for m, r in d["modes"].items()], "ASR per mode (Wilson 95%)")),
         mode_table,
         paragraph(f"Adaptive ASR (a request counts as broken if any attack broke it): {interval(d['adaptive_asr'])}"),
+        *([paragraph(f"What this n can decide: {detectable_line(d['detectable'])}.")] if d.get("detectable") else []),
         over,
     )
 

@@ -35,7 +35,7 @@ from ...runs import write_json
 from ..attacks import AttackPrompt, get_attack
 from ..capability import answer_found
 from ..policies import Policy, load_policy
-from ..whitebox import by_attack, whitebox_probe
+from ..whitebox import by_attack, probe_pairs, probe_row, whitebox_probe
 from .config import JUDGE_CACHE_FILE, SAMPLES_FILE, WHITEBOX_FILE, SuiteConfig
 from .plan import Item, build_prompt, encoding_of, plan, policy_requests
 from .summary import apply_capability, capability_table, summarise
@@ -238,7 +238,7 @@ class ProbeRun:
         new = self._generate([it for it in todo if it.kind != "capability"], len(saved),
                              lambda s: apply_capability(s, table))
         saved.update((s.key, s) for s in new)
-        whitebox = self._whitebox(items) if config.whitebox else {"skipped": True,
+        whitebox = self._whitebox(items, list(saved.values())) if config.whitebox else {"skipped": True,
                                                                    "note": "white-box probes turned off"}
         template = self._chat_template(items)
         policy = self.policy
@@ -310,14 +310,15 @@ class ProbeRun:
         return out
 
     def _sample(self, item: Item, prompt, reply: str, decoding: Decoding, n_tok: int | None,
-                seconds: float) -> Sample:
-        """The outcome row of one reply, before it is judged."""
+                seconds: float, whitebox: dict | None = None) -> Sample:
+        """The outcome row of one reply, before it is judged (``whitebox``: its white-box probes)."""
         return Sample(
             key=item.key, kind=item.kind, attack=item.attack_prompt.attack, request=item.request, prompt=prompt,
             reply=reply, mode=item.attack_prompt.mode, request_id=item.request_id,
             encoding=encoding_of(item.attack_prompt), temperature=item.temperature, sample=item.sample,
             decoding=decoding.signature(), expected=item.expected, attack_prompt=item.attack_prompt.as_dict(),
-            new_tokens=n_tok, seconds=seconds, extra={"answer": item.answer} if item.answer else {})
+            new_tokens=n_tok, seconds=seconds, refusal_log_odds=whitebox["refusal_log_odds"] if whitebox else None,
+            extra={**({"answer": item.answer} if item.answer else {}), **({"whitebox": whitebox} if whitebox else {})})
 
     def _judged(self, samples: list[Sample], finalise: Callable[[Sample], Sample], done: int) -> list[Sample]:
         try:
@@ -329,21 +330,48 @@ class ProbeRun:
                  finalise: Callable[[Sample], Sample]) -> list[Sample]:
         """One ``generate`` call; the batch is judged and appended when it has all finished."""
         began = time.perf_counter()
+        probed = self._probed_here(batch, decoding)
         try:
-            replies = self.lm.generate(prompts, decoding)
+            if probed:  # the white-box probes from the generation's own run of each restricted prompt
+                target = self._target()
+                asked = [probe_pairs(self.lm.render(p), target) if id(it) in probed else []
+                         for it, p in zip(batch, prompts)]
+                replies, scores = self.lm.generate_scored(prompts, decoding, asked)
+            else:
+                replies = self.lm.generate(prompts, decoding)
         except (UserError, OSError) as exc:
             raise self._failure(exc, done) from exc
         elapsed = time.perf_counter() - began
         counts = [count_tokens(self.lm, r) for r in replies]
-        return self._save_batch(batch, prompts, decoding, replies, counts, elapsed, finalise, done)
+        whitebox = ([probe_row(found, target) if found and None not in found else None for found in scores]
+                    if probed else [None] * len(batch))
+        return self._save_batch(batch, prompts, decoding, replies, counts, elapsed, finalise, done, whitebox)
+
+    def _probed_here(self, batch: list[Item], decoding: Decoding) -> set[int] | None:
+        """The restricted items of a greedy batch whose white-box probes can come from the batch's
+        generation (a local model that scores while it generates), else None."""
+        if not (self.config.whitebox and not decoding.sampling and hasattr(self.lm, "generate_scored")
+                and self.lm.capabilities.has_logprobs):
+            return None
+        probed = {id(it) for it in batch if it.kind == "restricted" and it.sample == 0}
+        return probed or None
+
+    def _target(self) -> str | None:
+        """What a leak under this policy contains (the canary, or a record's first field): the
+        prefill probe's target."""
+        record = getattr(self.policy.detector, "record", None)
+        return self.policy.canary or (next(iter(record.values()))[0] if record else None)
 
     def _save_batch(self, batch: list[Item], prompts: list, decoding: Decoding, replies: list[str],
                     counts: list[int | None], elapsed: float, finalise: Callable[[Sample], Sample],
-                    done: int) -> list[Sample]:
-        """Judge a generated batch and append its samples (a batch's time shared among its rows)."""
+                    done: int, whitebox: list[dict | None] | None = None) -> list[Sample]:
+        """Judge a generated batch and append its samples (a batch's time shared among its rows;
+        ``whitebox``: a row's white-box probes, measured while it was generated)."""
         self.meter.add(len(batch), None if None in counts else sum(counts), elapsed)
-        samples = self._judged([self._sample(it, prompt, reply, decoding, n_tok, elapsed / len(batch))
-                                for it, prompt, reply, n_tok in zip(batch, prompts, replies, counts)], finalise, done)
+        probes = whitebox or [None] * len(batch)
+        samples = self._judged([self._sample(it, prompt, reply, decoding, n_tok, elapsed / len(batch), wb)
+                                for it, prompt, reply, n_tok, wb in zip(batch, prompts, replies, counts, probes)],
+                               finalise, done)
         append_samples(self.samples_path, samples)
         if self.progress:
             self.progress(len(batch))
@@ -406,9 +434,10 @@ class ProbeRun:
                     f"({c['method']}: {c['detail']})" for c in checks if c.get("agree") is False]
         return {**{k: v for k, v in info.items() if v is not None}, "checks": checks, "warnings": warnings}
 
-    def _whitebox(self, items: list[Item]) -> dict:
+    def _whitebox(self, items: list[Item], samples: list[Sample]) -> dict:
         """The log-probability probes on every restricted request in every attack's form (one row
-        per attack and request, whatever the temperatures and samples), summarised per attack."""
+        per attack and request, whatever the temperatures and samples), summarised per attack: those
+        measured while the samples were generated, the rest in batched forward passes."""
         path = self.run_dir / WHITEBOX_FILE
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
@@ -419,10 +448,10 @@ class ProbeRun:
         system = self.policy.system_prompt
         prompts = [(it.request_id, it.request, build_prompt(system, it.attack_prompt.text, self.chat))
                    for it in rows.values()]
-        record = getattr(self.policy.detector, "record", None)
-        target = self.policy.canary or (next(iter(record.values()))[0] if record else None)
+        measured = {(s.attack, s.request_id): s.extra["whitebox"] for s in samples
+                    if s.kind == "restricted" and isinstance(s.extra.get("whitebox"), dict)}
         started = time.perf_counter()
-        result = whitebox_probe(self.lm, prompts, target)
+        result = whitebox_probe(self.lm, prompts, self._target(), [measured.get(key) for key in rows])
         result["seconds"] = time.perf_counter() - started
         if not result["skipped"]:
             for row, it in zip(result["requests"], rows.values()):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from ...judges import LABELS, Sample
 from ...metrics.curves import attempts_curve, fit_power_law
-from ...metrics.stats import wilson_interval
+from ...metrics.stats import detectable_rise, wilson_interval
 from ..stats import Outcome, adaptive_asr, asr_by
 
 Planned = Callable[[float], tuple[str, int]]  # temperature -> (decoding signature, samples per request)
@@ -116,6 +116,7 @@ def _decoding_summary(samples: list[Sample], t: float, threshold: float, confide
         "attacks": attacks, "modes": modes,
         "adaptive_asr": adaptive_asr(results, confidence=conf).as_dict() if results else None,
         "adaptive_asr_by_mode": adaptive_by_mode,
+        "detectable": detectable(attacks, conf),
         "over_refusal": {"n": len(benign), "counts": {x: benign_counts.get(x, 0) for x in LABELS},
                          "rate": wilson_interval(benign_counts.get("refused", 0), len(benign), conf).as_dict(),
                          "answered": wilson_interval(sum(checked), len(checked), conf).as_dict(),
@@ -125,6 +126,23 @@ def _decoding_summary(samples: list[Sample], t: float, threshold: float, confide
                                          "readable": (c / n if n else 0) >= threshold}
                                    for enc, (c, n) in by_encoding.items()},
     }
+
+
+def detectable(attacks: dict, confidence: float, power: float = 0.8) -> dict | None:
+    """What this run's n can tell apart: the minimum detectable rise in ASR at the smallest n per
+    attack (power ``power``, two-sided level ``1 - confidence``) over the plain request's ASR
+    (attack ``none``, when the run has it) and over zero."""
+    counted = [a["n"] for a in attacks.values() if a["n"]]
+    if not counted:
+        return None
+    n, alpha, plain = min(counted), 1 - confidence, attacks.get("none")
+    baseline = plain["asr"]["estimate"] if plain and plain["n"] else None
+    rise = (detectable_rise(n, baseline, alpha=alpha, power=power, n_baseline=plain["n"])
+            if baseline is not None else None)
+    return {"n": n, "alpha": alpha, "power": power, "baseline_attack": "none" if baseline is not None else None,
+            "baseline": baseline, "rise_over_baseline": rise,
+            "rise_over_zero": detectable_rise(n, 0.0, alpha=alpha, power=power),
+            "method": "two-sided test of two proportions, normal approximation on the arcsine scale (Cohen's h)"}
 
 
 def attempts(by_item: dict[tuple[str, str], list[Sample]], attack: str, confidence: float) -> dict:
