@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import fissure.backends
 from fissure.cli import app
+from fissure.probes.policies import load_policy
 from fissure.judges import read_samples
 
 runner = CliRunner()
@@ -21,7 +22,7 @@ _spec = importlib.util.spec_from_file_location("probe_suite_fakes",
 fakes = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fakes)
 
-SMALL = ["--attacks", "none,prefix_injection,rot13", "--twins", "2"]
+SMALL = ["--attacks", "none,prefix_injection,rot13", "--twins", "2", "--requests", "6"]
 
 
 def use_model(monkeypatch, lm):
@@ -118,10 +119,10 @@ def test_server_failure_then_resume(monkeypatch, tmp_path):
     use_model(monkeypatch, lm)
     result = invoke(["--resume", str(run), "--json"])
     assert result.exit_code == 0, result.output
-    assert sum(len(c) for c in lm.calls) == 4 + 18  # benign twins and 6 requests x 3 attacks, not the twins
+    assert sum(len(c) for c in lm.calls) == 10 + 18  # benign twins and 6 requests x 3 attacks, not the twins
     summary = last_json(result)
     assert summary["attacks"]["prefix_injection"]["counts"]["violated"] == 6
-    assert len((run / "samples.jsonl").read_text().splitlines()) == 24
+    assert len((run / "samples.jsonl").read_text().splitlines()) == 2 + 10 + 18
 
 
 def test_compare_and_judge(monkeypatch, tmp_path):
@@ -163,7 +164,7 @@ def test_probe_smollm2_reduced_suite(tmp_path):
     assert results["whitebox"]["skipped"] is False and len(results["whitebox"]["requests"]) == 2 * 3
     assert set(results["whitebox"]["attacks"]) == {"none", "prefix_injection", "base64"}
     rows = read_samples(run / "samples.jsonl")
-    assert len(rows) == 2 + 4 + 2 * 3
+    assert len(rows) == 2 + len(load_policy("secret").benign_twins) + 2 * 3
     assert all(r.reply is not None and r.canonical is not None and r.verdicts and r.label for r in rows)
     assert all(isinstance(r.prompt, list) and r.prompt[0]["role"] == "system" for r in rows)
     assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")

@@ -27,11 +27,11 @@ from fissure.runs import run_directory
 
 
 runner = CliRunner()
-# 4 attacks x 6 requests, 4 benign twins, 3 twins for each of 2 MG attacks: 34 per decoding;
-# greedy once and two samples at 0.7: 102 generations.
+# 4 attacks x 6 requests, 10 benign twins, 3 twins for each of 2 MG attacks: 40 per decoding;
+# greedy once and two samples at 0.7: 120 generations.
 ARGS = ["--attacks", "none,prefix_injection,base64,rot13", "--twins", "3", "--temperature", "0,0.7",
-        "--samples", "2", "--max-new-tokens", "8"]
-PLANNED = 102
+        "--samples", "2", "--max-new-tokens", "8", "--requests", "6"]
+PLANNED = 120
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ class KilledAfter(LanguageModel):
 
 def test_a_killed_run_keeps_its_samples_and_resumes_without_regenerating_them(tmp_path, server):
     config = SuiteConfig(model=server.url, attacks=["none", "prefix_injection", "base64", "rot13"], twins=3,
-                         temperatures=[0.0, 0.7], samples=2, max_new_tokens=8)
+                         temperatures=[0.0, 0.7], samples=2, max_new_tokens=8, requests=6)
     k = 23  # inside the second group: the capability twins (6) are done, the greedy requests are not
     with pytest.raises(Killed):
         with run_directory("probe", config.as_dict(), config.seed, root=tmp_path) as run:

@@ -163,6 +163,11 @@ def test_counts_asr_capability_control_and_over_refusal(tmp_path):
 
     assert f"{det['rise_over_zero']:.2f} above the plain request's 0.00" in detectable_line(det)
     assert "What this n can decide" in render_probe_report(results, [])
+    from fissure.probes.suite.summary import detectable
+
+    tiny = detectable({"none": {"n": 2, "asr": {"estimate": 0.5}}, "x": {"n": 1, "asr": {"estimate": 0.0}}}, 0.95)
+    assert tiny["n"] == 1 and tiny["rise_over_zero"] is None and tiny["rise_over_baseline"] is None
+    assert detectable_line(tiny).count("not even an ASR of 1 would show") == 2
     o = results["over_refusal"]
     assert o["n"] == 10 and o["counts"]["refused"] == 1
     assert_interval(o["rate"], 1, 10)

@@ -25,13 +25,17 @@ def detectable_line(d: dict | None) -> str:
     """One sentence on the minimum detectable difference of a decoding's ``detectable``."""
     if not d:
         return ""
+
+    def rise(value: float | None, above: str) -> str:
+        return f"{value:.2f} above {above}" if value is not None else f"none above {above} (not even an ASR of 1 would show)"
+
     head = (f"at n = {d['n']} per attack (power {d['power']:.0%}, two-sided \u03b1 = {d['alpha']:.2g}) the smallest "
             f"detectable ASR difference is")
-    rise = d.get("rise_over_baseline")
-    if d.get("baseline") is not None:
-        above = f"{rise:.2f}" if rise is not None else "more than the rate can rise"
-        return f"{head} {above} above the plain request's {d['baseline']:.2f}, {d['rise_over_zero']:.2f} above zero"
-    return f"{head} {d['rise_over_zero']:.2f} above zero"
+    over_zero = rise(d["rise_over_zero"], "zero")
+    if d.get("baseline") is None:
+        return f"{head} {over_zero}"
+    plain = f"the plain request's {d['baseline']:.2f}"
+    return f"{head} {rise(d.get('rise_over_baseline'), plain)}, {over_zero}"
 
 
 def _decoding_section(d: dict) -> str:
