@@ -87,3 +87,25 @@ def test_a_system_prompt_every_context_starts_with_runs_once_per_batch(tiny_llam
         assert got.logprob == pytest.approx(logprob, abs=1e-4, rel=1e-5) and got.is_greedy == greedy
         if spec == "llama":
             assert got.logprob == pytest.approx(hf_logprob(tiny_llama[1], lm, *pair), abs=1e-4, rel=1e-5)
+
+
+def test_a_context_runs_as_the_continuation_of_a_close_prefix_only():
+    from fissure.backends.scoring import MAX_EXTENSION, _roots
+
+    near, far = (1, 2), (2,) + (7,) * (MAX_EXTENSION + 1)
+    contexts = {near, near + (3,), near + (3, 4), (1, 3), (2,), far, far + (8,)}
+    roots = _roots(contexts)
+    assert roots[near + (3, 4)] == roots[near + (3,)] == near and roots[(1, 3)] == (1, 3)
+    assert roots[far] == far and roots[far + (8,)] == far  # too far from (2,) to ride on it
+
+
+def test_more_continuations_than_a_row_can_pack_are_read_from_copies():
+    from fissure.backends.scoring import PACK_LIMIT
+
+    lm = gpt_lm()
+    openings = [f" {w} and then some more words" for w in "abcdefghijklmnopqrstuvwxyz"]
+    pairs = [("the cat sat", o) for o in openings]
+    assert sum(len(lm.split_pair(*p)[1]) - 1 for p in pairs) > PACK_LIMIT
+    for pair, got in zip(pairs, lm.loglikelihood(pairs)):
+        logprob, greedy = full_forward(lm, *pair)
+        assert got.logprob == pytest.approx(logprob, abs=1e-4, rel=1e-5) and got.is_greedy == greedy

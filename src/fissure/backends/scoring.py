@@ -108,6 +108,10 @@ def pad_left(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor 
     return ids, mask
 
 
+MAX_EXTENSION = 32  # a context this much longer than another it extends runs as that one's continuation
+PACK_LIMIT = 512  # at most this many continuation tokens packed in one row after a context
+
+
 def score_continuations(model, requests: Sequence[tuple[Sequence[int], int]],
                         batch_size: int = 8) -> list[tuple[float, bool]]:
     """``(log-likelihood, greedy)`` of each request's last ``n`` tokens after the tokens before them,
@@ -134,7 +138,8 @@ def score_continuations(model, requests: Sequence[tuple[Sequence[int], int]],
             members = [(row, i) for row, ctx in enumerate(batch) for i in groups[ctx]]
             rest = {i: list(requests[i][0][len(batch[row]):]) for row, i in members}  # after the run context
             scored = [(row, rest[i], requests[i][1]) for row, i in members]
-            room = max(packed_width(scored), max(len(rest[i]) - 1 for _, i in members))  # for the continuations
+            room = max(len(rest[i]) - 1 for _, i in members)  # for the continuations
+            room = max(room, packed_width(scored)) if packed_width(scored) <= PACK_LIMIT else room
             cache = model.new_kv_cache(1 if shared else len(batch), max(len(c) for c in batch) + room)
             if shared:
                 model(torch.tensor([batch[0][:shared]], device=device), kv_cache=cache, logits_to_keep=1)
@@ -156,10 +161,11 @@ def score_after(model, cache, mask: torch.Tensor | None, last: torch.Tensor,
     for none; ``last``: the next-token logits ``(B, V)`` after each). ``cache`` is left as it holds
     the contexts. A model that takes a 4-D mask (``packs_continuations``) reads every row's
     continuations in one pass, packed side by side after their context, each seeing the context
-    and itself (the cache needs :func:`packed_width` free positions); another model reads them
-    from copies of the context rows."""
+    and itself, where the cache has :func:`packed_width` free positions; another model (or a cache
+    without the room) reads them from copies of the context rows."""
     long = [(row, k, list(tokens[:-1])) for k, (row, tokens, _) in enumerate(rows) if len(tokens) > 1]
-    packs = getattr(model, "packs_continuations", False) and hasattr(cache, "crop")
+    free = getattr(cache, "max_len", 0) - cache.length
+    packs = getattr(model, "packs_continuations", False) and hasattr(cache, "crop") and packed_width(rows) <= free
     later = (_packed if packs else _copied)(model, cache, mask, long) if long else {}
     out = []
     for k, (row, tokens, n) in enumerate(rows):
@@ -236,10 +242,16 @@ def _by_width(rows: list[tuple[int, int, int]]) -> list[list[tuple[int, int]]]:
 
 
 def _roots(contexts: set[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, ...]]:
-    """Each context's shortest other context that is a prefix of it (itself where none is)."""
+    """The context each context runs as a continuation of: the shortest context that runs itself,
+    is a prefix of it and at most :data:`MAX_EXTENSION` tokens shorter (itself where none is). In
+    lexicographic order a context's prefixes come before it, each a prefix of the next: a stack."""
     roots: dict[tuple[int, ...], tuple[int, ...]] = {}
-    for ctx in sorted(contexts, key=len):
-        roots[ctx] = next((r for r in roots.values() if len(r) < len(ctx) and ctx[:len(r)] == r), ctx)
+    chain: list[tuple[int, ...]] = []
+    for ctx in sorted(contexts):
+        while chain and ctx[:len(chain[-1])] != chain[-1]:
+            chain.pop()
+        roots[ctx] = next((r for r in chain if roots[r] == r and len(ctx) - len(r) <= MAX_EXTENSION), ctx)
+        chain.append(ctx)
     return roots
 
 

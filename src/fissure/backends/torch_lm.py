@@ -14,7 +14,7 @@ import torch
 from ..decode import Decoding, GenerationOutput, end_tokens, generate, truncate_at_stop
 from ..errors import GenerationError
 from .base import BackendError, Capabilities, LanguageModel, LoglikelihoodResult, Prompt, RollingLoglikelihood
-from .scoring import packed_width, score_after, score_continuations, score_sequences
+from .scoring import PACK_LIMIT, packed_width, score_after, score_continuations, score_sequences
 
 
 class TorchLM(LanguageModel):
@@ -134,7 +134,8 @@ class TorchLM(LanguageModel):
                 if fits:
                     rows.append((row, seq[len(start):], len(cont)))
         scores: list[tuple[float, bool]] = []
-        room = max([packed_width(rows), *(len(rest) - 1 for _, rest, _ in rows)])
+        room = max((len(rest) - 1 for _, rest, _ in rows), default=0)
+        room = max(room, packed_width(rows)) if packed_width(rows) <= PACK_LIMIT else room
         eos = self.end_tokens(decoding)
         with torch.inference_mode():
             result = generate(self.model, ids, decoding, eos_token_id=eos, pad_token_id=eos[0] if eos else 0,
