@@ -138,8 +138,8 @@ def score_continuations(model, requests: Sequence[tuple[Sequence[int], int]],
             members = [(row, i) for row, ctx in enumerate(batch) for i in groups[ctx]]
             rest = {i: list(requests[i][0][len(batch[row]):]) for row, i in members}  # after the run context
             scored = [(row, rest[i], requests[i][1]) for row, i in members]
-            room = max(len(rest[i]) - 1 for _, i in members)  # for the continuations
-            room = max(room, packed_width(scored)) if packed_width(scored) <= PACK_LIMIT else room
+            room, packed = max(len(rest[i]) - 1 for _, i in members), packed_width(scored)  # for the continuations
+            room = max(room, packed) if packed <= PACK_LIMIT else room
             cache = model.new_kv_cache(1 if shared else len(batch), max(len(c) for c in batch) + room)
             if shared:
                 model(torch.tensor([batch[0][:shared]], device=device), kv_cache=cache, logits_to_keep=1)
@@ -189,7 +189,7 @@ def packed_width(rows: Sequence[tuple[int, Sequence[int], int]]) -> int:
 def _packed(model, cache, mask: torch.Tensor | None, long: list[tuple[int, int, list[int]]]) -> dict[int, torch.Tensor]:
     """The logits of each ``(row, k, inputs)`` from one pass: a row's inputs packed after its context,
     positions restarting at the context's end, a 4-D mask letting each see the context and itself."""
-    device = next(model.parameters()).device
+    device = _device(model)
     B, past = cache.batch_size, cache.length
     width = packed_width([(row, inputs + [0], 0) for row, _, inputs in long])
     ids = torch.zeros(B, width, dtype=torch.long)
@@ -218,18 +218,18 @@ def _packed(model, cache, mask: torch.Tensor | None, long: list[tuple[int, int, 
 def _copied(model, cache, mask: torch.Tensor | None, long: list[tuple[int, int, list[int]]]) -> dict[int, torch.Tensor]:
     """The logits of each ``(row, k, inputs)``: a row each, right-padded, in passes of similar widths
     (little padding), each from a copy of the context rows (the cache is not changed)."""
-    device = next(model.parameters()).device
+    device = _device(model)
+    inputs = {k: x for _, k, x in long}
     later: dict[int, torch.Tensor] = {}
-    for part in _by_width([(row, k, len(inputs)) for row, k, inputs in long]):
+    for part in _by_width([(row, k, len(x)) for row, k, x in long]):
         index = torch.tensor([row for row, _ in part], device=device)
         copied = copy.copy(cache)
         copied.reorder(index)
-        ids, _ = pad_right([next(x for r, kk, x in long if kk == k) for _, k in part])
+        ids, _ = pad_right([inputs[k] for _, k in part])
         part_mask = None if mask is None else torch.cat(
             [mask.index_select(0, index), mask.new_ones(len(part), ids.shape[1])], dim=1)
         logits = model(ids.to(device), attention_mask=part_mask, kv_cache=copied)
-        later.update((k, logits[j, :len(x)]) for j, (_, k) in enumerate(part)
-                     for x in [next(x for r, kk, x in long if kk == k)])
+        later.update((k, logits[j, :len(inputs[k])]) for j, (_, k) in enumerate(part))
     return later
 
 

@@ -134,8 +134,8 @@ class TorchLM(LanguageModel):
                 if fits:
                     rows.append((row, seq[len(start):], len(cont)))
         scores: list[tuple[float, bool]] = []
-        room = max((len(rest) - 1 for _, rest, _ in rows), default=0)
-        room = max(room, packed_width(rows)) if packed_width(rows) <= PACK_LIMIT else room
+        room, packed = max((len(rest) - 1 for _, rest, _ in rows), default=0), packed_width(rows)
+        room = max(room, packed) if packed <= PACK_LIMIT else room
         eos = self.end_tokens(decoding)
         with torch.inference_mode():
             result = generate(self.model, ids, decoding, eos_token_id=eos, pad_token_id=eos[0] if eos else 0,
