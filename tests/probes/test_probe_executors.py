@@ -65,3 +65,26 @@ def test_cli_refuses_a_bad_executor_in_one_line(tmp_path):
                                       "--out-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "ray://host:port" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_batches_group_prompts_by_their_length_in_the_models_tokens(tiny_llama, tmp_path):
+    """Batches are cut from the prompts sorted by token count (the HF tokenizer's, an independent
+    count), not by characters, which order encoded attacks differently."""
+    from fissure.probes.suite.plan import plan
+
+    path, _, hf_tok = tiny_llama
+    config = SuiteConfig(model=str(path), attacks=["none", "base64", "rot13", "leetspeak"], twins=0,
+                         batch_size=5, whitebox=False)
+    run = ProbeRun(load_model(config), config, tmp_path)
+    items = [it for it in plan(config, run.policy) if it.kind != "capability"]
+    batches = run._batches(items)
+    assert sorted(it.key for b, _, _ in batches for it in b) == sorted(it.key for it in items)
+
+    def tokens(prompt):
+        return len(hf_tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
+
+    lengths = [[tokens(p) for p in prompts] for _, prompts, _ in batches]
+    flat = [n for batch in lengths for n in batch]
+    assert flat == sorted(flat), lengths
+    by_chars = sorted(items, key=lambda it: len(it.attack_prompt.text))
+    assert [it.key for it in by_chars] != [it.key for b, _, _ in batches for it in b]  # the two orders differ here

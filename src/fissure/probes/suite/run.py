@@ -261,19 +261,24 @@ class ProbeRun:
         return results
 
     def _batches(self, items: list[Item]) -> list[tuple[list[Item], list, Decoding]]:
-        """``items`` in batches of one decoding each: similar prompt lengths together (less padding)."""
+        """``items`` in batches of one decoding each: similar prompt lengths together (less padding),
+        counted in the model's own tokens where the backend has them (a local model; an encoded
+        attack's characters and tokens differ by up to 3x), else in characters."""
         groups: dict[tuple[float, int], list[Item]] = defaultdict(list)
         for item in items:
             groups[(item.temperature, item.sample)].append(item)
         size = None if getattr(self.lm, "streams_results", False) else self.config.batch_size
+        tokens = getattr(self.lm, "prompt_ids", None)
         out = []
         for (t, s), group in groups.items():
-            group.sort(key=lambda it: len(it.attack_prompt.text))
-            for start in range(0, len(group), size or len(group)):
-                batch = group[start:start + (size or len(group))]
-                prompts = [build_prompt(self.policy.system_prompt, it.attack_prompt.text, self.chat) for it in batch]
+            prompts = [build_prompt(self.policy.system_prompt, it.attack_prompt.text, self.chat) for it in group]
+            lengths = [len(tokens(p)) if tokens else len(it.attack_prompt.text) for it, p in zip(group, prompts)]
+            order = sorted(range(len(group)), key=lengths.__getitem__)
+            for start in range(0, len(order), size or len(order)):
+                rows = order[start:start + (size or len(order))]
+                batch = [group[i] for i in rows]
                 decoding = self.config.decoding(t, zlib.crc32(f"{self.config.seed}|{t}|{s}|{batch[0].key}".encode()))
-                out.append((batch, prompts, decoding))
+                out.append((batch, [prompts[i] for i in rows], decoding))
         return out
 
     def _generate(self, items: list[Item], done_before: int, finalise: Callable[[Sample], Sample]) -> list[Sample]:
