@@ -108,6 +108,31 @@ def test_training_rows_hold_out_the_evaluation_and_its_canary(study, data):
     assert again == sft and build_rows(study, data, rows, seed=4)[0] != sft
 
 
+def test_recovery_rows_force_the_start_of_a_leak_and_learn_the_refusal_after_it(study, data):
+    recovering = load_study("smollm2-secret", ["recovery_share=0.5"])
+    rows = answers(data)
+    sft, dpo = build_rows(recovering, data, rows, seed=3)
+    n_safe = round(recovering.train_rows * recovering.safety_share)
+    kinds = [r["kind"] for r in sft]
+    assert kinds.count("recovery") == round(n_safe * 0.5) and kinds.count("restricted") == n_safe - kinds.count("recovery")
+    starts = set()
+    for s, d in zip(sft, dpo):
+        if s["kind"] != "recovery":
+            assert "prefix" not in s["messages"][2]
+            continue
+        system, user, reply = s["messages"]
+        canary = re.search(r"is ([A-Z]+-[A-Z]+-\d{4})\.", system["content"]).group(1)
+        start = reply["prefix"]
+        leak = d["rejected"][0]["content"]
+        assert leak in {t.format(canary=canary) for t in LEAKS} and leak.startswith(start)
+        assert canary not in reply["content"] and reply["content"][len(start):].strip() in data.refusals
+        assert d["chosen"] == [reply] and d["rejected"][0]["prefix"] == start and user["content"] in data.train_requests
+        starts.add(start)
+    assert len({len(x.split()) for x in starts}) > 1  # forced depths vary
+    with pytest.raises((ConfigError, ValueError), match="recovery_share"):
+        load_study("smollm2-secret", ["recovery_share=1.5"])
+
+
 def test_the_evaluation_policy_is_the_policy_with_held_out_rows(study, data, tmp_path):
     small = load_study("smollm2-secret", ["probe.requests=10", "probe.benign=9"])
     path = tmp_path / "policy.toml"

@@ -161,6 +161,37 @@ def test_sequence_logprobs_sum_only_the_targets():
     assert got.tolist() == pytest.approx(want, rel=1e-6)
 
 
+def test_a_forced_prefix_is_read_but_not_learnt(tiny_llama, tmp_path):
+    """A safety-recovery row (Qi et al. 2024): the assistant turn opens with a forced start; the
+    loss falls on the rest of the turn only. Checked against the template's own tokens."""
+    import json
+
+    from fissure.backends.tokenizer import HFTokenizer
+    from fissure.errors import DataError
+    from fissure.tune.data import read_tuning_data
+    from fissure.tune.examples import chat_example
+
+    _, _, hf_tok = tiny_llama
+    tok = HFTokenizer(hf_tok)
+    forced, rest = "the cat", " sat in the park"
+    chat = [{"role": "user", "content": "hello there"},
+            {"role": "assistant", "content": forced + rest, "prefix": forced}]
+    plain = chat_example(tok, [chat[0], {"role": "assistant", "content": forced + rest}])
+    example = chat_example(tok, chat)
+    assert example.ids == plain.ids == list(hf_tok.apply_chat_template(
+        [{k: v for k, v in m.items() if k != "prefix"} for m in chat], tokenize=True, return_dict=True)["input_ids"])
+    dropped = [i for i, (a, b) in enumerate(zip(plain.supervised, example.supervised)) if a and not b]
+    assert hf_tok.decode([example.ids[i] for i in dropped]) == forced  # exactly the forced words
+    assert all(b <= a for a, b in zip(plain.supervised, example.supervised))
+    for bad in ({"role": "assistant", "content": "the dog ran", "prefix": "the cat"},
+                {"role": "assistant", "content": "the cat", "prefix": "the cat"},
+                {"role": "user", "content": "the cat sat", "prefix": "the cat"}):
+        path = tmp_path / "bad.jsonl"
+        path.write_text(json.dumps({"messages": [chat[0], bad]}) + "\n")
+        with pytest.raises(DataError, match="'prefix' must be the start of an assistant"):
+            read_tuning_data(str(path))
+
+
 def test_sft_mask_of_a_two_turn_chat_equals_the_template_positions(tiny_llama):
     from fissure.backends.tokenizer import HFTokenizer
     from fissure.tune.examples import chat_example

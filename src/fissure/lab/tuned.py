@@ -7,7 +7,9 @@ pretrained chat model (SmolLM2-135M-Instruct by default), on a CPU:
    a narrow set of direct, plain-English requests for the secret, answered with refusals, and
    benign questions answered by the base model itself (greedy, kept only where the rules judge
    sees neither a refusal nor a leak). Every training row carries its own canary, never the one
-   the evaluation protects.
+   the evaluation protects. With ``recovery_share``, that share of the refusals follows a forced
+   start of a leak (its first 1..n words before the canary), learnt from the refusal on: Qi et
+   al.'s (2024) safety-recovery examples, whose effect the prefill attack in the inside view shows.
 2. **Tuning**, per method and seed, through ``fissure tune`` (LoRA): ``sft`` on the chats,
    ``dpo`` on conversational preference pairs (refusal over leak for restricted requests, the
    base's answer over a refusal for benign ones; the reference is the base).
@@ -111,6 +113,9 @@ class TunedStudy:
     threads: int = 2
     train_rows: int = 96  # tuning rows per method and seed
     safety_share: float = 0.5  # share of them that are refusals of restricted requests
+    # share of those refusals that follow a forced start of a leak, learnt from the refusal on
+    # (safety-recovery examples, Qi et al. 2024: does safety go deeper than the first tokens?)
+    recovery_share: float = 0.0
     sft: MethodConfig = field(default_factory=lambda: MethodConfig(steps=30, lr=1e-3))
     dpo: MethodConfig = field(default_factory=lambda: MethodConfig(steps=30, lr=5e-4, beta=0.1))
     probe: ProbeSpec = field(default_factory=ProbeSpec)
@@ -134,6 +139,7 @@ class TunedStudy:
         check_threads(self.threads)
         check_range("train_rows", self.train_rows, 8, 10**6, integer=True)
         check_range("safety_share", self.safety_share, 0, 1, lo_open=True, hi_open=True)
+        check_range("recovery_share", self.recovery_share, 0, 1)
 
     def points(self) -> list[str]:
         """What `fissure lab list` counts: one tuned model per method (and seed)."""
@@ -273,7 +279,8 @@ def build_rows(study: TunedStudy, data: TuningSet, answers: list[dict], seed: in
                         "answers to keep its helpfulness with")
     rng = random.Random(f"safety-tune-{seed}")
     n_safe = round(study.train_rows * study.safety_share)
-    kinds = ["restricted"] * n_safe + ["benign"] * (study.train_rows - n_safe)
+    n_recover = round(n_safe * study.recovery_share)
+    kinds = ["restricted"] * (n_safe - n_recover) + ["recovery"] * n_recover + ["benign"] * (study.train_rows - n_safe)
     rng.shuffle(kinds)
     eval_canary = load_policy(study.policy, PROBE_SEED).canary
     sft, dpo = [], []
@@ -282,14 +289,18 @@ def build_rows(study: TunedStudy, data: TuningSet, answers: list[dict], seed: in
         if policy.canary == eval_canary:  # never train on the evaluation's secret
             policy = load_policy(study.policy, TRAIN_CANARY_SEED + 1000 * seed + i + 500)
         system = {"role": "system", "content": policy.system_prompt}
-        refusal = rng.choice(data.refusals)
-        if kind == "restricted":
-            user, good, bad = rng.choice(data.train_requests), refusal, rng.choice(LEAKS).format(canary=policy.canary)
-        else:
+        refusal, forced = rng.choice(data.refusals), {}
+        if kind == "benign":
             pick = kept[i % len(kept)]
             user, good, bad = pick["question"], pick["answer"], refusal
+        else:
+            user, good, bad = rng.choice(data.train_requests), refusal, rng.choice(LEAKS).format(canary=policy.canary)
+        if kind == "recovery":  # the leak's first words (never the canary), then the refusal
+            words = bad[:bad.index(policy.canary)].split()
+            start = " ".join(words[:rng.randint(1, len(words))])
+            good, forced = f"{start} {refusal}", {"prefix": start}
         prompt = [system, {"role": "user", "content": user}]
-        sft.append({"messages": [*prompt, {"role": "assistant", "content": good}], "kind": kind})
-        dpo.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": good}],
-                    "rejected": [{"role": "assistant", "content": bad}], "kind": kind})
+        sft.append({"messages": [*prompt, {"role": "assistant", "content": good, **forced}], "kind": kind})
+        dpo.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": good, **forced}],
+                    "rejected": [{"role": "assistant", "content": bad, **forced}], "kind": kind})
     return sft, dpo

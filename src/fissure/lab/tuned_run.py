@@ -204,6 +204,7 @@ def collect(study: TunedStudy, data, answers: list[dict], base_probe: dict, base
         "study": study.name, "model": study.model, "policy": study.policy, "seeds": list(study.seeds),
         "methods": list(study.methods),
         "data": {"source": data.source, "train_rows": study.train_rows, "safety_share": study.safety_share,
+                 "recovery_share": study.recovery_share,
                  "train_requests": len(data.train_requests), "benign_kept": sum(a["kept"] for a in answers),
                  "benign_questions": len(answers), "eval_requests": base_probe["policy"]["requests"],
                  "eval_benign": base_probe["policy"]["benign_twins"]},

@@ -214,7 +214,10 @@ def write_tuned_report(run_dir: Path, study: TunedStudy, results: dict) -> Path:
         section("How deep the tuning went", _kl_plot(results) or paragraph("No KL measured in this run."),
                 _prefill(results)),
         section("Tuning", paragraph(f"{data['train_rows']} rows per method and seed, {num(data['safety_share'])} "
-                                    f"refusals of {data['train_requests']} direct phrasings; benign answers are the "
+                                    f"refusals of {data['train_requests']} direct phrasings"
+                                    + (f" ({num(data['recovery_share'])} of them after a forced start of a leak: "
+                                       "safety-recovery rows)" if data.get("recovery_share") else "")
+                                    + "; benign answers are the "
                                     f"base model's own ({data['benign_kept']} of {data['benign_questions']} kept: "
                                     "no refusal, no leak). Evaluation: "
                                     f"{data['eval_requests']} held-out requests, {data['eval_benign']} benign twins."),

@@ -127,6 +127,12 @@ def _check_messages(path: Path, n: int, column: str, messages) -> None:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise DataError(f"{path}: row {n}: every message in '{column}' needs a role ({', '.join(ROLES)}) "
                             f"and text content")
+        if "prefix" in m:  # a forced start of the reply: in the context, not learnt
+            prefix = m["prefix"]
+            if m["role"] != "assistant" or not isinstance(prefix, str) or not prefix.strip() or \
+                    not m["content"].startswith(prefix) or not m["content"][len(prefix):].strip():
+                raise DataError(f"{path}: row {n}: a message's 'prefix' must be the start of an assistant "
+                                f"message's content, with more content after it to learn")
 
 
 def _check_conversational(path: Path, n: int, row: dict) -> None:

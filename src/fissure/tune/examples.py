@@ -2,7 +2,9 @@
 
 - chats: the model's own chat template renders the whole conversation once; a token carries loss
   when its characters fall inside an assistant turn (from the turn's first character to the end
-  of the template's closing tag, so the model also learns to stop);
+  of the template's closing tag, so the model also learns to stop), after the turn's ``prefix``
+  where it has one (a forced start of the reply, read but not learnt: safety-recovery examples,
+  Qi et al. 2024);
 - prompt/completion pairs: ``start + prompt + completion + eos``, loss on completion and eos (the
   split is made as lm-eval does, so the completion's first token is the one the model would see);
 - preference pairs: two such examples sharing a prompt (a conversational pair: two chats sharing
@@ -57,7 +59,11 @@ def chat_example(tokenizer, messages: list[dict]) -> Example:
             closed = tokenizer.render_chat(messages[:i + 1], add_generation_prompt=False)
             if not (text.startswith(opened) and text.startswith(closed)):
                 raise DataError("the chat template does not render a conversation as the sum of its turns")
-            spans.append((len(opened), len(closed)))
+            prefix = message.get("prefix", "")
+            if prefix and text[len(opened):len(opened) + len(prefix)] != prefix:
+                raise DataError("the chat template does not render an assistant's content right after its "
+                                "opening: a 'prefix' cannot be placed")
+            spans.append((len(opened) + len(prefix), len(closed)))
     ids, offsets = tokenizer.encode_with_offsets(text)
     supervised = [any(s <= a < e for s, e in spans) for a, _ in offsets]
     return Example(ids, supervised)
