@@ -201,6 +201,8 @@ def write_tuned_report(run_dir: Path, study: TunedStudy, results: dict) -> Path:
     tune_rows = [[m, r["seed"], r["tune"]["steps"], num(r["tune"]["train_loss"], 3), num(r["tune"]["val_loss"], 3),
                   num(r["tune"]["tokens_per_second"], 0), r["tune"]["dtype"]]
                  for m, v in results["by_method"].items() for r in v["per_seed"]]
+    recovery = (f" ({num(data['recovery_share'])} of them after a forced start of a leak: safety-recovery rows)"
+                if data.get("recovery_share") else "")
     body = [
         section("What the model's insides say", paragraph(reading(results))),
         section("Attack success, base against tuned",
@@ -214,11 +216,8 @@ def write_tuned_report(run_dir: Path, study: TunedStudy, results: dict) -> Path:
         section("How deep the tuning went", _kl_plot(results) or paragraph("No KL measured in this run."),
                 _prefill(results)),
         section("Tuning", paragraph(f"{data['train_rows']} rows per method and seed, {num(data['safety_share'])} "
-                                    f"refusals of {data['train_requests']} direct phrasings"
-                                    + (f" ({num(data['recovery_share'])} of them after a forced start of a leak: "
-                                       "safety-recovery rows)" if data.get("recovery_share") else "")
-                                    + "; benign answers are the "
-                                    f"base model's own ({data['benign_kept']} of {data['benign_questions']} kept: "
+                                    f"refusals of {data['train_requests']} direct phrasings{recovery}; benign "
+                                    f"answers are the base model's own ({data['benign_kept']} of {data['benign_questions']} kept: "
                                     "no refusal, no leak). Evaluation: "
                                     f"{data['eval_requests']} held-out requests, {data['eval_benign']} benign twins."),
                 table(["method", "seed", "steps", "train loss", "val loss", "tokens/s", "dtype"], tune_rows)),
