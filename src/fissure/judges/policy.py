@@ -42,6 +42,6 @@ class PolicyJudge(Judge):
         restates the request (``misunderstood``) or answers another question (``off_topic``)."""
         views = canonical_views(reply, hints)
         canon = views[0]
-        return three_way(canon, self.policy.check(views), (refusal_anchored(canon), refusal_lexicon(canon)),
+        return three_way(canon, self.policy.check(views), (refusal_anchored(canon), refusal_lexicon(canon, request)),
                          (degenerate(canon), hints_at(self.policy, views), echoes_request(canon, request),
                           off_topic(canon, request)))

@@ -62,7 +62,7 @@ def judge_row(judge: str, row: LabelledReply, cache: dict) -> Verdict | Detector
     if judge == "anchored":
         return refusal_anchored(row.reply)
     if judge == "lexicon":
-        return refusal_lexicon(row.reply)
+        return refusal_lexicon(row.reply, row.request)
     hints = get_attack(row.attack).apply(row.request or "") if row.attack and row.attack != "none" else None
     return _policy_judge(row, cache)(row.reply, hints, request=row.request)
 
