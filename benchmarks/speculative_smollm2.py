@@ -1,13 +1,15 @@
 """Speculative decoding on SmolLM2-135M-Instruct (30 layers): plain greedy decoding against
 speculative greedy decoding with ``layers:N`` self-drafts (the model's own first N layers, then its
-final norm and head: no training, no extra weights), batch 1, in the same run.
+final norm and head: no training, no extra weights) and with any model of the same tokenizer as the
+draft (``--draft``: a student from ``fissure distill``), batch 1, in the same run.
 
     python benchmarks/speculative_smollm2.py --threads 2
+    python benchmarks/speculative_smollm2.py --layers --draft runs/distill-.../distilled --new-tokens 64
 
 Every speculative output is asserted equal to the plain greedy output, token for token. Reports new
 tokens/s, the acceptance rate, the speed-up over plain decoding, and the speed-up the acceptance
 rate predicts (Leviathan et al.: a round of cost ``gamma * c + v`` target steps yields
-``(1 - a^(gamma+1)) / (1 - a)`` tokens, with ``c = N / 30`` the draft's cost relative to the target,
+``(1 - a^(gamma+1)) / (1 - a)`` tokens, with ``c`` the draft's measured step cost relative to the target's,
 ``v`` the measured cost of verifying gamma + 1 tokens in one pass, and ``a`` the acceptance rate
 taken as the per-token acceptance probability).
 """
@@ -56,17 +58,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--layers", type=int, nargs="+", default=[8, 20])
+    ap.add_argument("--layers", type=int, nargs="*", default=[8, 20])
+    ap.add_argument("--draft", nargs="*", default=[], help="draft model specs (same tokenizer as SmolLM2)")
+    ap.add_argument("--prompt", nargs="*", default=PROMPTS, help="prompts (default: two short ones)")
     ap.add_argument("--gamma", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm = fissure.load("smollm2")  # the native Llama, q/k/v and gate/up fused, as `fissure generate` runs it
-    model, n_layer = lm.model, lm.model.config.n_layer
-    prompts = [lm.tokenizer.encode(p) for p in PROMPTS]
+    model = lm.model
+    prompts = [lm.tokenizer.encode(p) for p in args.prompt]
     d = Decoding(max_new_tokens=args.new_tokens)
     drafts = {f"layers:{n}": first_layers(model, n) for n in args.layers}
+    for spec in args.draft:
+        draft_lm = fissure.load(spec)
+        if draft_lm.tokenizer.encode(args.prompt[0]) != prompts[0]:
+            raise SystemExit(f"{spec} does not share SmolLM2's tokenizer")
+        drafts[spec] = draft_lm.model
 
     def plain(prompt):
         return generate(model, [prompt], d, eos_token_id=None).sequences[0], None
@@ -96,6 +105,7 @@ def main() -> None:
                     counts[name][0] += acc[0]
                     counts[name][1] += acc[1]
     one, verify = step_cost(model, prompts[0], 1), step_cost(model, prompts[0], args.gamma + 1)
+    cost = {name: step_cost(draft, prompts[0], 1) / one for name, draft in drafts.items()}
     base = tokens["plain"] / times["plain"]
     rows = {}
     print(f"SmolLM2-135M greedy, batch 1, {args.new_tokens} new tokens x {len(prompts)} prompts x {args.rounds} rounds, "
@@ -108,9 +118,10 @@ def main() -> None:
         line = f"{name:10s} {tps:6.1f} tokens/s  x{tps / base:.2f}"
         if name != "plain":
             alpha = counts[name][0] / counts[name][1]
-            n = int(name.split(":")[1])
-            row.update(acceptance_rate=alpha, predicted_speedup=predicted_speedup(alpha, args.gamma, n / n_layer, verify / one))
-            line += f"  acceptance {alpha:.3f}  (predicted x{row['predicted_speedup']:.2f})"
+            row.update(acceptance_rate=alpha, draft_cost=cost[name],
+                       predicted_speedup=predicted_speedup(alpha, args.gamma, cost[name], verify / one))
+            line += (f"  acceptance {alpha:.3f}  draft cost {cost[name]:.2f}  "
+                     f"(predicted x{row['predicted_speedup']:.2f})")
         rows[name] = row
         print(line)
     path = save("speculative_smollm2", {"config": vars(args), "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -254,3 +254,30 @@ def test_models_list_json_lists_every_entry(toy_backend):
     assert listed["models"] == ["smollm2"]
     table = CliRunner().invoke(app, ["models", "list"])
     assert table.exit_code == 0 and "hf-llama" in table.stdout and "registered models: smollm2" in table.stdout
+
+
+def test_a_gguf_the_native_llama_cannot_run_falls_back_to_transformers(tmp_path, monkeypatch):
+    """auto: a .gguf of another architecture (the gemma3 header) goes to the transformers entry
+    (its loader replaced here to record the call: a real Gemma file is 250 MB); native stays an error."""
+    import dataclasses
+
+    import gguf
+    import numpy as np
+
+    from fissure.errors import UserError
+
+    path = tmp_path / "gemma.gguf"
+    w = gguf.GGUFWriter(path, "gemma3")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    calls = []
+    monkeypatch.setitem(BACKENDS, "transformers", dataclasses.replace(
+        BACKENDS["transformers"], load=lambda spec, **kw: calls.append((spec.path, kw["batch_size"])) or "lm"))
+    assert chosen(path) == "gguf-llama"  # the architecture is in the file: only loading finds it out
+    assert fissure.load(path, batch_size=3) == "lm" and calls == [(path, 3)]
+    with pytest.raises(UserError, match="GGUF architecture 'gemma3' is not supported"):
+        fissure.load(path, backend="native")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..models.llama import UnsupportedModelError
 from .base import BackendError, LanguageModel
 from .registry import ModelSpec, resolve
 from .torch_lm import TorchLM
@@ -22,7 +23,8 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
     - an HF model directory (Llama architectures run on the native Llama unless
       ``backend="transformers"``; others run through transformers, and ``backend="native"``
       is an error for them),
-    - a ``.gguf`` file (likewise).
+    - a ``.gguf`` file (likewise: a Llama file on the native Llama, any other architecture through
+      transformers).
 
     ``dtype="bf16"`` runs a local model's weights in bfloat16, ``dtype="int8"`` quantises its linear
     layers to int8 (weight-only, per channel): decoding is memory-bound, so fewer bytes per weight
@@ -33,7 +35,15 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= MAX_BATCH:
         raise BackendError(f"batch size must be between 1 and {MAX_BATCH}, not {batch_size!r}")
     parsed = ModelSpec.parse(spec)
-    lm = resolve(parsed, backend).load(parsed, model=model, batch_size=batch_size, **kwargs)
+    entry = resolve(parsed, backend)
+    try:
+        lm = entry.load(parsed, model=model, batch_size=batch_size, **kwargs)
+    except UnsupportedModelError:
+        if backend != "auto" or entry.engine != "native":
+            raise
+        # a .gguf file of an architecture the native Llama does not run (gemma3, ...): the
+        # architecture is in the file, read only by trying, so auto falls back here
+        lm = resolve(parsed, "transformers").load(parsed, model=model, batch_size=batch_size, **kwargs)
     if dtype != "fp32" and isinstance(lm, TorchLM):
         import torch
 
