@@ -82,3 +82,20 @@ def tiny_llama(tmp_path_factory):
     model.save_pretrained(path, safe_serialization=True)
     hf_tok.save_pretrained(path)
     return path, model, hf_tok
+
+
+@pytest.fixture
+def gemma_header_gguf(tmp_path):
+    """A .gguf whose header says architecture 'gemma3' (one zero tensor): what the native Llama refuses."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "gemma.gguf"
+    w = gguf.GGUFWriter(path, "gemma3")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

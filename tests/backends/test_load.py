@@ -256,24 +256,14 @@ def test_models_list_json_lists_every_entry(toy_backend):
     assert table.exit_code == 0 and "hf-llama" in table.stdout and "registered models: gemma3-270m, smollm2" in table.stdout
 
 
-def test_a_gguf_the_native_llama_cannot_run_falls_back_to_transformers(tmp_path, monkeypatch):
+def test_a_gguf_the_native_llama_cannot_run_falls_back_to_transformers(gemma_header_gguf, monkeypatch):
     """auto: a .gguf of another architecture (the gemma3 header) goes to the transformers entry
     (its loader replaced here to record the call: a real Gemma file is 250 MB); native stays an error."""
     import dataclasses
 
-    import gguf
-    import numpy as np
-
     from fissure.errors import UserError
 
-    path = tmp_path / "gemma.gguf"
-    w = gguf.GGUFWriter(path, "gemma3")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = gemma_header_gguf
     calls = []
     monkeypatch.setitem(BACKENDS, "transformers", dataclasses.replace(
         BACKENDS["transformers"], load=lambda spec, **kw: calls.append((spec.path, kw["batch_size"])) or "lm"))

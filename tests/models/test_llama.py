@@ -214,22 +214,12 @@ def test_gguf_llama_equals_hf_source(tmp_path):
         assert (hf(ids).logits - ours(ids)).abs().max().item() < 1e-4
 
 
-def test_gguf_unsupported_architecture(tmp_path):
-    import gguf
-
+def test_gguf_unsupported_architecture(tmp_path, gemma_header_gguf):
     from fissure.errors import UserError
     from fissure.models.gguf import load_gguf_llama
 
-    path = tmp_path / "gemma.gguf"
-    w = gguf.GGUFWriter(path, "gemma3")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
     with pytest.raises(UserError, match="GGUF architecture 'gemma3' is not supported; supported: llama"):
-        load_gguf_llama(path)
+        load_gguf_llama(gemma_header_gguf)
     with pytest.raises(CheckpointError, match="not found"):
         load_gguf_llama(tmp_path / "missing.gguf")
 
