@@ -369,3 +369,27 @@ def test_conversational_dpo_run_moves_the_reward_margin_up(tiny_llama, tmp_path)
 def test_bad_conversational_rows_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(DataError, match=message):
         read_tuning_data(str(write_jsonl(tmp_path / "d.jsonl", [{**conversational("cat"), **change}])))
+
+
+def test_dpo_tuned_from_an_sft_adapter_stacks_on_it(tiny_llama, tmp_path):
+    """SFT then DPO (the lab's ``sft_dpo``): DPO's base is the SFT checkpoint, so the stacked model
+    differs from the merged SFT model by one rank-r update per target weight (stacked on the raw
+    base instead, the difference would be DPO's update minus SFT's: rank up to 2r), and it loads
+    through transformers as it loads here."""
+    from transformers import LlamaForCausalLM
+
+    sft, sft_dir = tune(tmp_path, config(tiny_llama[0], chats(tmp_path / "c.jsonl"), max_steps=6, lr=1e-2))
+    prefs = write_jsonl(tmp_path / "p.jsonl", [conversational(w) for w in WORDS])
+    dpo, dpo_dir = tune(tmp_path, config(sft_dir / "checkpoint", prefs, max_steps=6, lr=1e-2))
+    assert read_adapter(dpo["checkpoint"])[0]["base"] == str((sft_dir / "checkpoint").resolve())
+    assert dpo["val_loss_before"] == pytest.approx(0.6931, abs=1e-3)  # reference = start = the SFT model
+    assert dpo["dpo"]["val"]["reward_margin"] > 0
+    sft_w = LlamaForCausalLM.from_pretrained(merge_adapter(Path(sft["checkpoint"]), tmp_path / "m-sft")).state_dict()
+    hf = LlamaForCausalLM.from_pretrained(merge_adapter(Path(dpo["checkpoint"]), tmp_path / "m-dpo")).eval()
+    base_w = tiny_llama[1].state_dict()
+    ranks = {name: (int(torch.linalg.matrix_rank(w - sft_w[name])), int(torch.linalg.matrix_rank(w - base_w[name])))
+             for name, w in hf.state_dict().items() if name.endswith("q_proj.weight")}
+    assert len(ranks) == 2 and all(on_sft <= 4 < on_base for on_sft, on_base in ranks.values()), ranks
+    x = torch.randint(0, hf.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (hf(input_ids=x).logits - fissure.load(dpo["checkpoint"]).model(x)).abs().max() < 1e-4

@@ -12,7 +12,9 @@ pretrained chat model (SmolLM2-135M-Instruct by default), on a CPU:
    al.'s (2024) safety-recovery examples, whose effect the prefill attack in the inside view shows.
 2. **Tuning**, per method and seed, through ``fissure tune`` (LoRA): ``sft`` on the chats,
    ``dpo`` on conversational preference pairs (refusal over leak for restricted requests, the
-   base's answer over a refusal for benign ones; the reference is the base).
+   base's answer over a refusal for benign ones; the reference is the base), and ``sft_dpo``, the
+   usual recipe: the same DPO pairs and settings, starting from (and referenced to) the seed's
+   SFT model.
 3. **Probing** the base and every tuned model with the same probe suite: held-out direct
    requests (``none``), each attack, the benign twins (over-refusal) and capability twins (can the
    model read the form at all?). McNemar's exact test per attack, tuned against base, per seed.
@@ -44,7 +46,7 @@ from ..probes.policies import _resolve, load_policy
 from ..utils import check_seed, check_threads
 
 KIND = "safety-tune"
-METHODS = ("sft", "dpo")
+METHODS = ("sft", "dpo", "sft_dpo")  # sft_dpo: DPO (the [dpo] settings) on the SFT model
 DATA_DIR = Path(__file__).parent / "tuning_data"
 DATA_FIELDS = ("train_requests", "refusals", "train_benign", "eval_requests", "eval_benign")
 TRAIN_CANARY_SEED = 100_000  # training row i of seed s gets the canary of policy seed 100_000 + 1000 s + i
@@ -108,7 +110,7 @@ class TunedStudy:
     model: str = "smollm2"  # any model spec fissure.load takes with a chat template
     policy: str = "secret"  # a policy with a canary detector (built-in name or TOML path)
     data: str = "secret"  # tuning data: a name in fissure/lab/tuning_data or a TOML path
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: ["sft", "dpo"])
     seeds: list[int] = field(default_factory=lambda: [0])
     threads: int = 2
     train_rows: int = 96  # tuning rows per method and seed

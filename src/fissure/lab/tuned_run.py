@@ -10,6 +10,7 @@ Run directory::
     probe-base/                     the probe suite on the base model
     seed-S/sft.jsonl, dpo.jsonl     the tuning rows of seed S
     seed-S/<method>/                the tuning run (checkpoint/, results.json), probe/, inside.json
+                                    (sft_dpo tunes from seed-S/sft/checkpoint, tuned first if absent)
     results.json, report.html
 """
 
@@ -54,7 +55,9 @@ def _probe(lm, study: TunedStudy, model: str, policy_path: Path, where: Path, lo
     return results
 
 
-def _tune(study: TunedStudy, method: str, seed: int, rows_path: Path, where: Path, log) -> dict:
+def _tune(study: TunedStudy, method: str, seed: int, rows_path: Path, where: Path, log, start: str | None = None) -> dict:
+    """Tune ``method`` (its settings and objective) from ``start`` (a checkpoint; the study's model
+    when None) into ``where``."""
     from ..train.lora import LoraSpec
     from ..tune.config import TuneConfig, _train_defaults
     from ..tune.data import read_tuning_data
@@ -70,11 +73,11 @@ def _tune(study: TunedStudy, method: str, seed: int, rows_path: Path, where: Pat
     train.max_steps, train.batch_size, train.lr, train.min_lr = m.steps, m.batch_size, m.lr, m.lr / 10
     train.warmup_steps, train.eval_every, train.eval_batches = min(5, m.steps // 5), m.steps, 4
     train.threads, train.progress = study.threads, False
-    config = TuneConfig(model=study.model, data=str(rows_path), method="lora", objective=method, seed=seed,
+    config = TuneConfig(model=start or study.model, data=str(rows_path), method="lora", objective=method, seed=seed,
                         beta=m.beta, lora=LoraSpec(rank=m.rank, alpha=2.0 * m.rank), train=train)
     started = time.perf_counter()
     summary = run_tune(config, read_tuning_data(str(rows_path)), where, log=log)
-    log(f"tuned {method} seed {seed}: {summary['steps']} steps in {time.perf_counter() - started:.0f} s, "
+    log(f"tuned {method}{' from ' + start if start else ''} seed {seed}: {summary['steps']} steps in {time.perf_counter() - started:.0f} s, "
         f"train loss {summary['train_loss']:.3f}")
     return summary
 
@@ -130,7 +133,12 @@ def run_tuned_study(study: TunedStudy, run_dir: Path, log=lambda m: None) -> dic
             write_jsonl(seed_dir / "dpo.jsonl", dpo_rows)
         for method in study.methods:
             where = seed_dir / method
-            tune = _tune(study, method, seed, seed_dir / f"{method}.jsonl", where, log)
+            if method == "sft_dpo":  # DPO on the SFT model, which is also its reference
+                _tune(study, "sft", seed, seed_dir / "sft.jsonl", seed_dir / "sft", log)
+                tune = _tune(study, "dpo", seed, seed_dir / "dpo.jsonl", where, log,
+                             start=str(seed_dir / "sft" / "checkpoint"))
+            else:
+                tune = _tune(study, method, seed, seed_dir / f"{method}.jsonl", where, log)
             lm = load(str(where / "checkpoint"))
             probe = _probe(lm, study, f"{study.model} + {method} (seed {seed})", policy_path, where / "probe", log)
             entry = {"seed": seed, "tune": _tune_summary(tune), "probe": probe,
