@@ -6,8 +6,9 @@
 Reports new tokens/s for greedy batch 1 and for sampling 32 prompts x 64 new tokens, the
 first (GGUF dequantisation) and cached load times, and how far batch-1 decoding is from the
 memory-bandwidth limit: every new token reads all weights once, so tokens/s <= bandwidth /
-weight bytes. ``ours-bf16`` and ``ours-int8`` (weight-only int8, bf16 activations) trade a
-little precision for fewer bytes per token; ``ours`` is fp32 like transformers.
+weight bytes. ``ours-bf16``, ``ours-int8`` (weight-only int8, bf16 activations) and ``ours-int4``
+(weight-only int4 in groups of 32) trade precision for fewer bytes per token; ``ours`` is fp32 like
+transformers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import save, slow_dtype  # noqa: E402
 
 from fissure.decode import Decoding, generate  # noqa: E402
-from fissure.models.quantize import quantize_int8  # noqa: E402
+from fissure.models.quantize import quantize_int4, quantize_int8  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
            "The three laws of thermodynamics are", "import numpy as np\n", "My favourite recipe for bread:",
@@ -77,9 +78,11 @@ def main() -> None:
         print(skipped, file=sys.stderr)
     ours_bf16 = None if skipped else load_hf_llama_dir(path, dtype=torch.bfloat16).fuse_projections()
     ours_int8 = quantize_int8(load_hf_llama_dir(path).fuse_projections())
+    ours_int4 = quantize_int4(load_hf_llama_dir(path).fuse_projections())
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     n_params = sum(p.numel() for p in ours.parameters())
-    weight_bytes = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params}
+    # int4: half a byte a weight, and a bf16 scale and offset per group of 32 (4 bytes / 32 weights)
+    weight_bytes = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params, "int4": n_params * 0.625}
     eos = tok.eos_token_id
 
     def hf_run(prompts, n, sample):
@@ -98,8 +101,9 @@ def main() -> None:
 
     runners = {"transformers": hf_run, "ours": lambda p, n, s: ours_run(p, n, s, ours),
                "ours-bf16": lambda p, n, s: ours_run(p, n, s, ours_bf16),
-               "ours-int8": lambda p, n, s: ours_run(p, n, s, ours_int8)}
-    if skipped:  # int8 runs bf16 activations too, but its matmul is an int8 kernel: it stays
+               "ours-int8": lambda p, n, s: ours_run(p, n, s, ours_int8),
+               "ours-int4": lambda p, n, s: ours_run(p, n, s, ours_int4)}
+    if skipped:  # int8 and int4 run bf16 activations too, but their matmuls are integer kernels: they stay
         del runners["ours-bf16"]
     cases = {"greedy_b1": ([PROMPTS[0]], args.greedy_tokens, False),
              f"sample_b{args.batch}": ((PROMPTS * args.batch)[: args.batch], args.new_tokens, True)}
@@ -126,7 +130,7 @@ def main() -> None:
     limit = {k: bandwidth * 1e9 / v for k, v in weight_bytes.items()}
     g = rows["greedy_b1"]
     reached = [(dtype, g.get(f"{key}_tokens_per_s")) for dtype, key in (("fp32", "ours"), ("bf16", "ours-bf16"),
-                                                                         ("int8", "ours-int8"))]
+                                                                         ("int8", "ours-int8"), ("int4", "ours-int4"))]
     print(f"memory bandwidth {bandwidth:.1f} GB/s: batch-1 limit " + ", ".join(
         f"{limit[d]:.1f} tok/s {d} ({tps / limit[d]:.0%} reached)" for d, tps in reached if tps is not None))
     print(f"load: first {first_load:.1f} s (dequantise GGUF), cached {cached_load:.1f} s")

@@ -4,7 +4,7 @@
 
 Models: two GPTs of ours trained here on the same training text (char-level; sizes ``--gpt-sizes``,
 ``--gpt-steps`` steps each, through ``fissure train``'s pipeline), SmolLM2-135M-Instruct on the native
-Llama, and any ``--model SPEC``. Dtypes: fp32, bf16 and weight-only int8 (``fissure.load(...,
+Llama, and any ``--model SPEC``. Dtypes: fp32, bf16, weight-only int8 and int4 (``fissure.load(...,
 dtype=...)``). Each (model, dtype) runs in its own process, so its peak memory and load time are its own:
 
 - bits per byte on held-out text (a ``fissure baselines`` split of ``--data``; every model scores the
@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, save, slow_dtype  # noqa: E402
 
-DTYPES = ("fp32", "bf16", "int8")
+DTYPES = ("fp32", "bf16", "int8", "int4")
 
 
 def held_out(data: str, max_eval_bytes: int, seed: int) -> tuple[list[str], list[str]]:
@@ -73,8 +73,9 @@ def measure(spec: str, dtype: str, args) -> dict:
         out = lm.decode_ids(rows, decoding, ())  # no end token: every row makes every token
         seconds = time.perf_counter() - started
         rates[name] = sum(len(seq) for seq in out.sequences) / seconds
-    params = sum(p.numel() for p in lm.model.parameters()) + sum(  # int8 weights are buffers
-        b.numel() for name, b in lm.model.named_buffers() if name.endswith("weight_int8"))
+    params = sum(p.numel() for p in lm.model.parameters()) + sum(  # int8 / int4 weights are buffers
+        b.numel() * (2 if name.endswith("weight_int4") else 1)  # two int4 weights a byte
+        for name, b in lm.model.named_buffers() if name.endswith(("weight_int8", "weight_int4")))
     return {"model": spec, "dtype": dtype, "params": params,
             "bits_per_byte": {"estimate": s["bits_per_byte"], "low": ci["low"], "high": ci["high"]},
             "tokens": s["tokens"], "bytes": s["bytes"], "documents": s["documents"], "score_seconds": score_s,
@@ -119,7 +120,7 @@ def plot(rows: list[dict], batch: int, path: Path) -> None:
     from fissure.metrics.pareto import pareto_front
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    markers = {"fp32": "o", "bf16": "s", "int8": "^"}
+    markers = {"fp32": "o", "bf16": "s", "int8": "^", "int4": "v"}
     names = sorted({r["name"] for r in rows})
     colours = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
     for r in rows:

@@ -17,7 +17,7 @@ OPTIONS = {
     "--max-new-tokens": INT_TEXT, "--temperature": FLOAT_TEXT.map(str), "--top-k": INT_TEXT,
     "--top-p": FLOAT_TEXT.map(str), "--repetition-penalty": FLOAT_TEXT.map(str), "--num-beams": INT_TEXT,
     "--length-penalty": FLOAT_TEXT.map(str), "--seed": INT_TEXT, "--threads": st.sampled_from(["0", "1", "-1", "2000"]),
-    "--stop": arg_text, "--system": arg_text, "--dtype": st.sampled_from(["fp32", "bf16", "int8", "fp16"]),
+    "--stop": arg_text, "--system": arg_text, "--dtype": st.sampled_from(["fp32", "bf16", "int8", "int4", "fp16"]),
     "--backend": st.sampled_from(["auto", "native", "transformers", "nope"]),
 }
 

@@ -163,7 +163,7 @@ def maybe(strategy):
        batch_size=maybe(st.one_of(st.integers(1, 8), bad_ints).map(str)),
        seed=maybe(st.one_of(st.integers(0, 3), bad_ints).map(str)),
        policy=maybe(st.one_of(st.sampled_from(["secret", "topic_ban", "private_record", "x.toml"]), arg_text)),
-       dtype=maybe(st.sampled_from(["fp32", "bf16", "int8", "fp8"])),
+       dtype=maybe(st.sampled_from(["fp32", "bf16", "int8", "int4", "fp8"])),
        threads=maybe(st.sampled_from(["1", "0", "-1", "2000"])),
        out=st.sampled_from(["ok", "ok", "/dev/null/x"]))
 def test_fissure_probe_run_exits_0_or_2(attacks, samples, temperature, requests, max_new_tokens, twins, threshold,

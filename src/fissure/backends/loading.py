@@ -10,7 +10,8 @@ from .registry import ModelSpec, resolve
 from .torch_lm import TorchLM
 
 MAX_BATCH = 4096  # prompts or windows per forward pass
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8 weights, bf16 activations"}
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8 weights, bf16 activations",
+          "int4": "int4 weights in groups of 32, bf16 activations"}
 
 
 def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, batch_size: int = 8,
@@ -27,8 +28,9 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
       transformers).
 
     ``dtype="bf16"`` runs a local model's weights in bfloat16, ``dtype="int8"`` quantises its linear
-    layers to int8 (weight-only, per channel): decoding is memory-bound, so fewer bytes per weight
-    decode faster; results differ slightly from fp32.
+    layers to int8 (weight-only, per channel), ``dtype="int4"`` to int4 (per group of 32 weights;
+    int8 for a layer whose shape the int4 kernel does not take): decoding is memory-bound, so fewer
+    bytes per weight decode faster; results differ from fp32, int4's more than int8's.
     """
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype '{dtype}' ({', '.join(DTYPES)})")
@@ -47,10 +49,10 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
     if dtype != "fp32" and isinstance(lm, TorchLM):
         import torch
 
-        if dtype == "int8":
-            from ..models.quantize import quantize_int8
+        if dtype in ("int8", "int4"):
+            from ..models.quantize import quantize_int4, quantize_int8
 
-            quantize_int8(lm.model)
+            (quantize_int8 if dtype == "int8" else quantize_int4)(lm.model)
         else:
             lm.model.to(torch.bfloat16)
     return lm

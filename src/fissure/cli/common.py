@@ -16,7 +16,7 @@ from ..errors import UserError
 BackendOption = Annotated[str, typer.Option(help="auto | native | transformers (for HF dirs and GGUF files).")]
 ServedModelOption = Annotated[str, typer.Option("--model", help="Model name on an OpenAI-compatible server.")]
 DtypeOption = Annotated[str, typer.Option(
-    help="Weights of local models: fp32 | bf16 | int8 (faster decoding, slightly different numbers).")]
+    help="Weights of local models: fp32 | bf16 | int8 | int4 (faster decoding, slightly different numbers).")]
 ThreadsOption = Annotated[int, typer.Option(help="Torch threads (0 = free cores).")]
 OutDirOption = Annotated[str, typer.Option(help="Where the run directory goes.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
