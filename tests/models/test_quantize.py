@@ -59,6 +59,8 @@ def test_int4_linear_computes_with_the_dequantised_weights():
     # bf16 scales and a bf16 output: well under the int4 rounding itself (half a step, ~3% of a range)
     assert ((got - want).abs().max() / want.abs().max()) < 0.01
     assert q.weight_int4.dtype == torch.uint8 and q.weight_int4.numel() == 48 * 96 // 2  # two weights a byte
+    strided = torch.randn(96, 10).t()  # a transposed view, as attention outputs can be
+    assert torch.equal(q(strided), q(strided.contiguous()))
 
 
 def test_int4_falls_back_to_int8_where_the_kernel_does_not_take_the_shape():

@@ -71,7 +71,8 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = torch._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight_int4,
+        rows = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()  # the kernel reads rows in place
+        y = torch._weight_int4pack_mm_for_cpu(rows, self.weight_int4,
                                               self.GROUP, self.scales_and_zeros)
         if self.bias is not None:
             y = y + self.bias
