@@ -1,9 +1,11 @@
 """Speculative decoding on SmolLM2-135M-Instruct (30 layers): plain greedy decoding against
 speculative greedy decoding with ``layers:N`` self-drafts (the model's own first N layers, then its
 final norm and head: no training, no extra weights) and with any model of the same tokenizer as the
-draft (``--draft``: a student from ``fissure distill``), batch 1, in the same run.
+draft (``--draft``: a student from ``fissure distill``, or ``dtype:int4`` / ``dtype:int8``: a copy of
+SmolLM2 with quantised weights), batch 1, in the same run.
 
     python benchmarks/speculative_smollm2.py --threads 2
+    python benchmarks/speculative_smollm2.py --layers --draft dtype:int4 dtype:int8 --new-tokens 64
     python benchmarks/speculative_smollm2.py --layers --draft runs/distill-.../distilled --new-tokens 64
 
 Every speculative output is asserted equal to the plain greedy output, token for token. Reports new
@@ -28,6 +30,7 @@ from common import save  # noqa: E402
 
 import fissure  # noqa: E402
 from fissure.decode import Decoding, generate  # noqa: E402
+from fissure.backends.speculative import DTYPE_DRAFT, quantized_copy  # noqa: E402
 from fissure.decode.speculative import first_layers, speculative_generate  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n"]
@@ -72,6 +75,9 @@ def main() -> None:
     d = Decoding(max_new_tokens=args.new_tokens)
     drafts = {f"layers:{n}": first_layers(model, n) for n in args.layers}
     for spec in args.draft:
+        if m := DTYPE_DRAFT.fullmatch(spec):
+            drafts[spec] = quantized_copy(model, m.group(1))
+            continue
         draft_lm = fissure.load(spec)
         if draft_lm.tokenizer.encode(args.prompt[0]) != prompts[0]:
             raise SystemExit(f"{spec} does not share SmolLM2's tokenizer")

@@ -5,7 +5,9 @@ same random weights (a MarianMTModel copied into ours), in the same run, rounds 
 
 Sentences per second for greedy and beam search (4 beams) over a batch of sources. EOS is made
 unreachable (a -1e4 logit bias on both sides) so both generate exactly ``--new-tokens`` tokens per
-sentence; the greedy outputs are checked to be identical.
+sentence; the fp32 greedy outputs are checked to be identical. ``--dtypes fp32,int8,int4`` also times
+our model with weight-only int8 / int4 linear layers (``fissure translate --dtype``), whose outputs
+differ from fp32's: the share of greedy tokens equal to fp32's is reported beside their speed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from common import save  # noqa: E402
 
 from fissure.decode import Decoding  # noqa: E402
 from fissure.decode.seq2seq import generate_seq2seq  # noqa: E402
+from fissure.models.quantize import DTYPES, set_dtype  # noqa: E402
 from fissure.models.hf_marian import seq2seq_from_hf_state_dict  # noqa: E402
 
 
@@ -38,7 +41,11 @@ def main() -> None:
     ap.add_argument("--ffn", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtypes", default="fp32", help="ours in these dtypes (comma-separated: fp32,bf16,int8,int4)")
     args = ap.parse_args()
+    dtypes = args.dtypes.split(",")
+    if "fp32" not in dtypes or any(d not in DTYPES for d in dtypes):
+        ap.error(f"--dtypes must include fp32 and name only {', '.join(DTYPES)}")
     torch.set_num_threads(args.threads)
     from transformers import MarianConfig, MarianMTModel
 
@@ -52,8 +59,11 @@ def main() -> None:
         init_std=0.1)).eval()
     with torch.no_grad():
         hf.final_logits_bias[0, eos] = -1e4  # never stop early: both sides generate --new-tokens
-    ours = seq2seq_from_hf_state_dict(hf.config, hf.state_dict())
-    ours.fuse()
+    models = {}
+    for dtype in dtypes:
+        models[dtype] = seq2seq_from_hf_state_dict(hf.config, hf.state_dict())
+        models[dtype].fuse()
+        set_dtype(models[dtype], dtype)
     g = torch.Generator().manual_seed(args.seed)
     n = args.new_tokens
 
@@ -69,15 +79,24 @@ def main() -> None:
         assert out.shape[1] == n + 1
         return out[:, 1:].tolist()
 
-    def ours_run(src, beams):
-        out = generate_seq2seq(ours, src.tolist(), Decoding(max_new_tokens=n, num_beams=beams))
-        assert all(len(s) == n for s in out.sequences)
-        return out.sequences
+    def ours(dtype):
+        def run(src, beams):
+            out = generate_seq2seq(models[dtype], src.tolist(), Decoding(max_new_tokens=n, num_beams=beams))
+            assert all(len(s) == n for s in out.sequences)
+            return out.sequences
+        return run
 
     cases = {"greedy": 1, "beam4": 4}
-    runners = {"hf": hf_run, "ours": ours_run}
+    runners = {"hf": hf_run, **{("ours" if d == "fp32" else f"ours_{d}"): ours(d) for d in dtypes}}
     src = sources()
-    assert hf_run(src, 1) == ours_run(src, 1), "greedy outputs differ"
+    reference = hf_run(src, 1)
+    assert reference == runners["ours"](src, 1), "greedy outputs differ"
+    agreement = {}
+    for who in runners:
+        if who.startswith("ours_"):  # a quantised model: the share of greedy tokens equal to fp32's
+            got = runners[who](src, 1)
+            agreement[who] = sum(a == b for x, y in zip(got, reference) for a, b in zip(x, y)) / (len(src) * n)
+            print(f"{who}: {agreement[who]:.1%} of greedy tokens equal to fp32's")
     for beams in cases.values():  # warm-up
         for fn in runners.values():
             fn(src, beams)
@@ -94,10 +113,15 @@ def main() -> None:
         sps = {who: args.rounds * args.batch / times[(c, who)] for who in runners}
         rows[c] = {"hf_sentences_per_s": sps["hf"], "ours_sentences_per_s": sps["ours"],
                    "speedup": sps["ours"] / sps["hf"]}
-        print(f"{c:8s} hf {sps['hf']:7.2f}   ours {sps['ours']:7.2f} sentences/s   (x{sps['ours'] / sps['hf']:.2f})")
+        for who in runners:
+            if who.startswith("ours_"):
+                rows[c][f"{who}_sentences_per_s"], rows[c][f"{who}_speedup"] = sps[who], sps[who] / sps["hf"]
+        print(f"{c:8s} hf {sps['hf']:7.2f}   " + "   ".join(
+            f"{who} {sps[who]:7.2f} (x{sps[who] / sps['hf']:.2f})" for who in runners if who != "hf") + " sentences/s")
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"cpu capability: {capability}, threads {args.threads}")
-    path = save("translate_decode", {"config": vars(args), "cpu_capability": capability, "results": rows},
+    path = save("translate_decode", {"config": vars(args), "cpu_capability": capability, "results": rows,
+                                        "greedy_token_agreement_with_fp32": agreement},
                 args.seed, args.threads)
     print(f"wrote {path}", file=sys.stderr)
 

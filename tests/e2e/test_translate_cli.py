@@ -42,6 +42,11 @@ def test_train_translate_and_score_against_copy_baseline(tmp_path):
     translated = last_json(runner.invoke(app, ["translate", checkpoint, "Open the file", "Save the file as",
                                                "--num-beams", "4", "--json", "--out-dir", str(tmp_path)]))
     assert len(translated["translations"]) == 2 and all(translated["translations"])
+    quantized = last_json(runner.invoke(app, ["translate", checkpoint, "Open the file", "Save the file as", "--dtype",
+                                              "int8", "--json", "--out-dir", str(tmp_path)]))
+    assert len(quantized["translations"]) == 2 and all(quantized["translations"])
+    wrong = runner.invoke(app, ["translate", checkpoint, "Open the file", "--dtype", "int2", "--out-dir", str(tmp_path)])
+    assert wrong.exit_code == 2 and "unknown dtype 'int2'" in wrong.output and "Traceback" not in wrong.output
 
     scored = last_json(runner.invoke(app, ["eval", checkpoint, "--sources", summary["test_files"]["sources"],
                                            "--references", summary["test_files"]["references"], "--decoding",

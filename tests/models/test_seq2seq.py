@@ -292,3 +292,41 @@ def test_beams_share_their_sources_memory_until_rows_leave(marian):
         assert shared.memory_kv[0][0].shape[0] == 3
         torch.testing.assert_close(ours.decode(steps[leave, 4:5], shared.memory_kv, shared.memory_mask, shared),
                                    ours.decode(steps[leave, 4:5], separate.memory_kv, separate.memory_mask, separate))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
+def test_faster_dtypes_keep_the_predictions(marian, dtype):
+    """``load_translator(..., dtype=)``'s conversion on the trained copier: every linear layer
+    quantised (int4 where the kernel takes the shape, int8 elsewhere); next-token predictions along
+    HF's fp32 greedy translations (teacher-forced, so one flip does not derail the rest) agree with
+    HF's on nearly every position, and greedy decoding runs."""
+    from fissure.models.quantize import Int4Linear, Int8Linear, set_dtype
+
+    ours = set_dtype(seq2seq_from_hf_state_dict(marian.config, marian.state_dict()).eval(), dtype)
+    linears = [type(m) for m in ours.modules() if isinstance(m, (torch.nn.Linear, Int8Linear, Int4Linear))]
+    if dtype == "bf16":
+        assert all(p.dtype == torch.bfloat16 for p in ours.parameters())
+    else:
+        assert torch.nn.Linear not in linears
+        assert (Int4Linear in linears) == (dtype == "int4")
+    src, mask, rows = sources_for(torch.Generator().manual_seed(5), n=32)
+    with torch.no_grad():
+        tgt = marian.generate(input_ids=src, attention_mask=mask, num_beams=1, max_length=12, do_sample=False)
+        want = marian(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+        got = ours(src, tgt, mask).float()
+    real = tgt != PAD
+    real[:, 0] = True  # the decoder start (PAD) is a real input; the padding after EOS is not
+    agree = (got.argmax(-1) == want.argmax(-1))[real].float().mean()
+    total_variation = 0.5 * (got.softmax(-1) - want.softmax(-1)).abs().sum(-1)[real].mean()
+    print(f"{dtype}: argmax agreement {agree:.3f}, total variation {total_variation:.4f}")
+    assert agree > 0.9 and total_variation < 0.05
+    translations = generate_seq2seq(ours, rows, Decoding(max_new_tokens=11), forced_eos_token_id=EOS).sequences
+    assert len(translations) == 32 and all(translations)
+
+
+def test_load_translator_rejects_an_unknown_dtype(tmp_path):
+    from fissure.backends.translation import load_translator
+    from fissure.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="unknown dtype 'int2'"):
+        load_translator(tmp_path, dtype="int2")

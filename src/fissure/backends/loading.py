@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..models.llama import UnsupportedModelError
+from ..models.quantize import DTYPES, set_dtype
 from .base import BackendError, LanguageModel
 from .registry import ModelSpec, resolve
 from .torch_lm import TorchLM
 
 MAX_BATCH = 4096  # prompts or windows per forward pass
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8 weights, bf16 activations",
-          "int4": "int4 weights in groups of 32, bf16 activations"}
 
 
 def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, batch_size: int = 8,
@@ -46,15 +45,8 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
         # a .gguf file of an architecture the native Llama does not run (gemma3, ...): the
         # architecture is in the file, read only by trying, so auto falls back here
         lm = resolve(parsed, "transformers").load(parsed, model=model, batch_size=batch_size, **kwargs)
-    if dtype != "fp32" and isinstance(lm, TorchLM):
-        import torch
-
-        if dtype in ("int8", "int4"):
-            from ..models.quantize import quantize_int4, quantize_int8
-
-            (quantize_int8 if dtype == "int8" else quantize_int4)(lm.model)
-        else:
-            lm.model.to(torch.bfloat16)
+    if isinstance(lm, TorchLM):
+        set_dtype(lm.model, dtype)
     return lm
 
 

@@ -3,8 +3,9 @@
 :func:`fissure.decode.speculative.speculative_generate` with a draft model.
 
 A draft is a model spec that :func:`fissure.load` runs natively with the target's tokenizer, a
-loaded :class:`TorchLM`, or ``layers:N``: the target's first N layers (see
-:func:`~fissure.decode.speculative.first_layers`).
+loaded :class:`TorchLM`, ``layers:N``: the target's first N layers (see
+:func:`~fissure.decode.speculative.first_layers`), or ``dtype:D`` (``bf16``, ``int8``, ``int4``): a copy
+of the target in a faster dtype, which agrees with it on most tokens (no training).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .base import BackendError, LanguageModel
 from .torch_lm import TorchLM
 
 SELF_DRAFT = re.compile(r"layers:(\d+)")
+DTYPE_DRAFT = re.compile(r"dtype:(\w+)")
 PROBE_TEXT = "The quick brown fox, 12 + 7 = 19; élan vital!"
 
 
@@ -62,6 +64,9 @@ def speculative(target: LanguageModel, draft: str | TorchLM, *, gamma: int = 4, 
     if isinstance(draft, str) and (m := SELF_DRAFT.fullmatch(draft.strip())):
         return SpeculativeLM(target, first_layers(target.model, int(m.group(1))), draft_name=draft,
                              gamma=gamma, adaptive=adaptive)
+    if isinstance(draft, str) and (m := DTYPE_DRAFT.fullmatch(draft.strip())):
+        return SpeculativeLM(target, quantized_copy(target.model, m.group(1)), draft_name=draft,
+                             gamma=gamma, adaptive=adaptive)
     if isinstance(draft, str):
         from .loading import load
 
@@ -73,6 +78,17 @@ def speculative(target: LanguageModel, draft: str | TorchLM, *, gamma: int = 4, 
                            "a draft must run natively (a fissure checkpoint, an HF Llama, a GGUF, layers:N)")
     check_same_vocabulary(target, draft, name)
     return SpeculativeLM(target, draft.model, draft_name=name, gamma=gamma, adaptive=adaptive)
+
+
+def quantized_copy(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    """A ``dtype:D`` self-draft: a copy of ``model`` in bf16, int8 or int4 (the target stays as it is)."""
+    import copy
+
+    from ..models.quantize import DTYPES, set_dtype
+
+    if dtype not in DTYPES or dtype == "fp32":
+        raise DraftError(f"draft dtype:{dtype}: the dtype must be one of {', '.join(d for d in DTYPES if d != 'fp32')}")
+    return set_dtype(copy.deepcopy(model), dtype)
 
 
 def check_same_vocabulary(target: TorchLM, draft: TorchLM, name: str) -> None:

@@ -82,10 +82,20 @@ class Translator:
         return out
 
 
-def load_translator(path: str | Path) -> Translator:
+def load_translator(path: str | Path, dtype: str = "fp32") -> Translator:
     """A fissure seq2seq checkpoint directory, or an HF ``MarianMTModel`` directory (its tokenizer
-    through transformers; sentencepiece needed for Marian's)."""
-    path = Path(path)
+    through transformers; sentencepiece needed for Marian's). ``dtype`` as ``fissure.load``'s: bf16,
+    or weight-only int8 / int4 linear layers, decode faster with slightly different numbers."""
+    from ..models.quantize import DTYPES, set_dtype
+
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype '{dtype}' ({', '.join(DTYPES)})")
+    translator = _load_translator(Path(path))
+    set_dtype(translator.model, dtype)
+    return translator
+
+
+def _load_translator(path: Path) -> Translator:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} is not a model directory (no config.json)")

@@ -47,7 +47,7 @@ def evaluate(
         if not (sources and references) or text:
             raise UserError("translation scoring takes --sources and --references together (and no --text)")
         return evaluate_translation(model, sources, references, decodings, max_sentences, max_new_tokens,
-                                    bootstrap, seed, threads, out_dir, as_json)
+                                    bootstrap, seed, threads, out_dir, as_json, dtype)
     if not text:
         from ..errors import UserError
 

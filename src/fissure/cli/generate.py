@@ -29,7 +29,8 @@ def generate(
     stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     seed: int = typer.Option(0, help="Random seed for sampling."),
     draft: str = typer.Option(None, help="Speculative decoding: a draft model with the same tokenizer (a spec), "
-                              "or layers:N (the model's first N layers). Same output, maybe faster."),
+                              "layers:N (the model's first N layers) or dtype:int4 (a copy in int4; also bf16, int8). "
+                              "Same output, maybe faster."),
     gamma: int = typer.Option(4, help="Speculative decoding: draft tokens per round."),
     adaptive_gamma: bool = typer.Option(False, help="Speculative decoding: grow gamma after a fully accepted round, "
                                         "shrink it otherwise."),

@@ -11,7 +11,7 @@ import typer
 from ..errors import DataError, UserError
 from ..runs import run_directory, write_json
 from .app import app
-from .common import JsonOption, OutDirOption, ThreadsOption, check_text, err, guard, out, print_json
+from .common import DtypeOption, JsonOption, OutDirOption, ThreadsOption, check_text, err, guard, out, print_json
 
 # the decoding strategies ``fissure eval --sources`` compares, by name
 DECODINGS = ("greedy", "beam4", "beam8", "sample")
@@ -42,6 +42,7 @@ def translate(
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    dtype: DtypeOption = "fp32",
     threads: ThreadsOption = 0,
     out_dir: OutDirOption = "runs",
     as_json: JsonOption = False,
@@ -55,8 +56,9 @@ def translate(
     decoding = Decoding(max_new_tokens=max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
                         do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
     n_threads = set_threads(threads)
-    translator = load_translator(model)
-    with run_directory("translate", {"model": model, "texts": list(texts), "decoding": decoding.to_dict()}, seed,
+    translator = load_translator(model, dtype)
+    with run_directory("translate", {"model": model, "texts": list(texts), "decoding": decoding.to_dict(),
+                                     "dtype": dtype}, seed,
                        root=out_dir, threads=n_threads) as run_dir:
         translations = translator.translate(list(texts), decoding)
         result = {"translations": translations, "decoding": decoding.signature(), "model": model}
@@ -71,7 +73,7 @@ def translate(
 
 def evaluate_translation(model: str, sources: Path, references: Path, decodings: list[str], max_sentences: int,
                          max_new_tokens: int, n_bootstrap: int, seed: int, threads: int, out_dir: str,
-                         as_json: bool) -> None:
+                         as_json: bool, dtype: str = "fp32") -> None:
     """``fissure eval MODEL --sources S --references R``: BLEU and chrF of each decoding against the
     references (with the copy-the-source baseline), written to the run directory and printed."""
     from ..backends.translation import load_translator
@@ -86,8 +88,9 @@ def evaluate_translation(model: str, sources: Path, references: Path, decodings:
     if n_bootstrap < 0:
         raise DataError(f"--bootstrap must be 0 or more, not {n_bootstrap}")
     n_threads = set_threads(threads)
-    translator = load_translator(model)
-    config = {"model": model, "sources": str(sources), "references": str(references), "sentences": len(pairs),
+    translator = load_translator(model, dtype)
+    config = {"model": model, "dtype": dtype, "sources": str(sources), "references": str(references),
+              "sentences": len(pairs),
               "decodings": {n: d.to_dict() for n, d in chosen.items()}, "bootstrap": n_bootstrap}
     with run_directory("eval", config, seed, root=out_dir, threads=n_threads) as run_dir:
         rows, outputs = compare_decodings(translator.translate, [p.source for p in pairs], [p.target for p in pairs],

@@ -17,6 +17,11 @@ import torch.nn as nn
 
 from .blocks import OutputHead
 
+# what a model's weights can run in (fissure.load(dtype=...), --dtype): fp32 as trained, bf16, or
+# weight-only int8 / int4 linear layers with bf16 everywhere else
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8 weights, bf16 activations",
+          "int4": "int4 weights in groups of 32, bf16 activations"}
+
 
 class Int8Linear(nn.Module):
     """A bias-optional linear layer with int8 weights and per-output-channel bf16 scales."""
@@ -101,3 +106,14 @@ def quantize_int4(model: nn.Module) -> nn.Module:
     :class:`Int8Linear` where the int4 kernel does not take its shape; the rest runs in bf16. In
     place; returns the model."""
     return _quantize(model, lambda linear: Int4Linear(linear) if Int4Linear.fits(linear) else Int8Linear(linear))
+
+
+def set_dtype(model: nn.Module, dtype: str) -> nn.Module:
+    """Run ``model`` in one of :data:`DTYPES` (in place; returns the model). fp32 leaves it as it is."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype '{dtype}' ({', '.join(DTYPES)})")
+    if dtype == "bf16":
+        return model.to(torch.bfloat16)
+    if dtype in ("int8", "int4"):
+        return (quantize_int8 if dtype == "int8" else quantize_int4)(model)
+    return model
