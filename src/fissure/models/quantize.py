@@ -114,6 +114,8 @@ def set_dtype(model: nn.Module, dtype: str) -> nn.Module:
         raise ValueError(f"unknown dtype '{dtype}' ({', '.join(DTYPES)})")
     if dtype == "bf16":
         return model.to(torch.bfloat16)
-    if dtype in ("int8", "int4"):
-        return (quantize_int8 if dtype == "int8" else quantize_int4)(model)
+    if dtype == "int8":
+        return quantize_int8(model)
+    if dtype == "int4":
+        return quantize_int4(model)
     return model
