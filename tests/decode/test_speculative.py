@@ -216,6 +216,8 @@ def test_bad_drafts_are_one_line_errors(tiny_llama, tmp_path):
     for spec in ("dtype:fp32", "dtype:int2"):
         with pytest.raises(DraftError, match="must be one of bf16, int8, int4"):
             speculative(lm, spec)
+    with pytest.raises(DraftError, match="the target is already quantised"):  # it would copy int8 as int8
+        speculative(fissure.load(tiny_llama[0], dtype="int8"), "dtype:int4")
     short = random_gpt(lm.model.config.vocab_size, block_size=8)
     with pytest.raises(DraftError, match="draft: prompt .* exceeds the model's context of 8"):
         speculative_generate(lm.model, short, [[5, 6, 7]], Decoding(max_new_tokens=6))

@@ -84,10 +84,13 @@ def quantized_copy(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
     """A ``dtype:D`` self-draft: a copy of ``model`` in bf16, int8 or int4 (the target stays as it is)."""
     import copy
 
-    from ..models.quantize import DTYPES, set_dtype
+    from ..models.quantize import DTYPES, Int4Linear, Int8Linear, set_dtype
 
     if dtype not in DTYPES or dtype == "fp32":
         raise DraftError(f"draft dtype:{dtype}: the dtype must be one of {', '.join(d for d in DTYPES if d != 'fp32')}")
+    if any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules()):
+        raise DraftError(f"draft dtype:{dtype}: the target is already quantised; a dtype draft copies an fp32 or bf16 "
+                         "target (leave out --dtype int8/int4)")
     return set_dtype(copy.deepcopy(model), dtype)
 
 
