@@ -44,6 +44,37 @@ def memory_bandwidth(gb: float = 1.0) -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
+def read_bandwidth(gb: float = 1.0) -> float:
+    """GB/s of summing a large tensor (read only, as a batch-1 decoding step reads its weights), best of 3."""
+    src = torch.empty(int(gb * 2**30 / 4), dtype=torch.float32).fill_(1.0)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        src.sum()
+        best = min(best, time.perf_counter() - t)
+    return src.numel() * 4 / best / 1e9
+
+
+def llama_cpp_runner(threads: int):
+    """Greedy batch-1 decoding by llama.cpp (llama-cpp-python) on the same Q4_1 GGUF, or None when
+    llama-cpp-python is not installed. Counts the tokens it generated (it may stop at an end token)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None, None
+    import fissure.models.registry_files as files
+
+    llm = llama_cpp.Llama(model_path=str(files.smollm2_gguf_path()), n_threads=threads, n_threads_batch=threads,
+                          n_ctx=512, verbose=False, seed=0)
+
+    def run(prompts, n, sample):
+        assert len(prompts) == 1 and not sample, "llama.cpp runs the greedy batch-1 case only"
+        out = llm.create_completion(prompts[0], max_tokens=n, temperature=0.0)
+        return out["usage"]["completion_tokens"]
+
+    return run, llama_cpp.__version__
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -103,38 +134,41 @@ def main() -> None:
                "ours-bf16": lambda p, n, s: ours_run(p, n, s, ours_bf16),
                "ours-int8": lambda p, n, s: ours_run(p, n, s, ours_int8),
                "ours-int4": lambda p, n, s: ours_run(p, n, s, ours_int4)}
+    llama_cpp_run, llama_cpp_version = llama_cpp_runner(args.threads)
     if skipped:  # int8 and int4 run bf16 activations too, but their matmuls are integer kernels: they stay
         del runners["ours-bf16"]
     cases = {"greedy_b1": ([PROMPTS[0]], args.greedy_tokens, False),
              f"sample_b{args.batch}": ((PROMPTS * args.batch)[: args.batch], args.new_tokens, True)}
-    for prompts, n, sample in cases.values():  # warm-up
-        for fn in runners.values():
+    only_greedy = {"llama.cpp": llama_cpp_run} if llama_cpp_run else {}
+    for c, (prompts, n, sample) in cases.items():  # warm-up
+        for fn in ({**runners, **only_greedy} if c == "greedy_b1" else runners).values():
             fn(prompts[:2], 4, sample)
-    tokens = {(c, w): 0 for c in cases for w in runners}
-    times = {(c, w): 0.0 for c in cases for w in runners}
+    tokens = {(c, w): 0 for c in cases for w in [*runners, *only_greedy]}
+    times = {(c, w): 0.0 for c in cases for w in [*runners, *only_greedy]}
     for _ in range(args.rounds):
         for c, (prompts, n, sample) in cases.items():
-            for w, fn in runners.items():
+            for w, fn in ({**runners, **only_greedy} if c == "greedy_b1" else runners).items():
                 t = time.perf_counter()
                 tokens[(c, w)] += fn(prompts, n, sample)
                 times[(c, w)] += time.perf_counter() - t
-    bandwidth = memory_bandwidth()
+    bandwidth, read = memory_bandwidth(), read_bandwidth()
     rows = {}
     for c in cases:
-        tps = {w: tokens[(c, w)] / times[(c, w)] for w in runners}
+        tps = {w: tokens[(c, w)] / times[(c, w)] for w in [*runners, *only_greedy] if times[(c, w)]}
         rows[c] = {f"{w}_tokens_per_s": v for w, v in tps.items()}
-        rows[c].update({f"speedup_{w}": tps[w] / tps["transformers"] for w in runners if w != "transformers"})
+        rows[c].update({f"speedup_{w}": tps[w] / tps["transformers"] for w in tps if w != "transformers"})
         print(f"{c:12s} transformers {tps['transformers']:6.1f}  " + "  ".join(
-            f"{w} {tps[w]:6.1f} (x{tps[w] / tps['transformers']:.2f})" for w in runners if w != "transformers")
+            f"{w} {tps[w]:6.1f} (x{tps[w] / tps['transformers']:.2f})" for w in tps if w != "transformers")
             + "  tokens/s")
-    limit = {k: bandwidth * 1e9 / v for k, v in weight_bytes.items()}
+    limit = {k: read * 1e9 / v for k, v in weight_bytes.items()}
     g = rows["greedy_b1"]
     reached = [(dtype, g.get(f"{key}_tokens_per_s")) for dtype, key in (("fp32", "ours"), ("bf16", "ours-bf16"),
                                                                          ("int8", "ours-int8"), ("int4", "ours-int4"))]
-    print(f"memory bandwidth {bandwidth:.1f} GB/s: batch-1 limit " + ", ".join(
+    print(f"memory bandwidth {bandwidth:.1f} GB/s copy, {read:.1f} GB/s read: batch-1 limit " + ", ".join(
         f"{limit[d]:.1f} tok/s {d} ({tps / limit[d]:.0%} reached)" for d, tps in reached if tps is not None))
     print(f"load: first {first_load:.1f} s (dequantise GGUF), cached {cached_load:.1f} s")
     path = save("decode_smollm2", {"config": vars(args), "results": rows, "memory_bandwidth_gb_s": bandwidth,
+                                   "read_bandwidth_gb_s": read, "llama_cpp_python": llama_cpp_version,
                                    "weight_bytes": weight_bytes, "bandwidth_limit_tokens_per_s": limit,
                                    "first_load_s": first_load, "cached_load_s": cached_load, "skipped": skipped},
                 args.seed, args.threads)

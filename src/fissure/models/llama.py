@@ -16,7 +16,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
 from .attention import CausalSelfAttention, KVCache, RotaryEmbedding, attention_mask_4d, resolve_positions
-from .blocks import OutputHead, PreLNBlock, RMSNorm, SwiGLU
+from .blocks import PreLNBlock, RMSNorm, SwiGLU
+from .decode_linear import use_decode_linears
 from .limits import LIMITS, check_range, check_size
 
 
@@ -113,15 +114,15 @@ class Llama(nn.Module):
 
     @torch.no_grad()
     def fuse_projections(self) -> "Llama":
-        """q/k/v and gate/up as one matmul each, and the output head also stored transposed for
-        one-token steps (:class:`~.blocks.OutputHead`): same function, fewer and faster matmuls when
-        decoding. Weights keep their values; the module layout no longer matches HF's names, and the
-        transposed head is a copy made now (inference only: fuse after training)."""
+        """q/k/v and gate/up as one matmul each, and every projection (the head included) a
+        :class:`~.decode_linear.DecodeLinear`, fast for the few rows of a decoding step: same
+        function, fewer and faster matmuls when decoding. Weights keep their values (no copies: a
+        tied head stays tied); the module layout no longer matches HF's names (fuse after
+        training)."""
         for block in self.blocks:
             block.attn.fuse()
             block.mlp.fuse()
-        if isinstance(self.lm_head, nn.Linear):
-            self.lm_head = OutputHead(self.lm_head)
+        use_decode_linears(self)
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .blocks import OutputHead
 
 # what a model's weights can run in (fissure.load(dtype=...), --dtype): fp32 as trained, bf16, or
 # weight-only int8 / int4 linear layers with bf16 everywhere else
@@ -88,8 +87,6 @@ def _quantize(model: nn.Module, make) -> nn.Module:
     """Quantise every linear layer from its weights as they are (fp32), then the rest to bf16."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, OutputHead):
-                child = child.as_linear()
             if isinstance(child, nn.Linear):
                 setattr(module, name, make(child))
     return model.to(torch.bfloat16).eval()
