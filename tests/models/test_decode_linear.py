@@ -45,7 +45,7 @@ def test_gradients_match_f_linear():
     torch.testing.assert_close(fast.bias.grad, linear.bias.grad)
 
 
-def test_bf16_takes_f_linear_exactly():
+def test_bf16_equals_f_linear_exactly():
     torch.manual_seed(0)
     linear = nn.Linear(32, 64, dtype=torch.bfloat16)
     x = torch.randn(1, 1, 32, dtype=torch.bfloat16)
@@ -106,3 +106,22 @@ def test_a_fused_head_follows_training_and_passes_gradients():
     with torch.no_grad():
         h = model.hidden_states(ids)
         torch.testing.assert_close(model.lm_head(h[:, -1:]), h[:, -1:] @ model.tok_emb.weight.t())
+
+
+def test_bf16_reorders_once_and_follows_weight_changes():
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 64, dtype=torch.bfloat16)
+    fast = DecodeLinear.from_linear(linear)
+    x = torch.randn(5, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        first = fast(x)
+        packed = fast._packed[1]
+        fast(x)
+        assert fast._packed[1] is packed  # reordered once
+        linear.weight.mul_(2)  # an in-place change (an optimizer step, a merge)
+        torch.testing.assert_close(fast(x), F.linear(x, linear.weight, linear.bias))
+        assert not torch.equal(fast(x), first)
+    import copy
+    twin = copy.deepcopy(fast)  # the oneDNN copy cannot be copied: the twin makes its own
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), fast(x))

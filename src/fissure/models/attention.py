@@ -207,6 +207,11 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         if self.fused_qkv:
             q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+            if rotary is not None:  # queries and keys sit side by side: rotate them in one pass
+                qk, v = self.qkv(x).split([q_dim + kv_dim, kv_dim], dim=-1)
+                qk = apply_rotary(qk.view(B, T, self.n_head + self.n_kv_head, self.head_dim).transpose(1, 2), *rotary)
+                q, k = qk.split([self.n_head, self.n_kv_head], dim=1)
+                return q, k, v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
             q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)

@@ -1,4 +1,4 @@
-"""A linear layer that is fast for the few rows of a decoding step (fp32 on CPU)."""
+"""A linear layer that is fast when decoding on a CPU: few rows in fp32, any rows in bf16."""
 
 from __future__ import annotations
 
@@ -8,38 +8,62 @@ import torch.nn.functional as F
 
 
 class DecodeLinear(nn.Linear):
-    """An ``nn.Linear`` that multiplies a few input rows (decoding a token or a speculative block
-    per sequence) as one batched matmul over ``splits`` slices of its weight's rows, with no copy
-    of the weight. In fp32, MKL's path for a single row reads the weight at 8-10 GB/s on this
-    machine; the batched form reads it at 25-40 GB/s (2 threads, weights streamed from memory:
-    SmolLM2's gate/up projection x 30 layers 24 ms -> 7 ms, its 49,152-row head 12 ms -> 4 ms; 2x
-    also on one thread). bf16 keeps ``F.linear``, which is faster there, and so do more rows. Same
-    numbers up to rounding (the products are summed in another order).
+    """An ``nn.Linear`` with two faster inference paths on a CPU, chosen by dtype and row count
+    (measured on SmolLM2's projections, 2 threads, weights streamed from memory):
 
+    - **fp32, at most** ``max_rows`` **rows** (a decoding step, a speculative block): one batched
+      matmul over ``splits`` slices of the weight's rows, no copy. MKL's one-row path reads the
+      weight at 8-10 GB/s; the batched form at 25-40 GB/s (gate/up x 30 layers 24 ms -> 7 ms, the
+      49,152-row head 12 ms -> 4 ms; 2x also on one thread).
+    - **bf16, any rows**: oneDNN with the weight reordered once into its blocked layout (plain
+      ``F.linear`` reorders it on every call): 1.3-1.5x at 32 rows, about 2x at one, identical
+      results. The reordered copy costs the weight's size again in memory; it is made on first
+      use and remade whenever the weight changed (an optimizer step, a LoRA merge).
+
+    Everything else (more fp32 rows, other dtypes, gradients, other devices) is ``F.linear``.
     Made by :meth:`from_linear`, which shares the parameters (a head tied to the embedding stays
-    tied); state-dict names are ``nn.Linear``'s, and gradients flow through either path."""
+    tied); state-dict names are ``nn.Linear``'s."""
 
-    max_rows = 4  # at most this many input rows take the batched path
+    max_rows = 4  # at most this many fp32 input rows take the batched path
     splits = 4
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "DecodeLinear":
         new = cls(linear.in_features, linear.out_features, bias=False, device="meta")
         new.weight, new.bias = linear.weight, linear.bias
+        new._packed = None  # (key of the weight it was made from, oneDNN tensor)
         return new
 
+    def __getstate__(self) -> dict:  # copies and pickles drop the oneDNN copy (it cannot be copied)
+        return {**self.__dict__, "_packed": None}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if w.device.type != "cpu" or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
+            return F.linear(x, w, self.bias)
+        if w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+            return torch.ops.mkldnn._linear_pointwise(x, self._reordered(), self.bias, "none", [], "")
         rows = x.numel() // self.in_features
-        if (rows > self.max_rows or self.weight.dtype != torch.float32
-                or self.out_features % self.splits):
-            return F.linear(x, self.weight, self.bias)
+        if w.dtype != torch.float32 or rows > self.max_rows or self.out_features % self.splits:
+            return F.linear(x, w, self.bias)
         s, n, k = self.splits, self.out_features, self.in_features
         flat = x.reshape(rows, k)
-        y = torch.bmm(self.weight.view(s, n // s, k), flat.t().unsqueeze(0).expand(s, k, rows))  # (s, n/s, rows)
+        y = torch.bmm(w.view(s, n // s, k), flat.t().unsqueeze(0).expand(s, k, rows))  # (s, n/s, rows)
         y = y.view(n, rows).t() if rows == 1 else y.permute(2, 0, 1).reshape(rows, n)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], n)
+
+    def _reordered(self) -> torch.Tensor:
+        w = self.weight
+        try:
+            version = w._version
+        except RuntimeError:  # an inference-mode tensor has no version counter (and is never trained)
+            version = -1
+        key = (w.data_ptr(), version)
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 32))
+        return self._packed[1]
 
 
 def use_decode_linears(model: nn.Module) -> nn.Module:

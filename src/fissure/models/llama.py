@@ -143,9 +143,9 @@ class Llama(nn.Module):
         B, T = input_ids.shape
         past, position_ids = resolve_positions(input_ids, attention_mask, position_ids, kv_cache,
                                                self.config.block_size, "block_size")
-        rotary = self.rotary(position_ids)  # computed once, shared by every layer
         mask = attention_mask_4d(attention_mask, T, past, B, input_ids.device)
         x = self.tok_emb(input_ids)
+        rotary = tuple(t.to(x.dtype) for t in self.rotary(position_ids))  # once, shared by every layer
         for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and self.training:  # recompute in backward: less memory
                 x = checkpoint(block, x, mask=mask, layer=i, rotary=rotary, use_reentrant=False)
