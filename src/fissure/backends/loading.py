@@ -14,7 +14,7 @@ MAX_BATCH = 4096  # prompts or windows per forward pass
 
 
 def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, batch_size: int = 8,
-         dtype: str = "fp32", **kwargs) -> LanguageModel:
+         dtype: str = "fp32", compile: bool = False, **kwargs) -> LanguageModel:
     """A language model from a spec:
 
     - a registered name (``"smollm2"``),
@@ -30,6 +30,9 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
     layers to int8 (weight-only, per channel), ``dtype="int4"`` to int4 (per group of 32 weights;
     int8 for a layer whose shape the int4 kernel does not take): decoding is memory-bound, so fewer
     bytes per weight decode faster; results differ from fp32, int4's more than int8's.
+
+    ``compile=True`` compiles a native Llama's decoding step (:meth:`~fissure.models.llama.Llama.
+    compile_decode_step`): about a minute before the first token, then faster steps.
     """
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype '{dtype}' ({', '.join(DTYPES)})")
@@ -47,6 +50,11 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
         lm = resolve(parsed, "transformers").load(parsed, model=model, batch_size=batch_size, **kwargs)
     if isinstance(lm, TorchLM):
         set_dtype(lm.model, dtype)
+    if compile:
+        if not hasattr(getattr(lm, "model", None), "compile_decode_step"):
+            raise BackendError(f"compile is for models on the native Llama; {spec} runs on "
+                               f"'{lm.capabilities.backend}'")
+        lm.model.compile_decode_step()
     return lm
 
 

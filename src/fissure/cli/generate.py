@@ -40,6 +40,8 @@ def generate(
     chat_template: ChatTemplateOption = None,
     template_from: TemplateFromOption = None,
     dtype: DtypeOption = "fp32",
+    compile: bool = typer.Option(False, "--compile", help="Compile the decoding step (torch.compile; native Llama, "
+                                 "greedy or sampling): about a minute before the first token, then faster tokens."),
     threads: ThreadsOption = 0,
     out_dir: OutDirOption = "runs",
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (no streaming)."),
@@ -65,6 +67,8 @@ def generate(
         raise UserError("give at least one --prompt or --chat")
     if draft is not None and num_beams > 1:
         raise UserError("--draft (speculative decoding) does not combine with --num-beams > 1")
+    if compile and (draft is not None or num_beams > 1):
+        raise UserError("--compile speeds up greedy decoding and sampling, not --draft or --num-beams > 1")
     if draft is None and (gamma != 4 or adaptive_gamma):
         raise UserError("--gamma and --adaptive-gamma need --draft")
     if not 1 <= gamma <= MAX_GAMMA:
@@ -78,7 +82,7 @@ def generate(
                         num_beams=num_beams, length_penalty=length_penalty, stop=list(stop or []), seed=seed)
     remote = http_options(model, concurrency, chat_template, template_from)
     n_threads = set_threads(threads)
-    lm = load(model, backend=backend, model=served_model, dtype=dtype, **remote)
+    lm = load(model, backend=backend, model=served_model, dtype=dtype, compile=compile, **remote)
     if draft is not None:
         lm = speculative(lm, draft, gamma=gamma, adaptive=adaptive_gamma, backend=backend, dtype=dtype)
     template = chat_template_record(lm)
@@ -89,7 +93,7 @@ def generate(
         decoding = dataclasses.replace(decoding, max_new_tokens=max(1, min(64, lm.capabilities.max_context - longest)))
     run = run_directory("generate", {"model": model, "backend": lm.capabilities.backend,
                                      "prompts": [str(p) for p in prompts], "decoding": decoding.to_dict(),
-                                     "chat_template": template,
+                                     "dtype": dtype, "compile": compile, "chat_template": template,
                                      "speculative": None if draft is None else {"draft": draft, "gamma": gamma,
                                                                                 "adaptive_gamma": adaptive_gamma}},
                         seed, root=out_dir, threads=n_threads)

@@ -183,7 +183,8 @@ def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopC
     slots = list(range(B))  # the prompt each batch row belongs to
     alive = [True] * B
     cur = L
-    for step in range(n_new):
+    step = getattr(model, "decode_step", None) or model  # compiled, if the model was (Llama.compile_decode_step)
+    for i_new in range(n_new):
         scores = logits[:, -1, :].float()
         for proc in processors:
             scores = proc(history[:, :cur], scores)
@@ -205,7 +206,7 @@ def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopC
             else:
                 continue
             alive[i], reasons[row], finished = False, reason, True
-        if step == n_new - 1 or not any(alive):
+        if i_new == n_new - 1 or not any(alive):
             break
         if finished and 4 * alive.count(False) >= len(alive):  # drop finished rows from the batch
             keep = torch.tensor([i for i, a in enumerate(alive) if a], device=device)
@@ -217,8 +218,8 @@ def _greedy_or_sample(model, prompts, decoding: Decoding, eos, pad, stop: _StopC
                 full_mask, positions = full_mask[keep], positions[keep]
                 if bool(full_mask[:, :L].all()):  # no padding left: the model's fast path
                     full_mask = positions = None
-        logits = model(nxt[:, None], attention_mask=None if full_mask is None else full_mask[:, :cur],
-                       position_ids=positions, kv_cache=cache)
+        logits = step(nxt[:, None], attention_mask=None if full_mask is None else full_mask[:, :cur],
+                      position_ids=positions, kv_cache=cache)
         if positions is not None:
             positions = positions + 1
     return GenerationOutput(sequences, reasons)
