@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+ONEDNN = torch.backends.mkldnn.is_available()
+
 
 class DecodeLinear(nn.Linear):
     """An ``nn.Linear`` with two faster inference paths on a CPU, chosen by dtype and row count
@@ -20,7 +22,8 @@ class DecodeLinear(nn.Linear):
       results. The reordered copy costs the weight's size again in memory; it is made on first
       use and remade whenever the weight changed (an optimizer step, a LoRA merge).
 
-    Everything else (more fp32 rows, other dtypes, gradients, other devices) is ``F.linear``.
+    Everything else (more fp32 rows, other dtypes, gradients, other devices, bf16 inside
+    ``torch.compile``, which packs weights its own way) is ``F.linear``.
     Made by :meth:`from_linear`, which shares the parameters (a head tied to the embedding stays
     tied); state-dict names are ``nn.Linear``'s."""
 
@@ -41,7 +44,7 @@ class DecodeLinear(nn.Linear):
         w = self.weight
         if w.device.type != "cpu" or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
             return F.linear(x, w, self.bias)
-        if w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        if w.dtype == torch.bfloat16 and ONEDNN and not torch.compiler.is_compiling():
             return torch.ops.mkldnn._linear_pointwise(x, self._reordered(), self.bias, "none", [], "")
         rows = x.numel() // self.in_features
         if w.dtype != torch.float32 or rows > self.max_rows or self.out_features % self.splits:
