@@ -57,7 +57,8 @@ def main() -> None:
                                         n_layer=args.n_layer, n_head=args.n_head, bos_token_id=0,
                                         eos_token_id=0)).eval()
         ours = gpt_from_hf_gpt2(hf)
-    ours_bf16 = gpt_from_hf_gpt2(hf).to(torch.bfloat16)
+    ours.fuse_projections()  # as fissure.load runs a checkpoint
+    ours_bf16 = gpt_from_hf_gpt2(hf).to(torch.bfloat16).fuse_projections()
     g = torch.Generator().manual_seed(args.seed)
     n = args.new_tokens
 

@@ -3,8 +3,9 @@ GGUF files loaded into our Llama, named models, and LoRA adapters on any of them
 into our modules, so decoding, scoring and hidden states are our code end to end; transformers is
 only asked for tokenizers.
 
-Llama projections are fused for decoding speed; ``fuse=False`` keeps HF's layout (for training,
-whose checkpoints and adapters use HF-compatible names).
+Projections are fused for decoding speed (``fuse_projections``: Llama's q/k/v and gate/up as one
+matmul each, every projection a ``DecodeLinear``); ``fuse=False`` keeps the trained layout (for
+training, whose checkpoints and adapters use HF-compatible names).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ NOT_CAUSAL = {"bert": "use fissure fill-mask (or fissure.pipeline('fill-mask'))"
 @register_backend("checkpoint", description="a model trained with fissure (GPT, Llama, ...) and its tokenizer",
                   accepts="a fissure checkpoint directory (config.json with 'family')",
                   matches=lambda spec: spec.config is not None and "family" in spec.config, priority=50)
-def load_checkpoint(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
+def load_checkpoint(spec: ModelSpec, *, batch_size: int = 8, fuse: bool = True, **_) -> TorchLM:
     from ..train.checkpoint import load_checkpoint
     from .base import BackendError
 
@@ -42,6 +43,8 @@ def load_checkpoint(spec: ModelSpec, *, batch_size: int = 8, **_) -> TorchLM:
         raise BackendError(f"{spec.path}/config.json says family '{family}': a {family} model does not generate "
                            f"text left to right: {NOT_CAUSAL[family]}")
     model, tokenizer = load_checkpoint(spec.path)
+    if fuse and hasattr(model, "fuse_projections"):
+        model.fuse_projections()
     return TorchLM(model, tokenizer, name=str(spec.path), backend="native", batch_size=batch_size)
 
 

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import CausalSelfAttention, KVCache, attention_mask_4d, resolve_positions, sinusoidal_positions
 from .blocks import MLP, PreLNBlock
+from .decode_linear import use_decode_linears
 from .limits import LIMITS, check_range, check_size
 
 
@@ -114,6 +115,13 @@ class GPT(nn.Module):
         p = self.tok_emb.weight
         return KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head, max_len or c.block_size,
                        dtype=p.dtype, device=p.device)
+
+    def fuse_projections(self) -> "GPT":
+        """Every projection (the head included) a :class:`~.decode_linear.DecodeLinear`, fast for
+        the few rows of a decoding step; q/k/v are one matmul already. Same weights (no copies, a
+        tied head stays tied), same state-dict names; for inference."""
+        use_decode_linears(self)
+        return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
