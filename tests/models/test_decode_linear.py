@@ -125,3 +125,23 @@ def test_bf16_reorders_once_and_follows_weight_changes():
     twin = copy.deepcopy(fast)  # the oneDNN copy cannot be copied: the twin makes its own
     with torch.no_grad():
         torch.testing.assert_close(twin(x), fast(x))
+
+
+def test_fused_gpt_equals_hf_gpt2():
+    """Our GPT with every projection a DecodeLinear against HF's GPT-2 on the same weights: logits
+    at one row and many, and greedy tokens (one row per step: the batched path)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from fissure.models.hf_gpt2 import gpt_from_hf_gpt2
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=120, n_positions=32, n_embd=48, n_layer=2, n_head=4,
+                                    bos_token_id=0, eos_token_id=0)).eval()
+    ours = gpt_from_hf_gpt2(hf).fuse_projections().eval()
+    assert all(type(m) is DecodeLinear for m in ours.modules() if isinstance(m, nn.Linear))
+    ids = torch.randint(1, 120, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours(ids[:, :1]), hf(ids[:, :1]).logits, atol=1e-4, rtol=1e-4)
+        expected = hf.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)[0, 7:].tolist()
+    assert generate(ours, ids.tolist(), Decoding(max_new_tokens=10)).sequences[0] == expected
