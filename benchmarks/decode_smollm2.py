@@ -148,24 +148,25 @@ def main() -> None:
         del runners["ours-bf16"]
     cases = {"greedy_b1": ([PROMPTS[0]], args.greedy_tokens, False),
              f"sample_b{args.batch}": ((PROMPTS * args.batch)[: args.batch], args.new_tokens, True)}
+    racers = {c: {**runners, **only_greedy} if c == "greedy_b1" else runners for c in cases}
     warmup = {}
     for c, (prompts, n, sample) in cases.items():  # warm-up (a compiled step compiles here)
-        for w, fn in ({**runners, **only_greedy} if c == "greedy_b1" else runners).items():
+        for w, fn in racers[c].items():
             t = time.perf_counter()
             fn(prompts[:2], 4, sample)
             warmup[f"{c}/{w}"] = time.perf_counter() - t
-    tokens = {(c, w): 0 for c in cases for w in [*runners, *only_greedy]}
-    times = {(c, w): 0.0 for c in cases for w in [*runners, *only_greedy]}
+    tokens = {(c, w): 0 for c in cases for w in racers[c]}
+    times = {(c, w): 0.0 for c in cases for w in racers[c]}
     for _ in range(args.rounds):
         for c, (prompts, n, sample) in cases.items():
-            for w, fn in ({**runners, **only_greedy} if c == "greedy_b1" else runners).items():
+            for w, fn in racers[c].items():
                 t = time.perf_counter()
                 tokens[(c, w)] += fn(prompts, n, sample)
                 times[(c, w)] += time.perf_counter() - t
     bandwidth, read = memory_bandwidth(), read_bandwidth()
     rows = {}
     for c in cases:
-        tps = {w: tokens[(c, w)] / times[(c, w)] for w in [*runners, *only_greedy] if times[(c, w)]}
+        tps = {w: tokens[(c, w)] / times[(c, w)] for w in racers[c]}
         rows[c] = {f"{w}_tokens_per_s": v for w, v in tps.items()}
         rows[c].update({f"speedup_{w}": tps[w] / tps["transformers"] for w in tps if w != "transformers"})
         print(f"{c:12s} transformers {tps['transformers']:6.1f}  " + "  ".join(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .decode_linear import replace_linears
 
 # what a model's weights can run in (fissure.load(dtype=...), --dtype): fp32 as trained, bf16, or
 # weight-only int8 / int4 linear layers with bf16 everywhere else
@@ -85,11 +86,7 @@ class Int4Linear(nn.Module):
 
 def _quantize(model: nn.Module, make) -> nn.Module:
     """Quantise every linear layer from its weights as they are (fp32), then the rest to bf16."""
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, make(child))
-    return model.to(torch.bfloat16).eval()
+    return replace_linears(model, make).to(torch.bfloat16).eval()
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
