@@ -18,6 +18,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from common import matmul_peak, save, slow_dtype  # noqa: E402
 
 from fissure.models import GPTConfig  # noqa: E402
+from fissure.train.objectives import CausalLM  # noqa: E402
 from fissure.train.trainer import TrainConfig, make_optimizer  # noqa: E402
 
 
@@ -40,13 +41,20 @@ def make_models(cfg: GPTConfig, seed: int):
 
 
 def step_fn(model, is_hf: bool, dtype: str, compiled=None):
+    """One training step, each library's own way: HF's causal-LM loss upcasts the logits to float32 and
+    calls ``F.cross_entropy`` (transformers' ``ForCausalLMLoss``); ours is the ``causal_lm`` objective
+    the Trainer calls (fissure's slab-wise cross-entropy, :mod:`fissure.train.cross_entropy`)."""
     opt = make_optimizer(model, TrainConfig(lr=3e-4, weight_decay=0.1))
     fwd = compiled if compiled is not None else model
+    objective = CausalLM()
 
     def step(x, y):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            logits = fwd(x).logits if is_hf else fwd(x)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+            if is_hf:
+                logits = fwd(x).logits
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+            else:
+                loss = objective.loss(fwd, (x, y))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

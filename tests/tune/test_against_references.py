@@ -49,16 +49,19 @@ def reference_step(hf, ids, labels, lr, weight_decay) -> dict:
     return grads
 
 
-def assert_same_step(ours: dict, theirs: dict, grads: dict, before: dict) -> None:
+def assert_same_step(ours: dict, theirs: dict, grads: dict, before: dict, zero_gradient: dict | None = None) -> None:
     """Parameters within 1e-5 of the reference's, except where the gradient is below 1e-6: Adam's
     first update is lr * g / (|g| + 1e-8) there, so float32 rounding of g (~1e-9) alone moves the
-    update by up to ~lr/20. Such entries must be rare (measured: 1 of 8,192 in one matrix)."""
+    update by up to ~lr/20. Such entries must be rare (measured: 1 of 8,192 in one matrix), once the
+    entries ``zero_gradient`` marks (a gradient that is zero in exact arithmetic, float32 rounding
+    noise of either sign here) are set aside."""
     ill_conditioned = 0
     for name, p in ours.items():
         close = (p - theirs[name]).abs() <= 1e-5
         tiny = grads[name].abs() < 1e-6
         assert bool((close | tiny).all()), name
-        ill_conditioned += int((~close).sum())
+        exempt = (zero_gradient or {}).get(name, torch.zeros_like(close))
+        ill_conditioned += int((~close & ~exempt).sum())
     assert ill_conditioned <= 1e-3 * sum(p.numel() for p in ours.values())
     assert max((ours[k] - before[k]).abs().max().item() for k in before) > 1e-4  # the step really moved them
 
@@ -94,8 +97,12 @@ def test_full_step_on_gpt_equals_transformers_and_adamw(hf_gpt2):
     as_weights = copy.deepcopy(hf)  # the gradients in our layout: convert a model whose weights are them
     for name, p in as_weights.named_parameters():
         p.data.copy_(grads[name])
+    # the key bias adds q . b to every score of a query alike, which softmax ignores: its gradient is zero
+    d = hf.config.n_embd
+    key_bias = {f"blocks.{i}.attn.qkv.bias": torch.arange(3 * d).ge(d) & torch.arange(3 * d).lt(2 * d)
+                for i in range(hf.config.n_layer)}
     assert_same_step(ours.state_dict(), gpt_from_hf_gpt2(ref).state_dict(), gpt_from_hf_gpt2(as_weights).state_dict(),
-                     before)
+                     before, zero_gradient=key_bias)
 
 
 def _peft_name_to_ours(name: str) -> str:

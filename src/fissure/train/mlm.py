@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import DataError
 from .batches import IGNORE
+from .cross_entropy import cross_entropy
 
 NSP_IS_NEXT, NSP_RANDOM = 0, 1
 
@@ -222,13 +222,13 @@ class MaskedLM:
         mlm_logits, nsp_logits = model(inputs, attention_mask=attention_mask, token_type_ids=types,
                                        mlm_positions=selected)
         if selected.any():
-            mlm = F.cross_entropy(mlm_logits.float(), labels[selected])
+            mlm = cross_entropy(mlm_logits, labels[selected])
         else:  # nothing drawn (a tiny batch): no MLM signal, but a graph to backpropagate
             mlm = mlm_logits.float().sum() * 0.0
         self.last = {"mlm_loss": mlm.item()}
         if nsp_labels is None:
             return mlm
-        nsp = F.cross_entropy(nsp_logits.float(), nsp_labels)
+        nsp = cross_entropy(nsp_logits, nsp_labels)
         self.last.update(nsp_loss=nsp.item(), nsp_accuracy=(nsp_logits.argmax(-1) == nsp_labels).float().mean().item())
         return mlm + nsp
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .batches import IGNORE
+from .cross_entropy import cross_entropy
 from .mlm import MaskedLM
 
 
@@ -54,7 +55,7 @@ class CausalLM:
     def loss(self, model, batch):
         x, y = batch[0], batch[1]
         logits = model(x)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE)
+        return cross_entropy(logits, y, ignore_index=IGNORE)
 
     def tokens_in(self, batch):
         return batch[0].numel()
@@ -117,7 +118,7 @@ class Classify(CausalLM):
 
     def loss(self, model, batch):
         ids, mask, labels = batch
-        return F.cross_entropy(model(ids, attention_mask=mask).float(), labels)
+        return cross_entropy(model(ids, attention_mask=mask), labels)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -139,7 +140,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     log_p_student = F.log_softmax(student / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
-    ce = F.cross_entropy(student, targets[keep])
+    ce = cross_entropy(student, targets[keep])
     loss = alpha * temperature**2 * kl + (1 - alpha) * ce
     return loss, {"kd": kl.item(), "ce": ce.item()}
 
@@ -258,8 +259,7 @@ class Seq2SeqLM(CausalLM):
     def loss(self, model, batch):
         src, src_mask, tgt_in, labels = batch
         logits = model(src, tgt_in, src_mask)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
-                               label_smoothing=self.label_smoothing)
+        return cross_entropy(logits, labels, ignore_index=IGNORE, label_smoothing=self.label_smoothing)
 
     def tokens_in(self, batch):
         return int((batch[3] != IGNORE).sum())
