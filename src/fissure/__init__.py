@@ -9,16 +9,7 @@ training data). fissure makes both measurable.
     >>> lm.generate(["The capital of France is"], fissure.Decoding(max_new_tokens=8))
 """
 
-import os
-
 from ._version import __version__
-
-# torch's CPU allocator advises huge pages for tensors of 2 MB and more when this is set (NumPy does the
-# same by default). Without it, every large tensor made afresh each step (logits, their gradient)
-# page-faults its way in 4 KB at a time: on this project's 2-core machines, bf16 training of a
-# 6 x 384 GPT ran 2,156-2,539 tokens/s without it and 2,741-2,805 with it (benchmarks/README.md).
-# Read by torch at its first allocation; set THP_MEM_ALLOC_ENABLE=0 to keep 4 KB pages.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 def __getattr__(name):  # lazy: `import fissure` stays cheap for the CLI's --help
