@@ -108,3 +108,24 @@ def test_sample_top_p_is_seeded():
     a = P.sample_top_p(scores, 0.9, torch.Generator().manual_seed(1))
     assert torch.equal(a, P.sample_top_p(scores, 0.9, torch.Generator().manual_seed(1)))
     assert not torch.equal(a, P.sample_top_p(scores, 0.9, torch.Generator().manual_seed(2)))
+
+
+@pytest.mark.parametrize("block", [1, 4, 5, 256])  # one token a block, a ragged tail, several blocks, one block
+def test_sample_follows_softmax_across_blocks(monkeypatch, block):
+    """The two-level inverse CDF: whole blocks of -inf (never drawn) and a ragged last block."""
+    monkeypatch.setattr(P, "BLOCK", block)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(23, generator=g)
+    logits[4:9] = -float("inf")
+    logits[-1] = -float("inf")
+    assert_follows(draws(P.sample, logits), logits.softmax(-1))
+    assert_follows(draws(lambda s, gen: P.sample_top_p(s, 0.7, gen), logits),
+                   hf.TopPLogitsWarper(0.7)(None, logits[None].clone())[0].softmax(-1))
+
+
+def test_sample_on_a_large_vocabulary_is_a_valid_token_with_positive_probability():
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(64, 49152, generator=g) * 3
+    scores[:, 1000:40000] = -float("inf")
+    tok = P.sample(scores, g)
+    assert tok.shape == (64,) and bool(((tok < 1000) | (tok >= 40000)).all())

@@ -98,23 +98,46 @@ def build_processors(decoding: Decoding, *, top_p: bool = True) -> list[Processo
     return processors
 
 
-def _inverse_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row with probability proportional to the increments of ``cdf`` (B, V)."""
-    total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype) * total
-    # right=True returns the first index whose cdf exceeds u: never a zero-probability token
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
+BLOCK = 256  # tokens per block of the two-level inverse CDF
+
+
+def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of ``probs`` (B, V), with probability proportional to its entries
+    (non-negative; zero entries are never drawn).
+
+    Inverse-CDF sampling in two levels, each in float64: one uniform number per row picks a block
+    of ``BLOCK`` tokens by the blocks' sums, then a token inside that block. One pass over the
+    vocabulary (the block sums) instead of a float64 running sum of all of it, which at a batch of
+    32 and SmolLM2's 49,152 tokens is a 12.6 MB tensor made afresh every step.
+    """
+    B, V = probs.shape
+    n_full, tail = divmod(V, BLOCK)
+    sums = torch.empty(B, n_full + (tail > 0), dtype=torch.float64, device=probs.device)
+    if n_full:
+        sums[:, :n_full] = probs[:, :n_full * BLOCK].unflatten(1, (n_full, BLOCK)).sum(-1, dtype=torch.float64)
+    if tail:
+        sums[:, -1] = probs[:, n_full * BLOCK:].sum(-1, dtype=torch.float64)
+    cdf = sums.cumsum(-1)
+    below = lambda t: torch.nextafter(t, torch.zeros_like(t))  # noqa: E731 - the largest float64 under t
+    u = torch.minimum(torch.rand((B, 1), generator=generator, device=probs.device, dtype=torch.float64)
+                      * cdf[:, -1:], below(cdf[:, -1:]))
+    # right=True returns the first index whose cdf exceeds u: never a block (or token) of zero mass
+    block = torch.searchsorted(cdf, u, right=True)
+    u = u - torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
+    idx = block * BLOCK + torch.arange(BLOCK, device=probs.device)
+    inside = probs.gather(1, idx.clamp(max=V - 1)).double() * (idx < V)
+    inside_cdf = inside.cumsum(-1)
+    u = torch.minimum(u, below(inside_cdf[:, -1:]))  # the two sums of a block may differ in the last bit
+    return (block * BLOCK + torch.searchsorted(inside_cdf, u, right=True))[:, 0]
 
 
 def sample(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row from ``softmax(scores)`` (``-inf`` scores are never drawn).
 
-    Inverse-CDF sampling over the vocabulary in id order: one uniform number per row, against
-    the ``V`` exponentials that ``torch.multinomial`` draws on CPU. The CDF is accumulated in
-    float64 so its rounding error stays far below any token's probability that matters.
+    Inverse-CDF sampling over the vocabulary in id order (:func:`_inverse_cdf`): one uniform
+    number per row, against the ``V`` exponentials that ``torch.multinomial`` draws on CPU.
     """
-    probs = scores.float().softmax(dim=-1)
-    return _inverse_cdf(probs.cumsum(dim=-1, dtype=torch.float64), generator)
+    return _inverse_cdf(scores.float().softmax(dim=-1), generator)
 
 
 def sample_top_p(scores: torch.Tensor, top_p: float, generator: torch.Generator | None = None,
@@ -128,12 +151,11 @@ def sample_top_p(scores: torch.Tensor, top_p: float, generator: torch.Generator 
     rejected after ``max_rounds`` fall back to the sorting warper.
     """
     probs = scores.float().softmax(dim=-1)
-    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
     out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
     rows = torch.arange(scores.shape[0], device=scores.device)
-    p, c = probs, cdf  # the rows still to draw
+    p = probs  # the rows still to draw
     for _ in range(max_rounds):
-        tok = _inverse_cdf(c, generator)
+        tok = _inverse_cdf(p, generator)
         above = (p * (p > p.gather(1, tok[:, None]))).sum(dim=-1)
         ok = above < top_p
         if bool(ok.all()):
@@ -141,6 +163,6 @@ def sample_top_p(scores: torch.Tensor, top_p: float, generator: torch.Generator 
             return out
         out[rows[ok]] = tok[ok]
         rows = rows[~ok]
-        p, c = probs[rows], cdf[rows]
+        p = probs[rows]
     out[rows] = sample(TopPLogitsWarper(top_p)(None, scores[rows]), generator)
     return out
