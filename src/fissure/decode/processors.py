@@ -101,6 +101,11 @@ def build_processors(decoding: Decoding, *, top_p: bool = True) -> list[Processo
 BLOCK = 256  # tokens per block of the two-level inverse CDF
 
 
+def _below(t: torch.Tensor) -> torch.Tensor:
+    """The next float toward zero from each entry of ``t``: just under it, for the positive sums here."""
+    return torch.nextafter(t, torch.zeros_like(t))
+
+
 def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One index per row of ``probs`` (B, V), with probability proportional to its entries
     (non-negative; zero entries are never drawn).
@@ -119,16 +124,15 @@ def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torc
     if tail:
         sums[:, -1] = probs[:, n_full * BLOCK:].sum(-1)
     cdf = sums.cumsum(-1)
-    below = lambda t: torch.nextafter(t, torch.zeros_like(t))  # noqa: E731 - the largest float64 under t
     u = torch.minimum(torch.rand((B, 1), generator=generator, device=probs.device, dtype=torch.float64)
-                      * cdf[:, -1:], below(cdf[:, -1:]))
+                      * cdf[:, -1:], _below(cdf[:, -1:]))
     # right=True returns the first index whose cdf exceeds u: never a block (or token) of zero mass
     block = torch.searchsorted(cdf, u, right=True)
     u = u - torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
     idx = block * BLOCK + torch.arange(BLOCK, device=probs.device)
     inside = probs.gather(1, idx.clamp(max=V - 1)).double() * (idx < V)
     inside_cdf = inside.cumsum(-1)
-    u = torch.minimum(u, below(inside_cdf[:, -1:]))  # the two sums of a block may differ in the last bit
+    u = torch.minimum(u, _below(inside_cdf[:, -1:]))  # the two sums of a block may differ in the last bit
     return (block * BLOCK + torch.searchsorted(inside_cdf, u, right=True))[:, 0]
 
 

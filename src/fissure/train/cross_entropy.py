@@ -5,8 +5,9 @@ log-softmax it keeps for the backward pass, a zero-filled gradient and then a ca
 gradient back to the logits' dtype: four tensors the size of the logits (for a GPT with a vocabulary
 of 8,192 and a batch of 2,048 tokens, 67 MB each). Here one pass over a slab of rows at a time
 (its float32 copy stays in cache) gives both the loss and the gradient ``softmax(z) - onehot(y)``,
-written straight into a tensor of the logits' dtype, which is all the backward pass needs. Same value and gradient as ``F.cross_entropy`` on the float32 logits (mean over the
-targets that are not ``ignore_index``; ``label_smoothing`` as in torch).
+written straight into a tensor of the logits' dtype, which is all the backward pass needs. Same
+value and gradient as ``F.cross_entropy`` on the float32 logits (mean over the targets that are not
+``ignore_index``; ``label_smoothing`` as in torch).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ class _CrossEntropy(torch.autograd.Function):
             z_target = z.gather(1, picked[s:s + rows])[:, 0]
             p = z.exp_()
             sum_exp = p.sum(-1)
-            nll = sum_exp.log() - z_target
+            log_sum_exp = sum_exp.log()
+            nll = log_sum_exp - z_target
             if label_smoothing:
-                nll = (1 - label_smoothing) * nll + label_smoothing * (sum_exp.log() - z_mean)
+                nll = (1 - label_smoothing) * nll + label_smoothing * (log_sum_exp - z_mean)
             weight = keep[s:s + rows] / count
             total += (nll * weight).sum()
             if grad is not None:  # softmax - (1 - eps) onehot - eps / vocab, per kept row / count
