@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from fissure.runs import provenance
+from fissure.utils import matmul_gflops
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 1536, repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of an n x n x n matmul in ``dtype`` on this machine, now."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 MIN_GFLOPS = 20.0  # below this a dtype's matmuls would take a benchmark many minutes: skip its variants
@@ -32,7 +20,7 @@ def slow_dtype(dtype: torch.dtype, min_gflops: float = MIN_GFLOPS) -> str | None
     """Why variants in ``dtype`` are skipped on this CPU (a short matmul probe under ``min_gflops``),
     or ``None`` when they are worth running. On CPUs without bf16 instructions (AVX2 only) a bf16
     matmul was measured at 1 GFLOP/s against 118 in fp32: a benchmark must not hang there."""
-    peak = matmul_peak(dtype, n=256, repeats=2)
+    peak = matmul_gflops(dtype, n=256, repeats=2)
     if peak >= min_gflops:
         return None
     return (f"{str(dtype).removeprefix('torch.')} skipped: its matmul probe ran at {peak:.1f} GFLOP/s on this CPU "

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from common import matmul_peak, save, slow_dtype  # noqa: E402
+from common import save, slow_dtype  # noqa: E402
 
 from fissure.models import GPTConfig  # noqa: E402
 from fissure.train.objectives import CausalLM  # noqa: E402
 from fissure.train.trainer import TrainConfig, make_optimizer  # noqa: E402
+from fissure.utils import matmul_gflops  # noqa: E402
 
 
 def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
@@ -83,7 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = GPTConfig(vocab_size=args.vocab, block_size=args.block, n_layer=args.n_layer, n_head=args.n_head,
                     n_embd=args.n_embd)
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
     print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s, {args.threads} threads",
           file=sys.stderr)
     g = torch.Generator().manual_seed(args.seed)

@@ -122,10 +122,11 @@ def main() -> None:
               f"{ratio:.2f}x; first loss {ours['first_loss']:.4f} vs {theirs['first_loss']:.4f}")
     import torch
 
-    from common import matmul_peak, save
+    from common import save
+    from fissure.utils import matmul_gflops
 
     torch.set_num_threads(args.threads)
-    peak = matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    peak = matmul_gflops(torch.bfloat16 if dtype == "bf16" else torch.float32)
     flops = 6 * 134.5e6  # per token, full fine-tuning (forward + backward with weight gradients)
     for method in args.methods.split(","):
         per_token = flops if method == "full" else 4 * 134.5e6  # LoRA: no gradients for the frozen weights

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config import check_range
 from ..errors import ConfigError
-from ..utils import check_threads
+from ..utils import bf16_is_fast, check_threads
 from .checkpoint import load_trainer_state, save_checkpoint
 from .distributed import FullStateTwin, World, check_batch, shard_model
 from .objectives import OBJECTIVES
@@ -71,20 +71,10 @@ class TrainConfig:
         check_threads(self.threads, "train.threads")
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without it (AVX2 only) a
-    bf16 matmul was measured at 1 GFLOP/s against 118 in fp32, so ``dtype = "auto"`` stays fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def resolve_dtype(dtype: str) -> str:
-    """``fp32`` or ``bf16``: what ``auto`` means on this CPU."""
+    """``fp32`` or ``bf16``: what ``auto`` means on this CPU (bf16 where its matmuls beat fp32's)."""
     if dtype == "auto":
-        return "bf16" if cpu_has_bf16() else "fp32"
+        return "bf16" if bf16_is_fast() else "fp32"
     return dtype
 
 
