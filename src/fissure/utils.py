@@ -61,19 +61,22 @@ def set_threads(threads: int | None) -> int:
 
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide which dtype is fast
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")  # settings that hold kernels below the CPU
 
 
 def cpu_features() -> dict:
     """What this CPU can do for torch: its dispatch level (``DEFAULT``, ``AVX2``, ``AVX512``...) and
-    the instruction-set flags that make bf16 fast or slow. Machines of one kind differ here, so every
-    run and benchmark records it beside its numbers."""
+    the instruction-set flags that make bf16 fast or slow, and any setting that holds the kernels
+    below what the CPU has (an AVX2-only machine emulated on a newer one). Machines of one kind differ
+    here, so every run and benchmark records it beside its numbers."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         flags = []
     return {"torch_capability": torch.backends.cpu.get_cpu_capability(),
-            "flags": [flag for flag in CPU_FLAGS if flag in flags]}
+            "flags": [flag for flag in CPU_FLAGS if flag in flags],
+            "isa_caps": {name: os.environ[name] for name in ISA_CAPS if name in os.environ}}
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1536, repeats: int = 5) -> float:

@@ -287,7 +287,7 @@ def test_matmul_gflops_measures_a_real_rate():
 
 
 def test_auto_dtype_is_fp32_when_the_math_library_is_held_to_avx2():
-    """A real CPU, not a mock: with oneDNN and MKL held to AVX2 (and torch's own kernels), bf16 matmuls
+    """A real CPU, not a mock: with oneDNN, MKL and torch's own kernels held to AVX2, bf16 matmuls
     crawl even on a CPU whose flags promise bf16, and ``auto`` must see it. Without the cap, ``auto``
     follows the flags (this machine kind has both: AVX-512 BF16, or AVX2 only)."""
     import os
@@ -295,7 +295,8 @@ def test_auto_dtype_is_fp32_when_the_math_library_is_held_to_avx2():
     import sys
 
     from fissure.utils import cpu_features
-    code = "from fissure.train.trainer import resolve_dtype; print(resolve_dtype('auto'))"
+    code = ("from fissure.train.trainer import resolve_dtype; from fissure.utils import cpu_features; "
+            "print(resolve_dtype('auto'), cpu_features()['torch_capability'], sorted(cpu_features()['isa_caps']))")
     capped = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     env = {k: v for k, v in os.environ.items() if k not in capped} | {"OMP_NUM_THREADS": "1"}
 
@@ -303,6 +304,6 @@ def test_auto_dtype_is_fp32_when_the_math_library_is_held_to_avx2():
         return subprocess.run([sys.executable, "-c", code], env=env | extra, capture_output=True, text=True,
                               check=True).stdout.strip()
 
-    assert run(capped) == "fp32"
+    assert run(capped) == f"fp32 AVX2 {sorted(capped)}"  # and the run's meta says it was held there
     has_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()["flags"]))
-    assert run({}) == ("bf16" if has_bf16 else "fp32")
+    assert run({}).split(" ", 1)[0] == ("bf16" if has_bf16 else "fp32")

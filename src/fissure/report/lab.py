@@ -197,8 +197,9 @@ def _md_sd(value: float | None) -> str:
 def _where(results: dict, meta: dict | None) -> str:
     meta = meta or {}
     cpu = meta.get("machine", {}).get("cpu", {})
+    caps = "".join(f", {name}={value}" for name, value in cpu.get("isa_caps", {}).items())
     return (f"threads {results.get('threads')}, CPU {cpu.get('torch_capability', '?')} "
-            f"({' '.join(cpu.get('flags', [])) or 'no avx flags'}), commit {str(meta.get('git_commit', '?'))[:7]}")
+            f"({' '.join(cpu.get('flags', [])) or 'no avx flags'}{caps}), commit {str(meta.get('git_commit', '?'))[:7]}")
 
 
 def findings_markdown(results: dict, meta: dict | None = None, checks: list[tuple[dict, dict | None]] = ()) -> str:
