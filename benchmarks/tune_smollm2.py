@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--methods", default="lora,full")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # name:method, run in a child process
     args = ap.parse_args()
-    from fissure.train.trainer import resolve_dtype
+    from fissure.utils import resolve_dtype
 
     dtype = resolve_dtype(args.dtype)
     if args.variant:

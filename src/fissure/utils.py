@@ -93,8 +93,8 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1536, repeats: int = 5) -> float:
 
 
 @functools.cache
-def bf16_is_fast() -> bool:
-    """Whether bf16 matmuls beat fp32 ones here, so that ``dtype = "auto"`` may choose bf16.
+def bf16_verdict() -> tuple[bool, str]:
+    """Whether bf16 matmuls beat fp32 ones here (so that ``dtype = "auto"`` may choose bf16), and why.
 
     The CPU flags come first (no AVX-512 BF16 and no AMX: a bf16 matmul was measured at 1 GFLOP/s
     against 118 in fp32, so no). Where they promise bf16, a 256^3 matmul in each dtype is timed once
@@ -102,5 +102,19 @@ def bf16_is_fast() -> bool:
     a virtual machine that hides the instructions from the library). bf16 must reach half of fp32's
     rate; the two cases sit far either side of that line (about 2.5x and 0.01x)."""
     if not {"avx512_bf16", "amx_bf16"} & set(cpu_features()["flags"]):
-        return False
-    return matmul_gflops(torch.bfloat16, n=256, repeats=3) >= matmul_gflops(torch.float32, n=256, repeats=3) / 2
+        return False, "this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
+    bf16, fp32 = matmul_gflops(torch.bfloat16, n=256, repeats=3), matmul_gflops(torch.float32, n=256, repeats=3)
+    return bf16 >= fp32 / 2, f"a bf16 matmul ran at {bf16:.0f} GFLOP/s here, fp32 at {fp32:.0f}"
+
+
+def bf16_is_fast() -> bool:
+    """The first half of :func:`bf16_verdict`."""
+    return bf16_verdict()[0]
+
+
+def resolve_dtype(dtype: str) -> str:
+    """What ``dtype`` means on this CPU: ``auto`` is ``bf16`` where its matmuls beat fp32's, else
+    ``fp32``; any other value is itself."""
+    if dtype == "auto":
+        return "bf16" if bf16_is_fast() else "fp32"
+    return dtype

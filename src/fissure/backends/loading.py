@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..models.llama import UnsupportedModelError
 from ..models.quantize import DTYPES, set_dtype
+from ..utils import resolve_dtype
 from .base import BackendError, LanguageModel
 from .registry import ModelSpec, resolve
 from .torch_lm import TorchLM
@@ -29,13 +30,14 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
     ``dtype="bf16"`` runs a local model's weights in bfloat16, ``dtype="int8"`` quantises its linear
     layers to int8 (weight-only, per channel), ``dtype="int4"`` to int4 (per group of 32 weights;
     int8 for a layer whose shape the int4 kernel does not take): decoding is memory-bound, so fewer
-    bytes per weight decode faster; results differ from fp32, int4's more than int8's.
+    bytes per weight decode faster; results differ from fp32, int4's more than int8's. ``dtype="auto"``
+    is bf16 where this CPU's bf16 matmuls beat fp32's (:func:`fissure.utils.bf16_verdict`), else fp32.
 
     ``compile=True`` compiles a native Llama's decoding step (:meth:`~fissure.models.llama.Llama.
     compile_decode_step`): about a minute before the first token, then faster steps.
     """
-    if dtype not in DTYPES:
-        raise BackendError(f"unknown dtype '{dtype}' ({', '.join(DTYPES)})")
+    if dtype not in DTYPES and dtype != "auto":
+        raise BackendError(f"unknown dtype '{dtype}' (auto, {', '.join(DTYPES)})")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= MAX_BATCH:
         raise BackendError(f"batch size must be between 1 and {MAX_BATCH}, not {batch_size!r}")
     parsed = ModelSpec.parse(spec)
@@ -49,7 +51,7 @@ def load(spec: str | Path, *, backend: str = "auto", model: str | None = None, b
         # architecture is in the file, read only by trying, so auto falls back here
         lm = resolve(parsed, "transformers").load(parsed, model=model, batch_size=batch_size, **kwargs)
     if isinstance(lm, TorchLM):
-        set_dtype(lm.model, dtype)
+        set_dtype(lm.model, resolve_dtype(dtype))
     if compile:
         if not hasattr(getattr(lm, "model", None), "compile_decode_step"):
             raise BackendError(f"compile is for models on the native Llama; {spec} runs on "

@@ -11,12 +11,26 @@ from rich.console import Console
 from rich.text import Text
 
 from ..errors import UserError
+from ..utils import bf16_verdict, resolve_dtype
 
 # Options shared by the verbs that load a model (one definition, the same help everywhere).
 BackendOption = Annotated[str, typer.Option(help="auto | native | transformers (for HF dirs and GGUF files).")]
 ServedModelOption = Annotated[str, typer.Option("--model", help="Model name on an OpenAI-compatible server.")]
+
+
+def _dtype_choice(value: str) -> str:
+    """``--dtype auto`` becomes what it means on this CPU, said on stderr with the reason."""
+    if value != "auto":
+        return value
+    chosen, (_, why) = resolve_dtype(value), bf16_verdict()
+    err.print(f"dtype auto: {chosen} ({why})")
+    return chosen
+
+
 DtypeOption = Annotated[str, typer.Option(
-    help="Weights of local models: fp32 | bf16 | int8 | int4 (faster decoding, slightly different numbers).")]
+    callback=_dtype_choice,
+    help="Weights of local models: fp32 | bf16 | int8 | int4 (faster decoding, slightly different numbers) | "
+         "auto (bf16 where this CPU computes it fast, else fp32; the choice is printed).")]
 ThreadsOption = Annotated[int, typer.Option(help="Torch threads (0 = free cores).")]
 OutDirOption = Annotated[str, typer.Option(help="Where the run directory goes.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]

@@ -38,9 +38,8 @@ from ..text.catalogue import load_domain
 from ..train import TrainConfig, Trainer
 from ..train.batches import Mixture
 from ..train.lora import LoraSpec, apply_lora
-from ..train.trainer import resolve_dtype
 from ..tune.data import split
-from ..utils import check_seed, check_threads, seed_everything, set_threads
+from ..utils import check_seed, check_threads, resolve_dtype, seed_everything, set_threads
 from .knowledge import general_knowledge
 
 Log = Callable[[str], None]

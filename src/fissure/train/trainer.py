@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config import check_range
 from ..errors import ConfigError
-from ..utils import bf16_is_fast, check_threads
+from ..utils import check_threads, resolve_dtype
 from .checkpoint import load_trainer_state, save_checkpoint
 from .distributed import FullStateTwin, World, check_batch, shard_model
 from .objectives import OBJECTIVES
@@ -69,13 +69,6 @@ class TrainConfig:
         check_range("train.weight_decay", self.weight_decay, 0)
         check_range("train.grad_clip", self.grad_clip, 0)
         check_threads(self.threads, "train.threads")
-
-
-def resolve_dtype(dtype: str) -> str:
-    """``fp32`` or ``bf16``: what ``auto`` means on this CPU (bf16 where its matmuls beat fp32's)."""
-    if dtype == "auto":
-        return "bf16" if bf16_is_fast() else "fp32"
-    return dtype
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:

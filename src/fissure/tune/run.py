@@ -35,8 +35,7 @@ from ..train.checkpoint import (read_adapter, read_tuned_meta, weights_sha256, w
                                 write_tuned_meta)
 from ..train.lora import apply_lora, load_adapter_state, resolve_targets
 from ..train.objectives import DPO, OBJECTIVES, MultiTask, Task, sequence_logprobs
-from ..train.trainer import resolve_dtype
-from ..utils import seed_everything, set_threads
+from ..utils import resolve_dtype, seed_everything, set_threads
 from .config import TuneConfig
 from .data import KIND_OBJECTIVE, TuningData, split
 from .examples import build_examples, labelled_rows
