@@ -55,3 +55,45 @@ def test_compile_errors(tiny_llama, tmp_path):
                                 "transformers", "--out-dir", str(tmp_path)])
     assert other.exit_code == 2 and "native Llama" in other.output and "Traceback" not in other.output
     assert not list(tmp_path.iterdir())  # no run directory for a refused run
+
+
+def test_a_module_replaced_after_compiling_is_seen_by_the_compiled_step():
+    """A head swapped after compiling (as LoRA swaps projections), of another structure, must change
+    the compiled output exactly as it changes the eager one: the compiled step's guards see it. (A
+    step compiled with torch's checks on its own modules skipped, tried for speed, failed this.)"""
+    from fissure.decode import Decoding, generate
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_kv_head=1, n_embd=16,
+                              intermediate_size=32)).eval()
+    prompts, d = [[1, 2, 3]], Decoding(max_new_tokens=8)
+    eager = generate(model, prompts, d).sequences
+    model.compile_decode_step()
+    assert generate(model, prompts, d).sequences == eager
+    torch.manual_seed(1)
+    model.lm_head = torch.nn.Linear(16, 50, bias=True)  # another structure: the old graph has no bias
+    model.decode_step, compiled_step = None, model.decode_step
+    swapped_eager = generate(model, prompts, d).sequences
+    assert swapped_eager != eager  # the new head decides differently
+    model.decode_step = compiled_step
+    assert generate(model, prompts, d).sequences == swapped_eager
+
+
+def test_two_models_of_one_class_compiled_in_one_process_each_decode_as_their_eager_self():
+    """A second model of the same class whose torch modules differ in structure (a head with a bias)
+    must not run the first one's compiled graph."""
+    from fissure.decode import Decoding, generate
+
+    prompts, d = [[1, 2, 3]], Decoding(max_new_tokens=8)
+    models = []
+    for seed, bias in ((0, False), (1, True)):
+        torch.manual_seed(seed)
+        model = Llama(LlamaConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_kv_head=1, n_embd=16,
+                                  intermediate_size=32)).eval()
+        model.lm_head = torch.nn.Linear(16, 50, bias=bias)
+        models.append((model, generate(model, prompts, d).sequences))
+    assert models[0][1] != models[1][1]
+    for model, _ in models:
+        model.compile_decode_step()
+    for model, eager in models:
+        assert generate(model, prompts, d).sequences == eager
