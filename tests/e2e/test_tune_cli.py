@@ -32,6 +32,7 @@ def test_tune_then_every_verb_takes_the_checkpoint(tiny_llama, tmp_path):
     assert result.exit_code == 0, result.output
     summary = last_json(result)
     assert {"run_dir", "checkpoint", "train_loss", "val_loss"} <= set(summary)
+    assert "parameters train; dtype fp32\n" in result.stderr  # as set: no reason to give
     ckpt = summary["checkpoint"]
     assert (Path(summary["run_dir"]) / "config.toml").read_text().startswith("[tune]")
     gen = runner.invoke(app, ["generate", ckpt, "--chat", "say cat", "--max-new-tokens", "3", "--json",
@@ -75,3 +76,13 @@ def test_bad_data_is_one_line_and_leaves_no_run_directory(tiny_llama, tmp_path):
     assert wrong.exit_code == 2 and "matches no Linear module" in wrong.output
     assert runner.invoke(app, ["tune", str(tiny_llama[0]), "--data", str(chats(tmp_path)), "--method", "qlora"]
                          ).exit_code == 2
+
+
+def test_tune_with_dtype_auto_says_what_it_chose_and_why(tiny_llama, tmp_path):
+    from fissure.utils import bf16_verdict, resolve_dtype
+
+    args = [a if a != "train.dtype='fp32'" else "train.dtype='auto'" for a in FAST]
+    result = runner.invoke(app, ["tune", str(tiny_llama[0]), "--data", str(chats(tmp_path)), *args,
+                                 "--out-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert f"dtype {resolve_dtype('auto')} (auto: {bf16_verdict()[1].split(' ran at ')[0]}" in result.stderr

@@ -35,7 +35,7 @@ from ..train.checkpoint import (read_adapter, read_tuned_meta, weights_sha256, w
                                 write_tuned_meta)
 from ..train.lora import apply_lora, load_adapter_state, resolve_targets
 from ..train.objectives import DPO, OBJECTIVES, MultiTask, Task, sequence_logprobs
-from ..utils import resolve_dtype, seed_everything, set_threads
+from ..utils import bf16_verdict, resolve_dtype, seed_everything, set_threads
 from .config import TuneConfig
 from .data import KIND_OBJECTIVE, TuningData, split
 from .examples import build_examples, labelled_rows
@@ -267,8 +267,9 @@ def run_tune(config: TuneConfig, data: TuningData | list[TuningData], run_dir: P
     for t in tasks:
         log(f"{t.name}: {t.objective} on {t.data.kind} data ({len(t.train)} train, {len(t.val)} val), weight "
             f"{t.weight:g}")
+    why = f" (auto: {bf16_verdict()[1]})" if config.train.dtype == "auto" else ""
     log(f"{config.method}: {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train; "
-        f"dtype {resolve_dtype(config.train.dtype)}")
+        f"dtype {resolve_dtype(config.train.dtype)}{why}")
     before = trainer.evaluate()
     result = trainer.train()
     summary = {
