@@ -40,7 +40,7 @@ def test_auto_dtype_is_bf16_only_where_the_flags_promise_it_and_a_timed_matmul_k
 def test_resolve_dtype_follows_the_measured_verdict(monkeypatch):
     import fissure.utils as utils
     for verdict, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(utils, "bf16_is_fast", lambda v=verdict: v)
+        monkeypatch.setattr(utils, "bf16_verdict", lambda v=verdict: (v, "measured"))
         assert utils.resolve_dtype("auto") == expected
         assert utils.resolve_dtype("fp32") == "fp32" and utils.resolve_dtype("bf16") == "bf16"
 

@@ -107,14 +107,9 @@ def bf16_verdict() -> tuple[bool, str]:
     return bf16 >= fp32 / 2, f"a bf16 matmul ran at {bf16:.0f} GFLOP/s here, fp32 at {fp32:.0f}"
 
 
-def bf16_is_fast() -> bool:
-    """The first half of :func:`bf16_verdict`."""
-    return bf16_verdict()[0]
-
-
 def resolve_dtype(dtype: str) -> str:
     """What ``dtype`` means on this CPU: ``auto`` is ``bf16`` where its matmuls beat fp32's, else
     ``fp32``; any other value is itself."""
     if dtype == "auto":
-        return "bf16" if bf16_is_fast() else "fp32"
+        return "bf16" if bf16_verdict()[0] else "fp32"
     return dtype

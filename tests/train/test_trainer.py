@@ -238,4 +238,3 @@ def test_bf16_autocast_trains(data):
     t = Trainer(small_model(tok.vocab_size), cfg(max_steps=30, dtype="bf16", eval_every=30), train, val, tokenizer=tok)
     before = t.evaluate()
     assert t.train().val_loss < before
-
