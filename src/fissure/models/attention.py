@@ -189,13 +189,17 @@ class CausalSelfAttention(nn.Module):
             y = self._single_query(q, k, v, mask)
             y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
             return self.resid_dropout(self.out(y))
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and k.shape[2] == T,  # no mask: causal prefill, or one query seeing all
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
+        dropout = self.dropout if self.training else 0.0
+        if mask is None and k.shape[2] == T and dropout == 0.0 and _explicit_is_faster(q):
+            y = causal_attention_explicit(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=mask is None and k.shape[2] == T,  # no mask: causal prefill, or one query seeing all
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.out(y))
 
@@ -243,6 +247,34 @@ class CausalSelfAttention(nn.Module):
             scores = scores.masked_fill(~mask.view(B, 1, 1, -1), float("-inf"))
         y = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v  # (B, kv_heads, group, D)
         return y.view(B, self.n_head, 1, D)
+
+
+# Longest sequence for which the written-out causal attention below beats SDPA's flash kernel in bf16
+# training on a CPU (2 threads, forward + backward, 6 heads of 64: 8.2 vs 24.2 ms at 128 positions,
+# 14.5 vs 24.7 at 256, 28.1 vs 40.4 at 512, but 92.8 vs 48.0 at 1,024; benchmarks/README.md).
+EXPLICIT_ATTENTION_MAX_LEN = 512
+
+
+def _explicit_is_faster(q: torch.Tensor) -> bool:
+    """Whether :func:`causal_attention_explicit` is the faster path for these queries: bf16 on a CPU
+    with gradients on (training), up to :data:`EXPLICIT_ATTENTION_MAX_LEN` positions. Everything
+    else (fp32, inference, long sequences, masks) goes through SDPA."""
+    return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
+            and q.shape[2] <= EXPLICIT_ATTENTION_MAX_LEN)
+
+
+def causal_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention written out (scores, mask, softmax, weighted values): what SDPA computes
+    with ``is_causal=True``, through three large kernels instead of the flash kernel's many small
+    blocks, whose backward pass is slow on a CPU in bf16. Keeps the ``(T, T)`` weights for the
+    backward pass, so it is for short sequences only. Grouped query heads share their key head
+    by stacking a group's queries, with no copy of the keys."""
+    B, H, T, D = q.shape
+    group = H // k.shape[1]
+    q = q.reshape(B, k.shape[1], group * T, D)  # query heads h * group .. share key head h
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1).repeat(group, 1)
+    scores = (q @ k.transpose(-1, -2) * D ** -0.5).masked_fill(future, float("-inf"))
+    return (scores.softmax(dim=-1) @ v).view(B, H, T, D)
 
 
 def sinusoidal_positions(n_positions: int, dim: int) -> torch.Tensor:
