@@ -8,7 +8,7 @@ first (GGUF dequantisation) and cached load times, and how far batch-1 decoding 
 memory-bandwidth limit: every new token reads all weights once, so tokens/s <= bandwidth /
 weight bytes. ``ours-bf16``, ``ours-int8`` (weight-only int8, bf16 activations) and ``ours-int4``
 (weight-only int4 in groups of 32) trade precision for fewer bytes per token; ``ours`` is fp32 like
-transformers. ``--compile`` adds compiled decoding steps (fp32 and int4, greedy batch 1), and
+transformers. ``--compile`` adds compiled decoding steps (fp32 and int4 greedy at batch 1, bf16 sampling), and
 llama.cpp runs the greedy case on the same GGUF when llama-cpp-python is installed.
 """
 
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compile", action="store_true",
-                    help="also race compiled decoding steps (fp32 and int4; greedy batch 1; each compiles ~1 min first)")
+                    help="also race compiled decoding steps (fp32, int4 greedy batch 1; bf16 sampling; each compiles ~1 min first)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -139,21 +139,26 @@ def main() -> None:
                "ours-int4": lambda p, n, s: ours_run(p, n, s, ours_int4)}
     llama_cpp_run, llama_cpp_version = llama_cpp_runner(args.threads)
     only_greedy = {"llama.cpp": llama_cpp_run} if llama_cpp_run else {}
+    compiled_sampling = {}
     if args.compile:  # Llama.compile_decode_step: as `fissure generate --compile` runs it
         compiled = {"ours-compiled": load_hf_llama_dir(path).fuse_projections().compile_decode_step(),
                     "ours-int4-compiled": quantize_int4(load_hf_llama_dir(path).fuse_projections()).compile_decode_step()}
         for name, model in compiled.items():
             only_greedy[name] = lambda p, n, s, model=model: ours_run(p, n, s, model)
+        if not skipped:  # bf16 sampling at batch 32, compiled: inductor fuses the norms, rotary and residuals
+            model = load_hf_llama_dir(path, dtype=torch.bfloat16).fuse_projections().compile_decode_step()
+            compiled["ours-bf16-compiled"] = model
+            compiled_sampling["ours-bf16-compiled"] = lambda p, n, s, model=model: ours_run(p, n, s, model)
     if skipped:  # int8 and int4 run bf16 activations too, but their matmuls are integer kernels: they stay
         del runners["ours-bf16"]
     cases = {"greedy_b1": ([PROMPTS[0]], args.greedy_tokens, False),
              f"sample_b{args.batch}": ((PROMPTS * args.batch)[: args.batch], args.new_tokens, True)}
-    racers = {c: {**runners, **only_greedy} if c == "greedy_b1" else runners for c in cases}
+    racers = {c: {**runners, **only_greedy} if c == "greedy_b1" else {**runners, **compiled_sampling} for c in cases}
     warmup = {}
     for c, (prompts, n, sample) in cases.items():  # warm-up (a compiled step compiles here)
         for w, fn in racers[c].items():
             t = time.perf_counter()
-            fn(prompts[:2], 4, sample)
+            fn(prompts, 4, sample)  # the full batch: a compiled step compiles for its size
             warmup[f"{c}/{w}"] = time.perf_counter() - t
     tokens = {(c, w): 0 for c in cases for w in racers[c]}
     times = {(c, w): 0.0 for c in cases for w in racers[c]}
@@ -180,7 +185,8 @@ def main() -> None:
         f"{limit[d]:.1f} tok/s {d} ({tps / limit[d]:.0%} reached)" for d, tps in reached if tps is not None))
     print(f"load: first {first_load:.1f} s (dequantise GGUF), cached {cached_load:.1f} s")
     if args.compile:
-        print("warm-up with compilation: " + ", ".join(f"{w} {warmup['greedy_b1/' + w]:.0f} s" for w in compiled))
+        print("warm-up with compilation: " + ", ".join(
+            f"{w} {warmup.get('greedy_b1/' + w, 0) + warmup.get(f'sample_b{args.batch}/' + w, 0):.0f} s" for w in compiled))
     path = save("decode_smollm2", {"config": vars(args), "results": rows, "memory_bandwidth_gb_s": bandwidth,
                                    "read_bandwidth_gb_s": read, "llama_cpp_python": llama_cpp_version,
                                    "weight_bytes": weight_bytes, "bandwidth_limit_tokens_per_s": limit,
