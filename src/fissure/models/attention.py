@@ -190,16 +190,12 @@ class CausalSelfAttention(nn.Module):
             y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
             return self.resid_dropout(self.out(y))
         dropout = self.dropout if self.training else 0.0
-        if mask is None and k.shape[2] == T and dropout == 0.0 and _explicit_is_faster(q):
+        causal = mask is None and k.shape[2] == T  # no mask: causal prefill, or one query seeing all
+        if causal and dropout == 0.0 and _explicit_is_faster(q):
             y = causal_attention_explicit(q, k, v)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v,
-                attn_mask=mask,
-                dropout_p=dropout,
-                is_causal=mask is None and k.shape[2] == T,  # no mask: causal prefill, or one query seeing all
-                enable_gqa=self.n_kv_head != self.n_head,
-            )
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
+                                               enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.out(y))
 
@@ -256,9 +252,10 @@ EXPLICIT_ATTENTION_MAX_LEN = 512
 
 
 def _explicit_is_faster(q: torch.Tensor) -> bool:
-    """Whether :func:`causal_attention_explicit` is the faster path for these queries: bf16 on a CPU
-    with gradients on (training), up to :data:`EXPLICIT_ATTENTION_MAX_LEN` positions. Everything
-    else (fp32, inference, long sequences, masks) goes through SDPA."""
+    """Whether :func:`causal_attention_explicit` is the faster path for these (causal, unmasked)
+    queries: bf16 on a CPU with gradients on (training), up to :data:`EXPLICIT_ATTENTION_MAX_LEN`
+    positions. Everything else (fp32, inference, long sequences) goes through SDPA, as do masks
+    and dropout (:meth:`CausalSelfAttention.forward` checks those)."""
     return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
             and q.shape[2] <= EXPLICIT_ATTENTION_MAX_LEN)
 

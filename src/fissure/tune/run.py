@@ -35,7 +35,7 @@ from ..train.checkpoint import (read_adapter, read_tuned_meta, weights_sha256, w
                                 write_tuned_meta)
 from ..train.lora import apply_lora, load_adapter_state, resolve_targets
 from ..train.objectives import DPO, OBJECTIVES, MultiTask, Task, sequence_logprobs
-from ..utils import bf16_verdict, resolve_dtype, seed_everything, set_threads
+from ..utils import bf16_verdict, seed_everything, set_threads
 from .config import TuneConfig
 from .data import KIND_OBJECTIVE, TuningData, split
 from .examples import build_examples, labelled_rows
@@ -269,7 +269,7 @@ def run_tune(config: TuneConfig, data: TuningData | list[TuningData], run_dir: P
             f"{t.weight:g}")
     why = f" (auto: {bf16_verdict()[1]})" if config.train.dtype == "auto" else ""
     log(f"{config.method}: {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train; "
-        f"dtype {resolve_dtype(config.train.dtype)}{why}")
+        f"dtype {trainer.dtype}{why}")
     before = trainer.evaluate()
     result = trainer.train()
     summary = {
@@ -277,7 +277,7 @@ def run_tune(config: TuneConfig, data: TuningData | list[TuningData], run_dir: P
         "objective": config.train.objective,
         "data": _data_summary(tasks[0]) if len(tasks) == 1 else None,
         "tasks": [{"name": t.name, "weight": t.weight, "objective": t.objective, **_data_summary(t)} for t in tasks],
-        "trainable_parameters": trainable, "dtype": resolve_dtype(config.train.dtype), "threads": threads,
+        "trainable_parameters": trainable, "dtype": trainer.dtype, "threads": threads,
         "steps": result.steps, "train_loss": result.train_loss, "val_loss_before": before,
         "val_loss": result.val_loss, "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
         "tokens_per_second": result.tokens_per_second, "checkpoint": str(run_dir / "checkpoint"),
