@@ -133,8 +133,13 @@ class Llama(nn.Module):
         new kind of step (with or without a padding mask, up to 4 rows or more) compiles on first
         use: about a minute on 2 cores, less once inductor's on-disk cache holds it. Worth it for
         long generations: per token, a few fused kernels replace about a thousand small ops.
-        A copy of the model (``copy.deepcopy``) is not compiled."""
-        self.decode_step = torch.compile(self.forward, dynamic=True)
+        A copy of the model (``copy.deepcopy``) is not compiled.
+
+        Two inductor settings, each measured faster for a one-token step (benchmarks/README.md):
+        a C++ wrapper calls the kernels (not generated Python), and no pattern rewriting, which
+        would turn the written-out one-query attention into SDPA's flash kernel."""
+        self.decode_step = torch.compile(self.forward, dynamic=True,
+                                         options={"cpp_wrapper": True, "pattern_matcher": False})
         return self
 
     def __getstate__(self) -> dict:  # a copy's compiled step would run this model, not the copy
