@@ -97,3 +97,22 @@ def test_two_models_of_one_class_compiled_in_one_process_each_decode_as_their_ea
         model.compile_decode_step()
     for model, eager in models:
         assert generate(model, prompts, d).sequences == eager
+
+
+def test_the_compiled_step_keeps_the_one_query_attention_written_out():
+    """Inductor's pattern pass would turn the written-out one-query attention back into SDPA's flash
+    kernel, slower for one query on a CPU; ``compile_decode_step`` turns the pass off. Only the eager
+    prefill (one call per layer) may reach the flash kernel."""
+    from fissure.decode import Decoding, generate
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_kv_head=1, n_embd=16,
+                              intermediate_size=32)).eval()
+    eager = generate(model, [[1, 2, 3]], Decoding(max_new_tokens=8)).sequences
+    model.compile_decode_step()
+    generate(model, [[1, 2, 3]], Decoding(max_new_tokens=3))  # compiles
+    with torch.profiler.profile() as prof:
+        assert generate(model, [[1, 2, 3]], Decoding(max_new_tokens=8)).sequences == eager
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert sum(n for k, n in calls.items() if k.startswith("Torch-Compiled Region")) == 7  # the 7 steps
+    assert calls.get("aten::_scaled_dot_product_flash_attention_for_cpu", 0) == 2  # the prefill's, per layer

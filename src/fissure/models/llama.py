@@ -131,7 +131,7 @@ class Llama(nn.Module):
         the batch and cache length dynamic): generation (:func:`fissure.decode.generate`) then runs
         its one-token steps through :attr:`decode_step`, the prompt's prefill stays eager. Each
         new kind of step (with or without a padding mask, up to 4 rows or more) compiles on first
-        use: about a minute on 2 cores, less once inductor's on-disk cache holds it. Worth it for
+        use: up to about two minutes on 2 cores, seconds once inductor's on-disk cache holds it. Worth it for
         long generations: per token, a few fused kernels replace about a thousand small ops.
         A copy of the model (``copy.deepcopy``) is not compiled.
 
