@@ -15,6 +15,7 @@ llama.cpp runs the greedy case on the same GGUF when llama-cpp-python is install
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -83,6 +84,8 @@ def main() -> None:
     ap.add_argument("--greedy-tokens", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--greedy-rounds", type=int, default=8,
+                    help="rounds of the batch-1 greedy case (a round takes well under a second for most racers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compile", action="store_true",
                     help="also race compiled decoding steps (fp32, int4 greedy batch 1; bf16 sampling; each compiles ~1 min first)")
@@ -162,21 +165,36 @@ def main() -> None:
             warmup[f"{c}/{w}"] = time.perf_counter() - t
     tokens = {(c, w): 0 for c in cases for w in racers[c]}
     times = {(c, w): 0.0 for c in cases for w in racers[c]}
-    for _ in range(args.rounds):
+    per_round = {(c, w): [] for c in cases for w in racers[c]}  # tokens/s of each round
+    n_rounds = {c: args.greedy_rounds if c == "greedy_b1" else args.rounds for c in cases}
+    for r in range(max(n_rounds.values())):
         for c, (prompts, n, sample) in cases.items():
-            for w, fn in racers[c].items():
+            if r >= n_rounds[c]:
+                continue
+            order = list(racers[c].items())
+            for w, fn in order if r % 2 == 0 else order[::-1]:  # alternate the order: no racer always first
                 t = time.perf_counter()
-                tokens[(c, w)] += fn(prompts, n, sample)
-                times[(c, w)] += time.perf_counter() - t
+                k = fn(prompts, n, sample)
+                dt = time.perf_counter() - t
+                tokens[(c, w)] += k
+                times[(c, w)] += dt
+                per_round[(c, w)].append(k / dt)
     bandwidth, read = memory_bandwidth(), read_bandwidth()
     rows = {}
     for c in cases:
         tps = {w: tokens[(c, w)] / times[(c, w)] for w in racers[c]}
         rows[c] = {f"{w}_tokens_per_s": v for w, v in tps.items()}
         rows[c].update({f"speedup_{w}": tps[w] / tps["transformers"] for w in tps if w != "transformers"})
+        rows[c]["per_round_tokens_per_s"] = {w: per_round[(c, w)] for w in tps}
+        if "llama.cpp" in tps:  # the same round's llama.cpp: a burst of noise hits both
+            rows[c]["median_round_ratio_to_llama.cpp"] = {w: statistics.median(
+                a / b for a, b in zip(per_round[(c, w)], per_round[(c, "llama.cpp")])) for w in tps if w.startswith("ours")}
         print(f"{c:12s} transformers {tps['transformers']:6.1f}  " + "  ".join(
             f"{w} {tps[w]:6.1f} (x{tps[w] / tps['transformers']:.2f})" for w in tps if w != "transformers")
             + "  tokens/s")
+    if "median_round_ratio_to_llama.cpp" in rows["greedy_b1"]:
+        print(f"greedy_b1 against llama.cpp, median over {args.greedy_rounds} rounds of the same round's ratio: " + "  ".join(
+            f"{w} x{v:.2f}" for w, v in rows["greedy_b1"]["median_round_ratio_to_llama.cpp"].items()))
     limit = {k: read * 1e9 / v for k, v in weight_bytes.items()}
     g = rows["greedy_b1"]
     reached = [(dtype, g.get(f"{key}_tokens_per_s")) for dtype, key in (("fp32", "ours"), ("bf16", "ours-bf16"),
