@@ -88,8 +88,11 @@ def main() -> None:
                     help="rounds of the batch-1 greedy case (a round takes well under a second for most racers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compile", action="store_true",
-                    help="also race compiled decoding steps (fp32, int4 greedy batch 1; bf16 sampling; each compiles ~1 min first)")
+                    help="also race compiled decoding steps (fp32, int4 greedy batch 1; bf16 sampling; each compiles up to ~2 min first)")
     args = ap.parse_args()
+    for flag in ("rounds", "greedy_rounds", "threads", "batch", "new_tokens", "greedy_tokens"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(args, flag)}")
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -163,9 +166,7 @@ def main() -> None:
             t = time.perf_counter()
             fn(prompts, 4, sample)  # the full batch: a compiled step compiles for its size
             warmup[f"{c}/{w}"] = time.perf_counter() - t
-    tokens = {(c, w): 0 for c in cases for w in racers[c]}
-    times = {(c, w): 0.0 for c in cases for w in racers[c]}
-    per_round = {(c, w): [] for c in cases for w in racers[c]}  # tokens/s of each round
+    per_round = {(c, w): [] for c in cases for w in racers[c]}  # (tokens, seconds) of each round
     n_rounds = {c: args.greedy_rounds if c == "greedy_b1" else args.rounds for c in cases}
     for r in range(max(n_rounds.values())):
         for c, (prompts, n, sample) in cases.items():
@@ -175,20 +176,18 @@ def main() -> None:
             for w, fn in order if r % 2 == 0 else order[::-1]:  # alternate the order: no racer always first
                 t = time.perf_counter()
                 k = fn(prompts, n, sample)
-                dt = time.perf_counter() - t
-                tokens[(c, w)] += k
-                times[(c, w)] += dt
-                per_round[(c, w)].append(k / dt)
+                per_round[(c, w)].append((k, time.perf_counter() - t))
     bandwidth, read = memory_bandwidth(), read_bandwidth()
     rows = {}
     for c in cases:
-        tps = {w: tokens[(c, w)] / times[(c, w)] for w in racers[c]}
+        rounds = {w: [k / dt for k, dt in per_round[(c, w)]] for w in racers[c]}
+        tps = {w: sum(k for k, _ in per_round[(c, w)]) / sum(dt for _, dt in per_round[(c, w)]) for w in racers[c]}
         rows[c] = {f"{w}_tokens_per_s": v for w, v in tps.items()}
         rows[c].update({f"speedup_{w}": tps[w] / tps["transformers"] for w in tps if w != "transformers"})
-        rows[c]["per_round_tokens_per_s"] = {w: per_round[(c, w)] for w in tps}
+        rows[c]["per_round_tokens_per_s"] = rounds
         if "llama.cpp" in tps:  # the same round's llama.cpp: a burst of noise hits both
             rows[c]["median_round_ratio_to_llama.cpp"] = {w: statistics.median(
-                a / b for a, b in zip(per_round[(c, w)], per_round[(c, "llama.cpp")])) for w in tps if w.startswith("ours")}
+                a / b for a, b in zip(rounds[w], rounds["llama.cpp"])) for w in tps if w.startswith("ours")}
         print(f"{c:12s} transformers {tps['transformers']:6.1f}  " + "  ".join(
             f"{w} {tps[w]:6.1f} (x{tps[w] / tps['transformers']:.2f})" for w in tps if w != "transformers")
             + "  tokens/s")
