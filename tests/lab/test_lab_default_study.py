@@ -41,7 +41,8 @@ def perturbed(tmp_path_factory):
 
 def test_readme_block_states_findings():
     stated = readme_findings()
-    assert len(stated) >= 5 and ("MG: rot13 ASR above plain", True) in stated, stated
+    # four since the check run on an Intel Xeon (torch 2.11) held refusal suppression in one seed of three
+    assert len(stated) >= 4 and ("MG: rot13 ASR above plain", True) in stated, stated
 
 
 def test_one_thread_changes_the_floating_point_order_of_stage_1():

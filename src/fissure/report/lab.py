@@ -198,8 +198,10 @@ def _where(results: dict, meta: dict | None) -> str:
     meta = meta or {}
     cpu = meta.get("machine", {}).get("cpu", {})
     caps = "".join(f", {name}={value}" for name, value in cpu.get("isa_caps", {}).items())
+    torch_version = meta.get("versions", {}).get("torch")
     return (f"threads {results.get('threads')}, CPU {cpu.get('torch_capability', '?')} "
-            f"({' '.join(cpu.get('flags', [])) or 'no avx flags'}{caps}), commit {str(meta.get('git_commit', '?'))[:7]}")
+            f"({' '.join(cpu.get('flags', [])) or 'no avx flags'}{caps}), "
+            f"{f'torch {torch_version}, ' if torch_version else ''}commit {str(meta.get('git_commit', '?'))[:7]}")
 
 
 def findings_markdown(results: dict, meta: dict | None = None, checks: list[tuple[dict, dict | None]] = ()) -> str:
