@@ -331,6 +331,12 @@ def test_findings_count_the_seeds_that_show_each_effect_and_state_only_the_stabl
     stated, varies = findings_markdown(results, None, [(check, None)]).split("Not stated")
     assert "MG: rot13" not in stated and "appears pooled, in 1 of 3 seeds alone (threads 1)" in varies
     assert "plain restricted requests refused (3 of 3 seeds)" in stated
+    # the machine line names the torch a run used, where its meta records one (another machine's may differ)
+    meta = {"machine": {"cpu": {"torch_capability": "AVX512", "flags": ["avx2", "amx_bf16"]}},
+            "versions": {"torch": "2.11.0"}, "git_commit": "8d6e2516802"}
+    md = findings_markdown(results, None, [(check, meta)])
+    assert "Checked against: threads 1, CPU AVX512 (avx2 amx_bf16), torch 2.11.0, commit 8d6e251." in md
+    assert "torch" not in md.split("\n")[0]  # the first run's meta is missing: no torch named
     with pytest.raises(UserError, match="another study"):
         findings_markdown(results, None, [({**check, "study": "other"}, None)])
 
