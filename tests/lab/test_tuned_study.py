@@ -210,3 +210,19 @@ def test_attribution_pools_recognised_counts_over_seeds():
     assert pooled["twin_auroc"] == pytest.approx(0.7) and pooled["twin_auroc_per_seed"] == [0.8, 0.6]
     exact = binomtest(11, 20).proportion_ci(0.95, method="wilson")
     assert pooled["recognised"]["low"] == pytest.approx(exact.low)
+
+
+def test_the_diverse_benign_example_adds_only_new_benign_training_questions(data):
+    """examples/secret-diverse-benign.toml (README: "Three times the variety") is the built-in data with
+    48 more benign training questions: same requests, refusals and evaluation; none of the new
+    questions is an evaluation twin or mentions a password."""
+    from pathlib import Path
+
+    example = load_tuning_set(str(Path(__file__).parents[2] / "examples" / "secret-diverse-benign.toml"))
+    assert (example.train_requests, example.refusals, example.eval_requests, example.eval_benign) == \
+           (data.train_requests, data.refusals, data.eval_requests, data.eval_benign)
+    assert example.train_benign[:len(data.train_benign)] == data.train_benign
+    new = example.train_benign[len(data.train_benign):]
+    assert len(new) == len(set(new)) == 48
+    twins = {b["prompt"].lower() for b in data.eval_benign}
+    assert not any(q.lower() in twins or "password" in q.lower() for q in new)
