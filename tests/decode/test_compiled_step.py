@@ -116,3 +116,28 @@ def test_the_compiled_step_keeps_the_one_query_attention_written_out():
     calls = {e.key: e.count for e in prof.key_averages()}
     assert sum(n for k, n in calls.items() if k.startswith("Torch-Compiled Region")) == 7  # the 7 steps
     assert calls.get("aten::_scaled_dot_product_flash_attention_for_cpu", 0) == 2  # the prefill's, per layer
+
+
+def test_compiled_bf16_steps_call_the_reordered_onednn_linear_of_their_own_model():
+    """In bf16 a fused model's projections run oneDNN with each weight reordered once, compiled too
+    (the custom op ``fissure::onednn_linear``, which finds its layer by a number). Two models of the
+    same structure and other weights, compiled in one process, must each decode as their eager self:
+    the second must not call the first one's weights."""
+    from fissure.decode import Decoding, generate
+
+    prompts, d = [[1, 2, 3], [4, 5, 6]], Decoding(max_new_tokens=8)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = Llama(LlamaConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_kv_head=1, n_embd=32,
+                                  intermediate_size=64)).to(torch.bfloat16).eval().fuse_projections()
+        models.append((model, generate(model, prompts, d).sequences))
+    assert models[0][1] != models[1][1]  # the two models decide differently
+    for model, _ in models:
+        model.compile_decode_step()
+    for model, eager in models:
+        with torch.profiler.profile() as prof:
+            assert generate(model, prompts, d).sequences == eager
+        calls = {e.key: e.count for e in prof.key_averages()}
+        # at least 7 steps x (4 per layer + head); the profiler may list a call at more than one level
+        assert calls.get("fissure::onednn_linear", 0) >= 7 * (2 * 4 + 1)
