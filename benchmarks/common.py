@@ -27,13 +27,18 @@ def slow_dtype(dtype: torch.dtype, min_gflops: float = MIN_GFLOPS) -> str | None
             f"({torch.backends.cpu.get_cpu_capability()}), under {min_gflops:g}")
 
 
-def save(name: str, data: dict, seed: int, threads: int) -> Path:
-    """Write ``results/NAME.json``; on a CPU whose kernels run below AVX-512 (an AVX2-only machine, or
-    one held there by ``ATEN_CPU_CAPABILITY``), ``results/NAME-avx2.json``: one file per capability."""
-    RESULTS.mkdir(exist_ok=True)
+def results_path(name: str) -> Path:
+    """``results/NAME.json``; on a CPU whose kernels run below AVX-512 (an AVX2-only machine, or one
+    held there by ``ATEN_CPU_CAPABILITY``), ``results/NAME-avx2.json``: one file per capability."""
     capability = torch.backends.cpu.get_cpu_capability()
     suffix = "" if capability.startswith("AVX512") else f"-{capability.lower()}"
-    path = RESULTS / f"{name}{suffix}.json"
+    return RESULTS / f"{name}{suffix}.json"
+
+
+def save(name: str, data: dict, seed: int, threads: int) -> Path:
+    """Write ``data`` with its provenance to :func:`results_path`."""
+    RESULTS.mkdir(exist_ok=True)
+    path = results_path(name)
     data = {**data, "meta": provenance(seed, threads)}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path

@@ -9,12 +9,14 @@ memory-bandwidth limit: every new token reads all weights once, so tokens/s <= b
 weight bytes. ``ours-bf16``, ``ours-int8`` (weight-only int8, bf16 activations) and ``ours-int4``
 (weight-only int4 in groups of 32) trade precision for fewer bytes per token; ``ours`` is fp32 like
 transformers. ``--compile`` adds compiled decoding steps (fp32 and int4 greedy at batch 1, bf16 sampling), and
-llama.cpp runs the greedy case on the same GGUF when llama-cpp-python is installed.
+llama.cpp runs the greedy case on the same GGUF when llama-cpp-python is installed; when it is not, the
+run states llama.cpp's last measured figure from the results file it replaces, with that run's date and commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import save, slow_dtype  # noqa: E402
+from common import results_path, save, slow_dtype  # noqa: E402
 
 from fissure.decode import Decoding, generate  # noqa: E402
 from fissure.models.quantize import quantize_int4, quantize_int8  # noqa: E402
@@ -75,6 +77,22 @@ def llama_cpp_runner(threads: int):
         return out["usage"]["completion_tokens"]
 
     return run, llama_cpp.__version__
+
+
+def last_llama_cpp(path: Path) -> dict | None:
+    """llama.cpp's greedy batch-1 figure from the last saved run of this benchmark that raced it
+    (``path``: the results file this run will replace; a run without llama.cpp carries the figure
+    forward), with that run's date and commit; None when no saved run has one."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    tps = old.get("results", {}).get("greedy_b1", {}).get("llama.cpp_tokens_per_s")
+    if tps is None:
+        return old.get("llama_cpp_last_measured")
+    meta = old.get("meta", {})
+    return {"tokens_per_s": tps, "created": meta.get("created"), "git_commit": meta.get("git_commit"),
+            "llama_cpp_python": old.get("llama_cpp_python")}
 
 
 def main() -> None:
@@ -145,6 +163,7 @@ def main() -> None:
                "ours-int4": lambda p, n, s: ours_run(p, n, s, ours_int4)}
     llama_cpp_run, llama_cpp_version = llama_cpp_runner(args.threads)
     only_greedy = {"llama.cpp": llama_cpp_run} if llama_cpp_run else {}
+    last_llama = None if llama_cpp_run else last_llama_cpp(results_path("decode_smollm2"))
     compiled_sampling = {}
     if args.compile:  # Llama.compile_decode_step: as `fissure generate --compile` runs it
         compiled = {"ours-compiled": load_hf_llama_dir(path).fuse_projections().compile_decode_step(),
@@ -194,6 +213,14 @@ def main() -> None:
     if "median_round_ratio_to_llama.cpp" in rows["greedy_b1"]:
         print(f"greedy_b1 against llama.cpp, median over {args.greedy_rounds} rounds of the same round's ratio: " + "  ".join(
             f"{w} x{v:.2f}" for w, v in rows["greedy_b1"]["median_round_ratio_to_llama.cpp"].items()))
+    if llama_cpp_run is None:
+        line = "llama.cpp: not raced (llama-cpp-python is not installed; `python tests/e2e/llama_server.py` builds it)"
+        if last_llama:
+            best = max((w for w in rows["greedy_b1"] if w.startswith("ours")), key=rows["greedy_b1"].get)
+            line += (f"; its last measured figure: {last_llama['tokens_per_s']:.1f} tokens/s on {last_llama['created']} "
+                     f"(commit {str(last_llama['git_commit'])[:7]}), another run: {best.removesuffix('_tokens_per_s')} "
+                     f"x{rows['greedy_b1'][best] / last_llama['tokens_per_s']:.2f} against it")
+        print(line)
     limit = {k: read * 1e9 / v for k, v in weight_bytes.items()}
     g = rows["greedy_b1"]
     reached = [(dtype, g.get(f"{key}_tokens_per_s")) for dtype, key in (("fp32", "ours"), ("bf16", "ours-bf16"),
@@ -206,6 +233,7 @@ def main() -> None:
             f"{w} {warmup.get('greedy_b1/' + w, 0) + warmup.get(f'sample_b{args.batch}/' + w, 0):.0f} s" for w in compiled))
     path = save("decode_smollm2", {"config": vars(args), "results": rows, "memory_bandwidth_gb_s": bandwidth,
                                    "read_bandwidth_gb_s": read, "llama_cpp_python": llama_cpp_version,
+                                   **({"llama_cpp_last_measured": last_llama} if last_llama else {}),
                                    "weight_bytes": weight_bytes, "bandwidth_limit_tokens_per_s": limit,
                                    "first_load_s": first_load, "cached_load_s": cached_load, "warmup_s": warmup, "skipped": skipped},
                 args.seed, args.threads)
