@@ -5,12 +5,16 @@ wrong, as a user of transformers would write it first). Every
 built-in policy's restricted requests and benign twins, rendered with SmolLM2's chat template, in
 every registered attack's form: the white-box pass the probe suite would need.
 
-    python benchmarks/refusal_direction.py --threads 2
+    python benchmarks/refusal_direction.py --threads 2 --layers 16 --sample 560
+    python benchmarks/refusal_direction.py --threads 2 --layers 16 --sample 560 --dtype bf16   # both in bf16
+
+``--dtype bf16`` is skipped, saying why, on a CPU whose bf16 matmul is slow (AVX2 only).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
@@ -18,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import save  # noqa: E402
+from common import save, slow_dtype  # noqa: E402
 
 import fissure  # noqa: E402
 from fissure.probes.attacks import ATTACKS, get_attack  # noqa: E402
@@ -43,18 +47,26 @@ def prompts() -> list[list[dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N prompts (0: all)")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="N prompts drawn at random (seed 0) from all of them (0: all; the full set takes ~30 min)")
     ap.add_argument("--layers", type=int, default=0, help="also time fissure's pass stopped after this many layers "
                                                         "(what projecting on a chosen layer needs; 0: skip)")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="weights and activations of both racers (bf16: `fissure.load(..., dtype='bf16')`)")
     args = ap.parse_args()
     set_threads(args.threads)
+    torch_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.dtype == "bf16" and (why := slow_dtype(torch_dtype)):
+        sys.exit(why)
     from transformers import AutoModelForCausalLM
 
-    lm = fissure.load("smollm2")
-    chats = prompts()[: args.limit or None]
+    lm = fissure.load("smollm2", dtype=args.dtype)
+    chats = prompts()
+    if args.sample:
+        chats = random.Random(0).sample(chats, min(args.sample, len(chats)))
     ids = [lm.prompt_ids(c) for c in chats]
     hf = AutoModelForCausalLM.from_pretrained(str(cache_dir() / "smollm2-135m-instruct"),  # fissure.load's copy
-                                              torch_dtype=torch.float32).eval()
+                                              dtype=torch_dtype).eval()
 
     t = time.perf_counter()
     ours = last_token_states(lm, chats, batch_size=16)
@@ -69,19 +81,23 @@ def main() -> None:
 
     t = time.perf_counter()
     with torch.inference_mode():
-        ref = torch.stack([torch.stack(hf(torch.tensor([x]), output_hidden_states=True).hidden_states[1:])[:, 0, -1]
-                           for x in ids], dim=1)
+        # each prompt's last position only, copied out: a view would keep all its hidden states alive
+        ref = torch.stack([torch.stack([h[0, -1].clone() for h in hf(torch.tensor([x]), output_hidden_states=True)
+                                        .hidden_states[1:]]) for x in ids], dim=1)
     hf_s = time.perf_counter() - t
     # HF's last hidden state has the final norm applied; compare the layers before it
     diff = (ours[:-1] - ref[:-1].float()).abs().max().item()
+    relative = ((ours[:-1] - ref[:-1].float()).norm(dim=-1) / ref[:-1].float().norm(dim=-1)).max().item()
     tokens = sum(len(x) for x in ids)
-    print(f"{len(chats)} prompts, {tokens:,} tokens, {ours.shape[0]} layers: fissure {ours_s:.1f} s, transformers "
-          f"(one prompt at a time) {hf_s:.1f} s, ratio {hf_s / ours_s:.2f}x; max |difference| {diff:.2e}"
+    print(f"{args.dtype}: {len(chats)} prompts, {tokens:,} tokens, {ours.shape[0]} layers: fissure {ours_s:.1f} s, transformers "
+          f"(one prompt at a time) {hf_s:.1f} s, ratio {hf_s / ours_s:.2f}x; max |difference| {diff:.2e} "
+          f"(relative to a state's norm: {relative:.2e})"
           + (f"; fissure up to layer {args.layers}: {partial_s:.1f} s" if partial_s else ""))
-    path = save("refusal_direction", {"prompts": len(chats), "tokens": tokens, "fissure_seconds": ours_s,
-                                      "transformers_seconds": hf_s, "ratio": hf_s / ours_s,
-                                      "max_abs_difference": diff, "layers": args.layers or None,
-                                      "fissure_seconds_up_to_layers": partial_s}, seed=0, threads=args.threads)
+    name = "refusal_direction" if args.dtype == "fp32" else f"refusal_direction_{args.dtype}"
+    path = save(name, {"dtype": args.dtype, "prompts": len(chats), "sampled": bool(args.sample), "tokens": tokens, "fissure_seconds": ours_s,
+                       "transformers_seconds": hf_s, "ratio": hf_s / ours_s, "max_abs_difference": diff,
+                       "max_relative_difference": relative, "layers": args.layers or None,
+                       "fissure_seconds_up_to_layers": partial_s}, seed=0, threads=args.threads)
     print(f"wrote {path}")
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..runs import append_jsonl, read_jsonl, write_text_atomic
-from .base import BENIGN_LABELS, LABELS, Verdict, benign_label
+from .base import Verdict, benign_label
 
 KINDS = ("restricted", "benign", "capability")
 
@@ -150,10 +150,6 @@ def _integer(value: Any) -> bool:
 def _is_prompt(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and all(
         isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()) for m in value))
-
-
-def outcome_labels(kind: str) -> tuple[str, ...]:
-    return LABELS if kind == "restricted" else BENIGN_LABELS
 
 
 def append_samples(path: Path, samples: Iterable[Sample]) -> None:
