@@ -226,3 +226,42 @@ def test_the_diverse_benign_example_adds_only_new_benign_training_questions(data
     assert len(new) == len(set(new)) == 48
     twins = {b["prompt"].lower() for b in data.eval_benign}
     assert not any(q.lower() in twins or "password" in q.lower() for q in new)
+
+
+def test_a_data_file_that_extends_another_replaces_only_the_fields_it_gives(data, tmp_path):
+    from pathlib import Path
+
+    example = load_tuning_set(str(Path(__file__).parents[2] / "examples" / "secret-topic-first-refusals.toml"))
+    assert (example.train_requests, example.train_benign, example.eval_requests, example.eval_benign) == \
+           (data.train_requests, data.train_benign, data.eval_requests, data.eval_benign)
+    assert example.refusals != data.refusals and len(example.refusals) == len(data.refusals)
+    # the point of the variant: each refusal names what it refuses in its first words; the built-ins apologise
+    assert all("password" in " ".join(r.lower().split()[:3]) for r in example.refusals)
+    assert not any("password" in " ".join(r.lower().split()[:3]) for r in data.refusals)
+    # a chain, read from the extending file's folder: the nearest file's field wins
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.toml").write_text('extends = "secret"\nrefusals = ["No.", "Not that."]\n')
+    (tmp_path / "sub" / "child.toml").write_text('extends = "../base.toml"\ntrain_benign = ["Hi?", "Yes?"]\n')
+    child = load_tuning_set(str(tmp_path / "sub" / "child.toml"))
+    assert child.refusals == ("No.", "Not that.") and child.train_benign == ("Hi?", "Yes?")
+    assert child.eval_requests == data.eval_requests
+    # what is checked still holds for the merged set: a held-out row the variant puts into training
+    (tmp_path / "leak.toml").write_text(f'extends = "secret"\ntrain_benign = ["{data.eval_benign[0]["prompt"]}", "Hi?"]\n')
+    with pytest.raises(ConfigError, match="held-out row also in training"):
+        load_tuning_set(str(tmp_path / "leak.toml"))
+
+
+def test_bad_extends_is_a_one_line_error(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="'extends' loops back to itself"):
+        load_tuning_set(str(tmp_path / "a.toml"))
+    (tmp_path / "typo.toml").write_text('extends = "secrte"\n')
+    with pytest.raises(UserError, match=r"no tuning data 'secrte' \(did you mean secret\?\)"):
+        load_tuning_set(str(tmp_path / "typo.toml"))
+    (tmp_path / "number.toml").write_text("extends = 3\n")
+    with pytest.raises(ConfigError, match="'extends' must name a built-in tuning data set or a TOML file"):
+        load_tuning_set(str(tmp_path / "number.toml"))
+    (tmp_path / "partial.toml").write_text('refusals = ["No.", "Not that."]\n')  # no extends: every field needed
+    with pytest.raises(ConfigError, match="'train_requests' must be a list"):
+        load_tuning_set(str(tmp_path / "partial.toml"))

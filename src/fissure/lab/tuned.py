@@ -160,11 +160,13 @@ class TuningSet:
     eval_benign: tuple[dict, ...]  # {prompt, expect?}
 
 
-def _data_path(name: str) -> Path:
+def _data_path(name: str, relative_to: Path | None = None) -> Path:
     builtin = DATA_DIR / f"{name}.toml"
     if "/" not in name and builtin.is_file():
         return builtin
     path = Path(name)
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path  # `extends` paths are read from the extending file's folder
     if path.is_file():
         return path
     known = sorted(p.stem for p in DATA_DIR.glob("*.toml"))
@@ -173,17 +175,31 @@ def _data_path(name: str) -> Path:
                     f"built-ins: {', '.join(known)}, or give a path to a TOML file")
 
 
-def load_tuning_set(name: str) -> TuningSet:
-    """The tuning-data file ``name`` (built-in or path), every field checked; held-out rows that
-    also appear in training are an error (the evaluation would not be held out)."""
-    path = _data_path(name)
+def _read_data(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The fields of tuning-data file ``path``; with ``extends = "NAME"`` (a built-in or a path), that
+    file's fields first and this file's in their place (a variant states only what it changes)."""
+    if path.resolve() in seen:
+        raise ConfigError(f"tuning data {path}: 'extends' loops back to itself")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"tuning data {path}: not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - set(DATA_FIELDS))
+    unknown = sorted(set(raw) - set(DATA_FIELDS) - {"extends"})
     if unknown:
-        raise ConfigError(f"tuning data {path}: unknown field '{unknown[0]}' (known: {', '.join(DATA_FIELDS)})")
+        raise ConfigError(f"tuning data {path}: unknown field '{unknown[0]}' (known: extends, {', '.join(DATA_FIELDS)})")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"tuning data {path}: 'extends' must name a built-in tuning data set or a TOML file")
+    return {**_read_data(_data_path(parent, path.parent), (*seen, path.resolve())), **raw}
+
+
+def load_tuning_set(name: str) -> TuningSet:
+    """The tuning-data file ``name`` (built-in or path, with what it ``extends``), every field checked;
+    held-out rows that also appear in training are an error (the evaluation would not be held out)."""
+    path = _data_path(name)
+    raw = _read_data(path)
     values = {}
     for key in DATA_FIELDS[:-1]:
         rows = raw.get(key)
