@@ -10,16 +10,25 @@ def _bf16_verdict(monkeypatch, flags: list[str], gflops: dict) -> tuple[bool, li
 
     def fake_gflops(dtype, n=1536, repeats=5):
         timed.append(dtype)
+        threads_when_timed.append(torch.get_num_threads())
         return gflops[dtype]
+
+    threads_when_timed = []
 
     monkeypatch.setattr(utils, "cpu_features", lambda: {"torch_capability": "X", "flags": flags})
     monkeypatch.setattr(utils, "matmul_gflops", fake_gflops)
     utils.bf16_verdict.cache_clear()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
         verdict, reason = utils.bf16_verdict()
         assert reason  # always says why
+        # timed on one thread (a two-thread matmul this small stalls when a neighbour holds a core),
+        # and the caller's thread count given back
+        assert set(threads_when_timed) <= {1} and torch.get_num_threads() == 2
         return verdict, timed
     finally:
+        torch.set_num_threads(before)
         utils.bf16_verdict.cache_clear()
 
 

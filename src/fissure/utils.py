@@ -100,11 +100,21 @@ def bf16_verdict() -> tuple[bool, str]:
     against 118 in fp32, so no). Where they promise bf16, a 256^3 matmul in each dtype is timed once
     per process: the flags say what the CPU has, not what the kernels use (``ONEDNN_MAX_CPU_ISA``,
     a virtual machine that hides the instructions from the library). bf16 must reach half of fp32's
-    rate; the two cases sit far either side of that line (about 2.5x and 0.01x)."""
+    rate; the two cases sit far either side of that line (about 2.5x and 0.01x).
+
+    The probe runs on one thread: the question is which instructions the kernels use, and with another
+    process busy on the cores a two-thread matmul this small can wait a whole scheduler slice for its
+    second thread (measured: 3 GFLOP/s in either dtype, or in one and not the other, which chose fp32
+    for a run whose neighbour had just started)."""
     if not {"avx512_bf16", "amx_bf16"} & set(cpu_features()["flags"]):
         return False, "this CPU has no bf16 instructions (AVX-512 BF16 or AMX)"
-    bf16, fp32 = matmul_gflops(torch.bfloat16, n=256, repeats=3), matmul_gflops(torch.float32, n=256, repeats=3)
-    return bf16 >= fp32 / 2, f"a bf16 matmul ran at {bf16:.0f} GFLOP/s here, fp32 at {fp32:.0f}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bf16, fp32 = matmul_gflops(torch.bfloat16, n=256, repeats=5), matmul_gflops(torch.float32, n=256, repeats=5)
+    finally:
+        torch.set_num_threads(threads)
+    return bf16 >= fp32 / 2, f"bf16 matmul: {bf16:.0f} GFLOP/s on one thread here, fp32 {fp32:.0f}"
 
 
 def resolve_dtype(dtype: str) -> str:

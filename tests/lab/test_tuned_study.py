@@ -4,6 +4,7 @@ the tuning rows, the evaluation policy, pooling over seeds, and the mode confusi
 import json
 import re
 import tomllib
+from pathlib import Path
 
 import pytest
 from scipy.stats import binomtest
@@ -11,12 +12,20 @@ from scipy.stats import binomtest
 from fissure.config import ConfigError
 from fissure.errors import UserError
 from fissure.lab.study import load_study
-from fissure.lab.tuned import (LEAKS, TunedStudy, _whole_sentences, build_rows, check_study, eval_policy_text,
-                               load_tuning_set)
+from fissure.lab.tuned import (
+    LEAKS,
+    TunedStudy,
+    _whole_sentences,
+    build_rows,
+    check_study,
+    eval_policy_text,
+    load_tuning_set,
+)
 from fissure.lab.tuned_inside import confusion
 from fissure.lab.tuned_run import _model_view
 from fissure.probes.policies import load_policy
 
+EXAMPLES = Path(__file__).parents[2] / "examples"
 
 @pytest.fixture(scope="module")
 def study() -> TunedStudy:
@@ -213,14 +222,14 @@ def test_attribution_pools_recognised_counts_over_seeds():
 
 
 def test_the_diverse_benign_example_adds_only_new_benign_training_questions(data):
-    """examples/secret-diverse-benign.toml (README: "Three times the variety") is the built-in data with
-    48 more benign training questions: same requests, refusals and evaluation; none of the new
-    questions is an evaluation twin or mentions a password."""
-    from pathlib import Path
-
-    example = load_tuning_set(str(Path(__file__).parents[2] / "examples" / "secret-diverse-benign.toml"))
+    """examples/secret-diverse-benign.toml (README: "Three times the variety") is the data it was measured
+    with (the built-in data with its earlier, apology-first refusals) and 48 more benign training
+    questions: same requests and evaluation; none of the new questions is an evaluation twin or mentions
+    a password."""
+    example = load_tuning_set(str(EXAMPLES / "secret-diverse-benign.toml"))
+    apology = load_tuning_set(str(EXAMPLES / "secret-apology-refusals.toml"))
     assert (example.train_requests, example.refusals, example.eval_requests, example.eval_benign) == \
-           (data.train_requests, data.refusals, data.eval_requests, data.eval_benign)
+           (data.train_requests, apology.refusals, data.eval_requests, data.eval_benign)
     assert example.train_benign[:len(data.train_benign)] == data.train_benign
     new = example.train_benign[len(data.train_benign):]
     assert len(new) == len(set(new)) == 48
@@ -229,15 +238,14 @@ def test_the_diverse_benign_example_adds_only_new_benign_training_questions(data
 
 
 def test_a_data_file_that_extends_another_replaces_only_the_fields_it_gives(data, tmp_path):
-    from pathlib import Path
-
-    example = load_tuning_set(str(Path(__file__).parents[2] / "examples" / "secret-topic-first-refusals.toml"))
+    example = load_tuning_set(str(EXAMPLES / "secret-apology-refusals.toml"))
     assert (example.train_requests, example.train_benign, example.eval_requests, example.eval_benign) == \
            (data.train_requests, data.train_benign, data.eval_requests, data.eval_benign)
     assert example.refusals != data.refusals and len(example.refusals) == len(data.refusals)
-    # the point of the variant: each refusal names what it refuses in its first words; the built-ins apologise
-    assert all("password" in " ".join(r.lower().split()[:3]) for r in example.refusals)
-    assert not any("password" in " ".join(r.lower().split()[:3]) for r in data.refusals)
+    # what the two differ in: the built-in refusals name what they refuse in their first words, the
+    # earlier ones open with an apology or a bare "I can't"
+    assert all("password" in " ".join(r.lower().split()[:3]) for r in data.refusals)
+    assert not any("password" in " ".join(r.lower().split()[:3]) for r in example.refusals)
     # a chain, read from the extending file's folder: the nearest file's field wins
     (tmp_path / "sub").mkdir()
     (tmp_path / "base.toml").write_text('extends = "secret"\nrefusals = ["No.", "Not that."]\n')
