@@ -109,7 +109,8 @@ def test_load_and_the_cli_resolve_auto_and_say_what_they_chose(tiny_llama, tmp_p
     result = CliRunner().invoke(app, ["generate", str(tiny_llama[0]), "--prompt", "the cat", "--max-new-tokens", "4",
                                       "--dtype", "auto", "--out-dir", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
-    assert f"dtype auto: {chosen} ({bf16_verdict()[1]})" in result.stderr
+    said = " ".join(result.stderr.split())  # rich wraps long lines at the terminal's width
+    assert f"dtype auto: {chosen} ({bf16_verdict()[1]})" in said
     json.loads(result.stdout)
     config = tomllib.loads(next(tmp_path.glob("generate-*/config.toml")).read_text())
     assert config["dtype"] == chosen
