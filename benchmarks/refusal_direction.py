@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                     help="weights and activations of both racers (bf16: `fissure.load(..., dtype='bf16')`)")
     args = ap.parse_args()
+    if args.sample < 0 or args.layers < 0:
+        ap.error("--sample and --layers must be 0 or more")
     set_threads(args.threads)
     torch_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     if args.dtype == "bf16" and (why := slow_dtype(torch_dtype)):
