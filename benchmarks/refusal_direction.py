@@ -88,8 +88,9 @@ def main() -> None:
                                         .hidden_states[1:]]) for x in ids], dim=1)
     hf_s = time.perf_counter() - t
     # HF's last hidden state has the final norm applied; compare the layers before it
-    diff = (ours[:-1] - ref[:-1].float()).abs().max().item()
-    relative = ((ours[:-1] - ref[:-1].float()).norm(dim=-1) / ref[:-1].float().norm(dim=-1)).max().item()
+    gap, ref = ours[:-1] - ref[:-1].float(), ref[:-1].float()
+    diff = gap.abs().max().item()
+    relative = (gap.norm(dim=-1) / ref.norm(dim=-1)).max().item()
     tokens = sum(len(x) for x in ids)
     print(f"{args.dtype}: {len(chats)} prompts, {tokens:,} tokens, {ours.shape[0]} layers: fissure {ours_s:.1f} s, transformers "
           f"(one prompt at a time) {hf_s:.1f} s, ratio {hf_s / ours_s:.2f}x; max |difference| {diff:.2e} "

@@ -265,7 +265,7 @@ def test_bad_extends_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match="'extends' loops back to itself"):
         load_tuning_set(str(tmp_path / "a.toml"))
     (tmp_path / "typo.toml").write_text('extends = "secrte"\n')
-    with pytest.raises(UserError, match=r"no tuning data 'secrte' \(did you mean secret\?\)"):
+    with pytest.raises(UserError, match=r"typo\.toml: extends: no tuning data 'secrte' \(did you mean secret\?\)"):
         load_tuning_set(str(tmp_path / "typo.toml"))
     (tmp_path / "number.toml").write_text("extends = 3\n")
     with pytest.raises(ConfigError, match="'extends' must name a built-in tuning data set or a TOML file"):

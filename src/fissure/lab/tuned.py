@@ -192,7 +192,11 @@ def _read_data(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return raw
     if not isinstance(parent, str) or not parent.strip():
         raise ConfigError(f"tuning data {path}: 'extends' must name a built-in tuning data set or a TOML file")
-    return {**_read_data(_data_path(parent, path.parent), (*seen, path.resolve())), **raw}
+    try:
+        parent_path = _data_path(parent, path.parent)
+    except UserError as exc:  # name the file whose `extends` is wrong
+        raise UserError(f"tuning data {path}: extends: {exc}") from None
+    return {**_read_data(parent_path, (*seen, path.resolve())), **raw}
 
 
 def load_tuning_set(name: str) -> TuningSet:
