@@ -99,3 +99,42 @@ def gemma_header_gguf(tmp_path):
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _int4_scheme_linear(linear: torch.nn.Linear, group: int = 32):
+    """What fissure's int4 layers compute (llama.cpp's Q4_1 x Q8_1), written out independently of
+    fissure: weights rounded to 16 levels from each group's minimum to its maximum (scale and
+    minimum then kept in fp16), activations to 255 levels of max|x| / 127 per group (levels chosen
+    in fp32, as llama.cpp chooses them), and each group's minimum times the exact sum of its
+    activations; the products summed in float64."""
+    w = linear.weight.detach().float()
+    n, k = w.shape
+    g = w.reshape(n, k // group, group)
+    low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    step = ((high - low) / 15).clamp(min=1e-7)
+    levels = torch.round((g - low) / step).double()
+    step, low = step.half().double(), low.half().double()
+    bias = None if linear.bias is None else linear.bias.detach().double()
+
+    def forward(x):
+        xg = x.float().reshape(*x.shape[:-1], k // group, group)
+        amax = xg.abs().amax(-1, keepdim=True)
+        xq = torch.round(xg * torch.where(amax > 0, 127 / amax, 0.0)).double() * (amax.double() / 127)
+        y = torch.einsum("...gj,ngj->...n", xq, levels * step) + torch.einsum("...g,ng->...n", xg.double().sum(-1), low[..., 0])
+        return (y if bias is None else y + bias).to(x.dtype)
+
+    return forward
+
+
+@pytest.fixture
+def int4_scheme():
+    """``simulate(model)``: every linear layer that int4 takes (inputs in whole groups of 32) computes
+    the int4 scheme independently of fissure (in place; returns the model)."""
+
+    def simulate(model: torch.nn.Module) -> torch.nn.Module:
+        for m in model.modules():
+            if type(m) is torch.nn.Linear and m.in_features % 32 == 0:
+                m.forward = _int4_scheme_linear(m)
+        return model
+
+    return simulate

@@ -295,11 +295,12 @@ def test_beams_share_their_sources_memory_until_rows_leave(marian):
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
-def test_faster_dtypes_keep_the_predictions(marian, dtype):
+def test_faster_dtypes_keep_the_predictions(marian, dtype, int4_scheme):
     """``load_translator(..., dtype=)``'s conversion on the trained copier: every linear layer
     quantised (int4 where the kernel takes the shape, int8 elsewhere); next-token predictions along
     HF's fp32 greedy translations (teacher-forced, so one flip does not derail the rest) agree with
-    HF's on nearly every position, and greedy decoding runs."""
+    HF's on nearly every position (int4: with the int4 scheme computed independently), and greedy
+    decoding runs."""
     from fissure.models.quantize import Int4Linear, Int8Linear, set_dtype
 
     ours = set_dtype(seq2seq_from_hf_state_dict(marian.config, marian.state_dict()).eval(), dtype)
@@ -319,7 +320,17 @@ def test_faster_dtypes_keep_the_predictions(marian, dtype):
     agree = (got.argmax(-1) == want.argmax(-1))[real].float().mean()
     total_variation = 0.5 * (got.softmax(-1) - want.softmax(-1)).abs().sum(-1)[real].mean()
     print(f"{dtype}: argmax agreement {agree:.3f}, total variation {total_variation:.4f}")
-    assert agree > 0.9 and total_variation < 0.05
+    if dtype == "int4":  # int8 activations per group of 32: on this 32-wide model one group is a whole
+        # hidden vector, and agreement with fp32 HF falls to about 0.83 (0.9+ with bf16 activations);
+        # what can fail here is the implementation: it must compute the scheme as written out in tests/conftest.py
+        scheme = int4_scheme(seq2seq_from_hf_state_dict(marian.config, marian.state_dict()).eval())
+        with torch.no_grad():
+            want = scheme(src, tgt, mask).float()
+        agree = (got.argmax(-1) == want.argmax(-1))[real].float().mean()
+        total_variation = 0.5 * (got.softmax(-1) - want.softmax(-1)).abs().sum(-1)[real].mean()
+        assert agree > 0.99 and total_variation < 0.01
+    else:
+        assert agree > 0.9 and total_variation < 0.05
     translations = generate_seq2seq(ours, rows, Decoding(max_new_tokens=11), forced_eos_token_id=EOS).sequences
     assert len(translations) == 32 and all(translations)
 

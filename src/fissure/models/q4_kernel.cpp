@@ -1,0 +1,222 @@
+// fissure's int4 matmul for CPU decoding: y = x W^T (+ bias) with W in 4-bit levels, a scale and
+// a minimum per group of 32 weights of a row (w = d * q + m, q in 0..15: llama.cpp's Q4_1), and x
+// quantised on the fly to int8 per group of 32 (x = dx * xq: llama.cpp's Q8_1). A group's dot
+// product is then one integer multiply-add of 32 byte pairs, AVX2's `maddubs`, instead of
+// converting 32 weights to floats; torch's int4 kernel does the latter, which made fissure's
+// batch-1 int4 decoding 0.63x llama.cpp's on an AVX2-only CPU (benchmarks/README.md).
+//
+//   dot(group) = d * dx * sum(q * xq) + m * sum(x)
+//
+// Layout, per row n and group g of W: qweight[n][16 g .. 16 g + 15], byte j holding q[32 g + j]
+// in its low nibble and q[32 g + 16 + j] in its high one; scales[n][g] = d, mins[n][g] = m (fp16).
+// Built on first use by fissure/models/q4_kernel.py (torch.utils.cpp_extension), with -mavx2 where
+// the CPU has it; the scalar loops below compute the same sums elsewhere.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t QK = 32;  // weights (and activations) per group
+
+// Groups of W multiplied at once (four with AVX-512 VNNI, two with AVX2): the activations of each
+// run of CHUNK whole groups are stored as their first halves (16 levels each), then their second
+// halves, so that one load of W's bytes, masked or shifted, meets one load of activations.
+#if defined(__AVX512VNNI__)
+constexpr int64_t CHUNK = 4;
+#elif defined(__AVX2__)
+constexpr int64_t CHUNK = 2;
+#else
+constexpr int64_t CHUNK = 1;
+#endif
+
+// x (M, K) -> int8 levels (in CHUNK order), each group's step dx and its exact sum
+void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* dx, float* sx) {
+  const int64_t G = K / QK;
+  const int64_t C = CHUNK, GC = G / C * C;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t g = 0; g < G; ++g) {
+      const float* v = x + m * K + g * QK;
+      float amax = 0.f, sum = 0.f;
+      for (int j = 0; j < QK; ++j) {
+        amax = std::max(amax, std::fabs(v[j]));
+        sum += v[j];
+      }
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      int8_t* first = xq + m * K + g * QK;  // where level j < 16 goes; level 16 + j goes to second + j
+      int8_t* second = first + 16;
+      if (g < GC) {
+        first = xq + m * K + (g / C) * C * QK + (g % C) * 16;
+        second = first + C * 16;
+      }
+      for (int j = 0; j < 16; ++j) {
+        first[j] = static_cast<int8_t>(std::nearbyint(v[j] * inv));
+        second[j] = static_cast<int8_t>(std::nearbyint(v[16 + j] * inv));
+      }
+      dx[m * G + g] = amax / 127.f;
+      sx[m * G + g] = sum;
+    }
+  }
+}
+
+// ROWS outputs: ROWS rows of W (G groups each, row stride ldw bytes) against one quantised
+// activation row, plus each row's sum(min[g] * sx[g])
+inline float f32(at::Half h) {
+#ifdef __AVX2__
+  return _cvtsh_ss(h.x);  // F16C
+#else
+  return static_cast<float>(h);
+#endif
+}
+
+template <int ROWS>
+void dot_rows(const uint8_t* w, int64_t ldw, const at::Half* d, const at::Half* mn, const int8_t* xq,
+              const float* dx, const float* sx, int64_t G, float* out) {
+#ifdef __AVX2__
+  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
+  int64_t g = 0;
+#ifdef __AVX512VNNI__
+  // four groups at a time: their low nibbles against the four groups' first 16 activations,
+  // their high nibbles against the last 16 (quantize_rows stores them so); lanes 4k..4k+3 hold
+  // group k's sums, each scaled by its own d * dx
+  const __m512i low4x = _mm512_set1_epi8(0x0F);
+  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  __m512 wide[ROWS];
+  for (int r = 0; r < ROWS; ++r) wide[r] = _mm512_setzero_ps();
+  for (; g + 4 <= G; g += 4) {
+    const __m512i xlo = _mm512_loadu_si512(xq + g * QK), xhi = _mm512_loadu_si512(xq + g * QK + 64);
+    const __m128 dx4 = _mm_loadu_ps(dx + g);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512i b = _mm512_loadu_si512(w + r * ldw + g * 16);
+      _mm_prefetch(reinterpret_cast<const char*>(w + (ROWS + r) * ldw + g * 16), _MM_HINT_T0);  // the next block
+      const __m512i lo = _mm512_and_si512(b, low4x), hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4x);
+      const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
+      const __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(d + r * G + g)));
+      const __m512 scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(d4, dx4)));
+      wide[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, wide[r]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    acc[r] = _mm256_add_ps(_mm512_castps512_ps256(wide[r]), _mm512_extractf32x8_ps(wide[r], 1));
+  }
+#else
+  // two groups at a time: lanes 0-3 hold the first group's sums, 4-7 the second's
+  const __m256i spread = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+  for (; g + 2 <= G; g += 2) {
+    const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * QK));
+    const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * QK + 32));
+    const __m128 dx2 = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(dx + g)));
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ldw + g * 16));
+      const __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
+      const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+      const __m128 d2 = _mm_cvtph_ps(_mm_cvtsi32_si128(*reinterpret_cast<const int32_t*>(d + r * G + g)));
+      const __m256 scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(d2, dx2)), spread);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), scale, acc[r]);
+    }
+  }
+#endif
+  for (; g < G; ++g) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * QK));
+    const float dxg = dx[g];
+    for (int r = 0; r < ROWS; ++r) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * ldw + g * 16));
+      const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), low4);
+      const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);  // 8 sums of 4 products
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f32(d[r * G + g]) * dxg), acc[r]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {  // the minimum's term, 8 groups at a time, into the same lanes
+    g = 0;
+    for (; g + 8 <= G; g += 8) {
+      const __m256 m8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn + r * G + g)));
+      acc[r] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(sx + g), acc[r]);
+    }
+    float tail = 0.f;
+    for (; g < G; ++g) tail += f32(mn[r * G + g]) * sx[g];
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+    const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    out[r] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1))) + tail;
+  }
+#else
+  for (int r = 0; r < ROWS; ++r) {
+    float acc = 0.f;
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t* b = w + r * ldw + g * 16;
+      int32_t s = 0;
+      for (int j = 0; j < 16; ++j) s += (b[j] & 0x0F) * xq[g * QK + j] + (b[j] >> 4) * xq[g * QK + 16 + j];
+      acc += static_cast<float>(s) * (f32(d[r * G + g]) * dx[g]) + f32(mn[r * G + g]) * sx[g];
+    }
+    out[r] = acc;
+  }
+#endif
+}
+
+at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                     const at::Tensor& mins, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "q4_linear takes fp32 activations");
+  TORCH_CHECK(qweight.scalar_type() == at::kByte && qweight.dim() == 2, "qweight: (N, K / 2) uint8");
+  const int64_t N = qweight.size(0), K = qweight.size(1) * 2, G = K / QK;
+  TORCH_CHECK(x.size(-1) == K && K % QK == 0, "q4_linear: x has ", x.size(-1), " features, the weight ", K);
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && mins.scalar_type() == at::kHalf &&
+              scales.numel() == N * G && mins.numel() == N * G, "scales and mins: (N, K / 32) fp16");
+  const at::Tensor xc = x.reshape({-1, K}).contiguous();
+  const int64_t M = xc.size(0);
+  std::vector<int8_t> xq(M * K);
+  std::vector<float> dx(M * G), sx(M * G);
+  quantize_rows(xc.data_ptr<float>(), M, K, xq.data(), dx.data(), sx.data());
+
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  at::Tensor y = at::empty(shape, x.options());
+  float* out = y.data_ptr<float>();
+  const at::Tensor wc = qweight.contiguous(), dc = scales.contiguous(), mc = mins.contiguous();
+  const uint8_t* W = wc.data_ptr<uint8_t>();
+  const at::Half* D = dc.data_ptr<at::Half>();
+  const at::Half* Mn = mc.data_ptr<at::Half>();
+  const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+
+  // blocks of 4 rows of W share each activation load; a block stays in cache across the M rows
+  constexpr int64_t ROWS = 4;
+  at::parallel_for(0, (N + ROWS - 1) / ROWS, 8, [&](int64_t begin, int64_t end) {
+    float o[ROWS];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t n0 = blk * ROWS, rows = std::min(ROWS, N - n0);
+      for (int64_t m = 0; m < M; ++m) {
+        const int8_t* xm = xq.data() + m * K;
+        const float *dxm = dx.data() + m * G, *sxm = sx.data() + m * G;
+        for (int64_t r = 0; r < rows; r += (rows - r >= ROWS ? ROWS : 1)) {
+          const int64_t n = n0 + r;
+          if (rows - r >= ROWS) {
+            dot_rows<ROWS>(W + n * (K / 2), K / 2, D + n * G, Mn + n * G, xm, dxm, sxm, G, o);
+            for (int i = 0; i < ROWS; ++i) out[m * N + n + i] = o[i] + (B ? B[n + i] : 0.f);
+          } else {
+            dot_rows<1>(W + n * (K / 2), K / 2, D + n * G, Mn + n * G, xm, dxm, sxm, G, o);
+            out[m * N + n] = o[0] + (B ? B[n] : 0.f);
+          }
+        }
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fissure, m) {
+  m.def("q4_linear(Tensor x, Tensor qweight, Tensor scales, Tensor mins, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fissure, CPU, m) { m.impl("q4_linear", &q4_linear); }
