@@ -82,7 +82,7 @@ def test_int4_falls_back_to_int8_where_the_kernel_does_not_take_the_shape():
 def test_int4_model_equals_the_model_computing_the_scheme_independently(int4_scheme):
     """The quantised GPT against a copy whose linear layers compute the int4 scheme written out in
     the test (dequantised weights, activations quantised per group) in float64: the same next-token
-    choices, logits within fp32 rounding."""
+    choices, the same distributions up to a rare rounding flip."""
     import copy
 
     torch.manual_seed(0)
@@ -97,7 +97,11 @@ def test_int4_model_equals_the_model_computing_the_scheme_independently(int4_sch
         got = quantize_int4(model)(x).float()
     assert isinstance(model.lm_head, Int4Linear)
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.99
-    assert (got - want).abs().max() < 1e-3 * want.abs().max()
+    # fp32 against float64 moves an activation across a rounding boundary now and then (a level's
+    # worth downstream), so the distributions are compared, not each logit: a level is ~1% of a range
+    total_variation = 0.5 * (got.softmax(-1) - want.softmax(-1)).abs().sum(-1)
+    print(f"argmax agreement {(got.argmax(-1) == want.argmax(-1)).float().mean():.3f}, mean TV {total_variation.mean():.2e}")
+    assert total_variation.mean() < 0.005
 
 
 def test_load_with_int4_quantises_a_native_llama(tiny_llama):

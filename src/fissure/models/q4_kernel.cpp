@@ -29,12 +29,10 @@ namespace {
 
 constexpr int64_t QK = 32;  // weights (and activations) per group
 
-// Groups of W multiplied at once (four with AVX-512 VNNI, two with AVX2): the activations of each
-// run of CHUNK whole groups are stored as their first halves (16 levels each), then their second
-// halves, so that one load of W's bytes, masked or shifted, meets one load of activations.
-#if defined(__AVX512VNNI__)
-constexpr int64_t CHUNK = 4;
-#elif defined(__AVX2__)
+// Groups of W multiplied at once (two with AVX2): the activations of each run of CHUNK whole groups
+// are stored as their first halves (16 levels each), then their second halves, so that one load of
+// W's bytes, masked or shifted, meets one load of activations.
+#if defined(__AVX2__)
 constexpr int64_t CHUNK = 2;
 #else
 constexpr int64_t CHUNK = 1;
@@ -69,8 +67,6 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* dx, 
   }
 }
 
-// ROWS outputs: ROWS rows of W (G groups each, row stride ldw bytes) against one quantised
-// activation row, plus each row's sum(min[g] * sx[g])
 inline float f32(at::Half h) {
 #ifdef __AVX2__
   return _cvtsh_ss(h.x);  // F16C
@@ -79,6 +75,8 @@ inline float f32(at::Half h) {
 #endif
 }
 
+// ROWS outputs: ROWS rows of W (G groups each, row stride ldw bytes) against one quantised
+// activation row, plus each row's sum(min[g] * sx[g])
 template <int ROWS>
 void dot_rows(const uint8_t* w, int64_t ldw, const at::Half* d, const at::Half* mn, const int8_t* xq,
               const float* dx, const float* sx, int64_t G, float* out) {
@@ -87,32 +85,8 @@ void dot_rows(const uint8_t* w, int64_t ldw, const at::Half* d, const at::Half* 
   __m256 acc[ROWS];
   for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
   int64_t g = 0;
-#ifdef __AVX512VNNI__
-  // four groups at a time: their low nibbles against the four groups' first 16 activations,
-  // their high nibbles against the last 16 (quantize_rows stores them so); lanes 4k..4k+3 hold
-  // group k's sums, each scaled by its own d * dx
-  const __m512i low4x = _mm512_set1_epi8(0x0F);
-  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  __m512 wide[ROWS];
-  for (int r = 0; r < ROWS; ++r) wide[r] = _mm512_setzero_ps();
-  for (; g + 4 <= G; g += 4) {
-    const __m512i xlo = _mm512_loadu_si512(xq + g * QK), xhi = _mm512_loadu_si512(xq + g * QK + 64);
-    const __m128 dx4 = _mm_loadu_ps(dx + g);
-    for (int r = 0; r < ROWS; ++r) {
-      const __m512i b = _mm512_loadu_si512(w + r * ldw + g * 16);
-      _mm_prefetch(reinterpret_cast<const char*>(w + (ROWS + r) * ldw + g * 16), _MM_HINT_T0);  // the next block
-      const __m512i lo = _mm512_and_si512(b, low4x), hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4x);
-      const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
-      const __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(d + r * G + g)));
-      const __m512 scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(d4, dx4)));
-      wide[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, wide[r]);
-    }
-  }
-  for (int r = 0; r < ROWS; ++r) {
-    acc[r] = _mm256_add_ps(_mm512_castps512_ps256(wide[r]), _mm512_extractf32x8_ps(wide[r], 1));
-  }
-#else
-  // two groups at a time: lanes 0-3 hold the first group's sums, 4-7 the second's
+  // two groups at a time (their activations stored by quantize_rows so): lanes 0-3 hold the
+  // first group's sums, 4-7 the second's, each scaled by its own d * dx
   const __m256i spread = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
   for (; g + 2 <= G; g += 2) {
     const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * QK));
@@ -120,6 +94,9 @@ void dot_rows(const uint8_t* w, int64_t ldw, const at::Half* d, const at::Half* 
     const __m128 dx2 = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(dx + g)));
     for (int r = 0; r < ROWS; ++r) {
       const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ldw + g * 16));
+      if ((g & 3) == 0) {  // a cache line 8 rows ahead: 1.15-1.2x on a step's weights streamed from memory
+        _mm_prefetch(reinterpret_cast<const char*>(w + (8 + r) * ldw + g * 16), _MM_HINT_T0);
+      }
       const __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
       const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
       const __m128 d2 = _mm_cvtph_ps(_mm_cvtsi32_si128(*reinterpret_cast<const int32_t*>(d + r * G + g)));
@@ -127,8 +104,7 @@ void dot_rows(const uint8_t* w, int64_t ldw, const at::Half* d, const at::Half* 
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), scale, acc[r]);
     }
   }
-#endif
-  for (; g < G; ++g) {
+  for (; g < G; ++g) {  // a last, lone group
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + g * QK));
     const float dxg = dx[g];
     for (int r = 0; r < ROWS; ++r) {
