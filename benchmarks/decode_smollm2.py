@@ -76,7 +76,9 @@ def llama_cpp_runner(threads: int):
         out = llm.create_completion(prompts[0], max_tokens=n, temperature=0.0)
         return out["usage"]["completion_tokens"]
 
-    return run, llama_cpp.__version__
+    # the instruction sets this llama.cpp was built for ("AVX512 = 1", or an AVX2-only build's)
+    features = " ".join(f for f in llama_cpp.llama_print_system_info().decode().split(" | ") if f.endswith("= 1"))
+    return run, f"{llama_cpp.__version__} ({features.removeprefix('CPU : ')})"
 
 
 def last_llama_cpp(path: Path) -> dict | None:
