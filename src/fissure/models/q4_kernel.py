@@ -4,7 +4,7 @@ integer multiply-add per group. Against torch's int4 kernel (bf16 activations, e
 converted to a float), batch-1 decoding of SmolLM2 measured faster on AVX-512 and far faster with
 AVX2 only, where torch's made fissure 0.63x llama.cpp (benchmarks/README.md).
 
-The C++ builds on first use with torch's extension builder (a C++ compiler and ninja; about 30 s,
+The C++ builds on first use with torch's extension builder (a C++ compiler and ninja; about 10 s,
 once per machine: torch caches it under ``~/.cache/torch_extensions``) and registers
 ``torch.ops.fissure.q4_linear``, which ``torch.compile`` calls as an opaque kernel. Where it cannot
 build, :func:`q4_linear_reference` computes the same sums in torch (slowly), and a warning says so.
@@ -39,7 +39,7 @@ def kernel_loaded() -> bool:
     isa = kernel_isa()
     name = f"fissure_q4_{isa}"
     if not any(Path(cpp_extension.get_default_build_root()).glob(f"*/{name}/{name}.so")):
-        print("building fissure's int4 kernel (once per machine, about 30 s)", file=sys.stderr)
+        print("building fissure's int4 kernel (once per machine, about 10 s)", file=sys.stderr)
     try:
         cpp_extension.load(name=name, sources=[str(SOURCE)], is_python_module=False, verbose=False,
                            extra_cflags=["-O3", "-fopenmp"] + (["-mavx2", "-mfma", "-mf16c"] if isa == "avx2" else []),

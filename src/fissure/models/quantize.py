@@ -9,7 +9,8 @@ levels from the group's minimum to its maximum: an error of up to 1/30 of the gr
 weight) and runs through fissure's own kernel (:mod:`.q4_kernel`), which also rounds each group of
 32 activations to int8, as llama.cpp does: on SmolLM2 that adds 0.007 nats a token to int4's cost
 over fp32 (0.044 -> 0.050 on 1,023 tokens of Python; top-1 agreement with fp32 unchanged, 0.863),
-for 1.2x the speed of torch's int4 kernel at batch 1 on AVX-512 and 1.5x with AVX2 only.
+and a step's projections run 1.1-1.2x faster than through torch's int4 kernel on AVX-512 and 2.2-2.5x
+faster held to AVX2 (benchmarks/README.md).
 
 torch's int8 kernel takes its input rows in bf16 (its fp32 path is scalar: 30-70x slower at 32
 rows, measured), so each int8 layer casts its input to bf16 and its output back. The rest of the model
