@@ -117,3 +117,16 @@ def test_a_compiled_step_calls_the_kernel_without_breaking_its_graph():
     model.compile_decode_step()
     assert generate(model, prompts, d).sequences == eager
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_the_op_reads_a_strided_bias_as_it_is_and_refuses_a_wrong_one():
+    torch.manual_seed(0)
+    assert q4_kernel.kernel_loaded()
+    packed, x = q4_kernel.pack(torch.randn(8, 64)), torch.randn(3, 64)
+    strided = torch.randn(8, 2)[:, 0]  # every other float of its storage
+    assert torch.equal(torch.ops.fissure.q4_linear(x, *packed, strided),
+                       torch.ops.fissure.q4_linear(x, *packed, strided.contiguous()))
+    with pytest.raises(RuntimeError, match="bias"):
+        torch.ops.fissure.q4_linear(x, *packed, torch.randn(8).double())
+    with pytest.raises(RuntimeError, match="bias"):
+        torch.ops.fissure.q4_linear(x, *packed, torch.randn(7))

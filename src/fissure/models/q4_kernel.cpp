@@ -206,7 +206,9 @@ at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& qweight, const at::T
   const uint8_t* W = wc.data_ptr<uint8_t>();
   const at::Half* D = dc.data_ptr<at::Half>();
   const at::Half* Mn = mc.data_ptr<at::Half>();
-  const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->numel() == N), "bias: (N,) fp32");
+  const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const float* B = bias.has_value() ? bc.data_ptr<float>() : nullptr;
 
   // blocks of 4 rows of W; one activation row takes 4 rows of W at once, several take 4 activation
   // rows per row of W (each row of W unpacked once for them). The bias is added last.
@@ -214,19 +216,20 @@ at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& qweight, const at::T
   at::parallel_for(0, (N + ROWS - 1) / ROWS, 8, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t n0 = blk * ROWS, rows = std::min(ROWS, N - n0);
-      for (int64_t n = n0; n < n0 + rows; ++n) {
-        const uint8_t* wn = W + n * (K / 2);
-        const at::Half *dn = D + n * G, *mn = Mn + n * G;
-        if (M == 1 && n == n0 && rows == ROWS) {
-          dot_tile<ROWS, 1>(wn, K / 2, dn, mn, xq.data(), dx.data(), sx.data(), G, out + n, 1);
-          break;
-        }
-        int64_t m = 0;
-        for (; m + MT <= M; m += MT) {
-          dot_tile<1, MT>(wn, K / 2, dn, mn, xq.data() + m * K, dx.data() + m * G, sx.data() + m * G, G, out + m * N + n, N);
-        }
-        for (; m < M; ++m) {
-          dot_tile<1, 1>(wn, K / 2, dn, mn, xq.data() + m * K, dx.data() + m * G, sx.data() + m * G, G, out + m * N + n, N);
+      if (M == 1 && rows == ROWS) {
+        dot_tile<ROWS, 1>(W + n0 * (K / 2), K / 2, D + n0 * G, Mn + n0 * G, xq.data(), dx.data(), sx.data(), G,
+                          out + n0, 1);
+      } else {
+        for (int64_t n = n0; n < n0 + rows; ++n) {
+          const uint8_t* wn = W + n * (K / 2);
+          const at::Half *dn = D + n * G, *mn = Mn + n * G;
+          int64_t m = 0;
+          for (; m + MT <= M; m += MT) {
+            dot_tile<1, MT>(wn, K / 2, dn, mn, xq.data() + m * K, dx.data() + m * G, sx.data() + m * G, G, out + m * N + n, N);
+          }
+          for (; m < M; ++m) {
+            dot_tile<1, 1>(wn, K / 2, dn, mn, xq.data() + m * K, dx.data() + m * G, sx.data() + m * G, G, out + m * N + n, N);
+          }
         }
       }
       if (B) {
